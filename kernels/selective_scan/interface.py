@@ -1,0 +1,64 @@
+"""The public ``selective_scan``: validation, backend dispatch and autograd."""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import selective_scan_ref
+from .validation import check_scan_args
+
+
+def triton_available() -> bool:
+    """True when Triton imports (Linux wheels only)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``"auto"`` to a concrete backend: triton on CUDA tensors when Triton imports, cpu otherwise."""
+    if backend != "auto":
+        return backend
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    return "cpu"
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with mamba_ssm's semantics.
+
+    ``u, delta, z``: (batch, dim, L); ``A``: (dim, N); ``B, C``: (batch, N, L) or (batch, G, N, L);
+    ``D, delta_bias``: (dim,). Returns ``y`` (batch, dim, L) in ``u``'s dtype and, with
+    ``return_last_state``, the final state (batch, dim, N) in float32 (float64 for float64 inputs);
+    the last state carries no gradient. ``backend``: ``"auto"`` (triton on CUDA, cpu otherwise),
+    ``"reference"``, ``"cpu"`` or ``"triton"``.
+    """
+    args = check_scan_args(u, delta, A, B, C, D, z, delta_bias, backend=backend)
+    chosen = resolve_backend(backend, u.device)
+    if chosen == "reference":
+        return selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+            return_last_state=return_last_state,
+        )
+    if chosen == "cpu":
+        from .cpu import scan_chunked as run
+    else:
+        from .triton_scan import check_triton_device, scan_triton as run
+
+        check_triton_device(args.u)
+    y, last_state = run(args, delta_softplus)
+    return (y, last_state) if return_last_state else y
