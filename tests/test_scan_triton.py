@@ -1,0 +1,163 @@
+"""The Triton selective-scan kernels against the float64 reference: forward, last state and every gradient.
+
+Runs natively on CUDA, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``, set by
+conftest.py), where scans cost ~0.1 ms per element: the interpreted grid is trimmed to small shapes that
+still cover every L, N, G and option value at least once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton does not import (it ships Linux wheels only)")
+
+from scan_cases import (
+    OPTION_PATTERNS,
+    TOLERANCE,
+    assert_matches_reference,
+    make_case,
+    reference_float64,
+    rel_err,
+)
+from selective_scan import selective_scan, triton_scan
+from selective_scan.triton_scan import check_triton_device
+
+pytestmark = pytest.mark.triton
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+scan = functools.partial(selective_scan, backend="triton")
+
+# (batch, dim, L, N, G); the option pattern rotates with the position in the list.
+if CUDA:
+    SHAPES = [
+        (batch, 8 * groups, length, dstate, groups)
+        for length in (1, 7, 64, 1000, 4099)
+        for dstate in (1, 4, 16)
+        for groups in (1, 4)
+        for batch in (2,)
+    ]
+else:
+    SHAPES = [
+        (2, 8, 1, 16, 4),
+        (2, 8, 1, 1, 1),
+        (2, 8, 7, 4, 1),
+        (1, 8, 7, 16, 4),
+        (2, 8, 64, 1, 4),
+        (2, 8, 64, 4, 1),
+        (1, 4, 64, 16, 1),
+        (2, 8, 300, 1, 1),
+        (1, 8, 300, 4, 4),
+    ]
+GRID = [(shape, OPTION_PATTERNS[i % len(OPTION_PATTERNS)]) for i, shape in enumerate(SHAPES)]
+# 16-bit inputs on a few shapes (A stays float32, as in the models).
+HALF_GRID = [
+    ((2, 8, 64, 4, 4), OPTION_PATTERNS[0], torch.bfloat16),
+    ((1, 8, 7, 16, 1), OPTION_PATTERNS[3], torch.float16),
+    ((2, 8, 300, 1, 4), OPTION_PATTERNS[5], torch.bfloat16),
+    ((2, 8, 64, 4, 1), OPTION_PATTERNS[6], torch.float16),
+]
+
+
+def _ids(shape: tuple[int, ...], options: frozenset[str]) -> str:
+    batch, dim, length, dstate, groups = shape
+    return f"b{batch}-d{dim}-L{length}-N{dstate}-G{groups}-{'+'.join(sorted(options)) or 'none'}"
+
+
+def _check(shape: tuple[int, ...], options: frozenset[str], dtype: torch.dtype, seed: int) -> dict:
+    case = make_case(*shape, options=options, seed=seed)
+    return assert_matches_reference(scan, case, dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("shape,options", GRID, ids=[_ids(s, o) for s, o in GRID])
+def test_float32_matches_reference(shape, options):
+    _check(shape, options, torch.float32, seed=sum(shape))
+
+
+@pytest.mark.parametrize(
+    "shape,options,dtype", HALF_GRID, ids=[f"{_ids(s, o)}-{str(t)[6:]}" for s, o, t in HALF_GRID]
+)
+def test_half_matches_reference(shape, options, dtype):
+    _check(shape, options, dtype, seed=7)
+
+
+def test_channels_per_group_not_a_multiple_of_block_d(monkeypatch):
+    # 10 channels per group in blocks of 4: three channel blocks per group, the last one half masked, so the
+    # grouped dB/dC partial sums of several programs are reduced.
+    monkeypatch.setattr(triton_scan, "MAX_BLOCK_D", 4)
+    _check((2, 20, 23, 4, 2), OPTION_PATTERNS[0], torch.float32, seed=3)
+    # 6 channels per group in one block of 8.
+    monkeypatch.setattr(triton_scan, "MAX_BLOCK_D", None)
+    _check((1, 12, 9, 2, 2), OPTION_PATTERNS[2], torch.float32, seed=4)
+
+
+@pytest.mark.parametrize("chunks,step", [(1, -1), (1, 1), (3, 1)], ids=["BL-1", "BL+1", "3BL+1"])
+def test_chunk_boundaries(chunks, step, monkeypatch):
+    # L = BLOCK_L - 1, BLOCK_L + 1 and 3 BLOCK_L + 1, with a small BLOCK_L so that several chunks stay cheap.
+    block_l = 64 if CUDA else 16
+    monkeypatch.setattr(triton_scan, "BLOCK_L", block_l)
+    length = chunks * block_l + step
+    options = OPTION_PATTERNS[(chunks + step) % len(OPTION_PATTERNS)] | {"return_last_state"}
+    _check((1, 4, length, 4, 2), options, torch.float32, seed=length)
+
+
+def _strided(x: torch.Tensor) -> torch.Tensor:
+    """A leaf holding ``x`` at even positions of its last axis, first two axes transposed in memory."""
+    base = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+    base[..., ::2] = x
+    if x.dim() >= 2:
+        base = base.transpose(0, 1).contiguous().transpose(0, 1)
+    return base.requires_grad_(True)
+
+
+def test_non_contiguous_inputs():
+    case = make_case(2, 8, 20, 4, 2, OPTION_PATTERNS[0], seed=11)
+    grad_out = torch.randn(2, 8, 20, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y_ref, last_ref, grads_ref = reference_float64(case, torch.float32, grad_out)
+    leaves = {
+        name: None if v is None else _strided(v.to(device=DEVICE, dtype=torch.float32))
+        for name, v in case.inputs.items()
+    }
+    views = {name: None if v is None else v[..., ::2] for name, v in leaves.items()}
+    assert not views["u"].is_contiguous() and not views["B"].is_contiguous()
+    y, last = scan(**views, **case.kwargs())
+    y.backward(grad_out.to(device=DEVICE, dtype=y.dtype))
+    fwd_tol, grad_tol = TOLERANCE[torch.float32]
+    assert rel_err(y, y_ref) < fwd_tol and rel_err(last, last_ref) < fwd_tol
+    for name, grad in grads_ref.items():
+        got = leaves[name].grad[..., ::2]
+        assert rel_err(got, grad) < grad_tol, name
+        assert leaves[name].grad[..., 1::2].abs().max() == 0, name
+
+
+def test_inference_without_grad_matches():
+    case = make_case(1, 8, 30, 4, 1, OPTION_PATTERNS[0], seed=2)
+    tensors = case.tensors(torch.float32, DEVICE)
+    y_grad, last_grad = scan(**tensors, **case.kwargs())
+    with torch.no_grad():
+        y, last = scan(**tensors, **case.kwargs())
+    assert not y.requires_grad and not last.requires_grad and not last_grad.requires_grad
+    torch.testing.assert_close(y, y_grad.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(last, last_grad, rtol=0, atol=0)
+
+
+def test_check_triton_device_errors(monkeypatch):
+    u64 = torch.zeros(2, 3, 5, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match=r"float64.*\(2, 3, 5\)|\(2, 3, 5\).*float64"):
+        check_triton_device(u64)
+    with pytest.raises(ValueError, match="float64"):
+        scan(u64, u64, torch.zeros(3, 2, dtype=torch.float64, device=DEVICE),
+             torch.zeros(2, 2, 5, dtype=torch.float64, device=DEVICE),
+             torch.zeros(2, 2, 5, dtype=torch.float64, device=DEVICE))
+    u_cpu = torch.zeros(2, 3, 5)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"\(2, 3, 5\).*cpu"):
+        check_triton_device(u_cpu)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        check_triton_device(u_cpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    check_triton_device(u_cpu)  # accepted under the interpreter
