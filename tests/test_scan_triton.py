@@ -30,6 +30,7 @@ pytestmark = pytest.mark.triton
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 scan = functools.partial(selective_scan, backend="triton")
+MAX_ERRORS: dict[torch.dtype, float] = {}  # largest relative error per dtype, for reports
 
 # (batch, dim, L, N, G); the option pattern rotates with the position in the list.
 if CUDA:
@@ -68,8 +69,13 @@ def _ids(shape: tuple[int, ...], options: frozenset[str]) -> str:
 
 
 def _check(shape: tuple[int, ...], options: frozenset[str], dtype: torch.dtype, seed: int) -> dict:
-    case = make_case(*shape, options=options, seed=seed)
-    return assert_matches_reference(scan, case, dtype, device=DEVICE)
+    return _check_case(make_case(*shape, options=options, seed=seed), dtype)
+
+
+def _check_case(case, dtype: torch.dtype) -> dict:
+    errors = assert_matches_reference(scan, case, dtype, device=DEVICE)
+    MAX_ERRORS[dtype] = max(MAX_ERRORS.get(dtype, 0.0), *errors.values())
+    return errors
 
 
 @pytest.mark.parametrize("shape,options", GRID, ids=[_ids(s, o) for s, o in GRID])
@@ -131,6 +137,24 @@ def test_non_contiguous_inputs():
         got = leaves[name].grad[..., ::2]
         assert rel_err(got, grad) < grad_tol, name
         assert leaves[name].grad[..., 1::2].abs().max() == 0, name
+
+
+def test_softplus_threshold():
+    # delta + bias above 20 passes through softplus unchanged, and so does its gradient.
+    case = make_case(1, 4, 12, 2, 1, OPTION_PATTERNS[0], seed=8)
+    case.inputs["delta"][..., ::3] += 22.0
+    _check_case(case, torch.float32)
+
+
+def test_gradient_of_some_inputs_only():
+    case = make_case(1, 4, 10, 2, 2, OPTION_PATTERNS[0], seed=9)
+    tensors = case.tensors(torch.float32, DEVICE)
+    for name in ("delta", "A", "C", "D", "delta_bias"):
+        tensors[name].requires_grad_(False)
+    y, _ = scan(**tensors, **case.kwargs())
+    y.sum().backward()
+    assert tensors["u"].grad is not None and tensors["B"].grad is not None and tensors["z"].grad is not None
+    assert tensors["A"].grad is None and tensors["delta"].grad is None
 
 
 def test_inference_without_grad_matches():

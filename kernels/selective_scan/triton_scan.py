@@ -21,6 +21,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .validation import ScanArgs
 
@@ -374,6 +375,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         return y, last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, _dlast):
         *tensors, states = ctx.saved_tensors
         grads = _backward(*tensors, ctx.delta_softplus, states, ctx.block_l, dy.contiguous())
@@ -384,7 +386,7 @@ class SelectiveScanTriton(torch.autograd.Function):
 def scan_triton(args: ScanArgs, delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan of validated ``args`` with the Triton kernels: ``(y in u.dtype, last_state fp32)``.
 
-    Differentiable in u, delta, A, B, C, D, z and delta_bias; the last state carries no gradient.
+    Differentiable (once) in u, delta, A, B, C, D, z and delta_bias; the last state carries no gradient.
     """
     return SelectiveScanTriton.apply(
         args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, delta_softplus
