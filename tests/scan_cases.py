@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from selective_scan import selective_scan_ref
 
 OPTIONS = ("D", "z", "delta_bias", "delta_softplus", "return_last_state")
@@ -41,7 +40,7 @@ class ScanCase:
                 out[name] = None
                 continue
             target = dtype if name != "A" or dtype == torch.float64 else torch.float32
-            out[name] = value.to(device=device, dtype=target).detach().requires_grad_(True)
+            out[name] = value.detach().to(device=device, dtype=target).clone().requires_grad_(True)
         return out
 
     def kwargs(self) -> dict[str, bool]:
@@ -96,7 +95,9 @@ def reference_float64(case: ScanCase, dtype: torch.dtype, grad_out: torch.Tensor
         name: None if v is None else v.to(dtype if name != "A" or dtype == torch.float64 else torch.float32)
         for name, v in case.inputs.items()
     }
-    tensors = {name: None if v is None else v.double().requires_grad_(True) for name, v in rounded.items()}
+    tensors = {
+        name: None if v is None else v.detach().double().clone().requires_grad_(True) for name, v in rounded.items()
+    }
     return run_with_grads(selective_scan_ref, tensors, case, grad_out.double())
 
 

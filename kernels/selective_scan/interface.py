@@ -57,7 +57,8 @@ def selective_scan(
     if chosen == "cpu":
         from .cpu import scan_chunked as run
     else:
-        from .triton_scan import check_triton_device, scan_triton as run
+        from .triton_scan import check_triton_device
+        from .triton_scan import scan_triton as run
 
         check_triton_device(args.u)
     y, last_state = run(args, delta_softplus)

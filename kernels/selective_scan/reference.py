@@ -30,7 +30,7 @@ def selective_scan_ref(
     """
     args = check_scan_args(u, delta, A, B, C, D, z, delta_bias, backend="reference")
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    dim, length = args.dim, args.length
+    dim = args.dim
     u_c, dt = args.u.to(dtype), args.delta.to(dtype)
     if args.delta_bias is not None:
         dt = dt + args.delta_bias.to(dtype)[:, None]
@@ -43,9 +43,10 @@ def selective_scan_ref(
     drive = torch.einsum("bdl,bdnl,bdl->bdln", dt, B_full, u_c)
     state = u_c.new_zeros(args.batch, dim, args.dstate)
     ys = []
-    for t in range(length):
-        state = decay[:, :, t] * state + drive[:, :, t]
-        ys.append((state * C_full[:, :, :, t]).sum(-1))
+    # unbind, not indexing: indexing's backward writes a full-size gradient per step (O(L^2) time)
+    for decay_t, drive_t, C_t in zip(decay.unbind(2), drive.unbind(2), C_full.unbind(3), strict=True):
+        state = decay_t * state + drive_t
+        ys.append((state * C_t).sum(-1))
     y = torch.stack(ys, dim=2)
     if args.D is not None:
         y = y + u_c * args.D.to(dtype)[:, None]
