@@ -22,6 +22,7 @@ from scan_cases import (
     reference_float64,
     rel_err,
 )
+
 from selective_scan import selective_scan, triton_scan
 from selective_scan.triton_scan import check_triton_device
 

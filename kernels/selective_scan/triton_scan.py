@@ -74,6 +74,21 @@ def _column(tile, sel):
 
 
 @triton.jit
+def _store(ptr, x, mask):
+    """Store fp32 ``x`` in the pointer's dtype, rounding to nearest even.
+
+    fp32 -> bf16 is rounded here by integer arithmetic (exact afterwards under any cast): compiled Triton
+    rounds to nearest even anyway, but the CPU interpreter truncates, which would double its error.
+    """
+    out_ty = ptr.dtype.element_ty
+    if out_ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN stays NaN
+    tl.store(ptr, x.to(out_ty), mask=mask)
+
+
+@triton.jit
 def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """dt = softplus(delta + bias) as fp32 (0 where masked, so the decay there is 1); also delta + bias."""
     x = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -149,7 +164,7 @@ def _scan_fwd_kernel(
         if HAS_Z:
             zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        _store(y_ptr + offs, y, mask)
         t0 += BLOCK_L
     tl.store(last_ptr + (b * dim + d)[:, None] * N + cols[None, :], state, mask=state_mask)
 
@@ -264,11 +279,11 @@ def _scan_bwd_kernel(
             ddt = tl.where(x > 20.0, ddt, ddt * tl.sigmoid(x))
         ddt = tl.where(mask, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
-        tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+        _store(du_ptr + offs, du, mask)
+        _store(ddelta_ptr + offs, ddt, mask)
         if HAS_Z:
             dz = dout * y * sig_z * (1.0 + zz * (1.0 - sig_z))
-            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            _store(dz_ptr + offs, dz, mask)
         t0 -= BLOCK_L
     pd = b * dim + d
     tl.store(dA_ptr + pd[:, None] * N + cols[None, :], dA_acc, mask=state_mask)
