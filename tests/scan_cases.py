@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from selective_scan import selective_scan_ref
 
 OPTIONS = ("D", "z", "delta_bias", "delta_softplus", "return_last_state")

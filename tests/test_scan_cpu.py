@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import selective_scan.cpu as cpu
 import torch
 from scan_cases import OPTION_PATTERNS, OPTIONS, assert_matches_reference, make_case
+
+import selective_scan.cpu as cpu
 from selective_scan import resolve_backend, selective_scan, selective_scan_ref
 
 LENGTHS = (1, 7, 64, 1000, 4099)

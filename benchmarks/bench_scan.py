@@ -1,0 +1,226 @@
+"""Selective-scan speed and memory: every available backend against a floor and the reference loop.
+
+    python benchmarks/bench_scan.py                 # CPU table (fp32) and, when CUDA is present, GPU (bf16)
+    python benchmarks/bench_scan.py --quick         # smaller lengths, for a smoke run
+    python benchmarks/bench_scan.py --device cuda   # only the GPU table
+
+Each CPU measurement runs in a fresh subprocess so that its peak RSS is its own: the memory column is
+the peak resident-set growth after the inputs exist, and ``mem/io`` divides it by the bytes of the
+inputs, outputs and gradients. The floor is, on CPU, one elementwise ``exp`` over dim * L * N elements;
+on GPU, a device-to-device copy of the bytes the call must move (``triton.testing.do_bench`` medians).
+``x ref`` is the reference loop's time divided by the row's time, at the same shape (small L only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from selective_scan import selective_scan, triton_available
+
+DIRECTIONS = 4  # VMamba's four scan routes: grouped B and C, G = 4
+
+
+@dataclass
+class Shape:
+    dim: int
+    dstate: int
+    length: int
+    dtype: str
+    device: str
+    batch: int = 1
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def io_bytes(self, backward: bool) -> int:
+        """Bytes the call must move at least: read u, delta, B, C and write y; backward also dy and grads."""
+        size = torch.finfo(self.torch_dtype).bits // 8
+        seq = self.batch * self.dim * self.length
+        bc = self.batch * DIRECTIONS * self.dstate * self.length
+        forward = 3 * seq + 2 * bc
+        return size * (forward + (5 * seq + 4 * bc if backward else 0))
+
+    def io_tensor_bytes(self) -> int:
+        """Bytes of the inputs (u, delta, B, C, dy), the output and the gradients: what memory is compared to."""
+        size = torch.finfo(self.torch_dtype).bits // 8
+        seq = self.batch * self.dim * self.length
+        bc = self.batch * DIRECTIONS * self.dstate * self.length
+        return size * (6 * seq + 4 * bc)
+
+
+def make_inputs(shape: Shape, grad: bool) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    b, d, n, length = shape.batch, shape.dim, shape.dstate, shape.length
+    tensors = {
+        "u": torch.randn(b, d, length, generator=gen),
+        "delta": torch.rand(b, d, length, generator=gen) * 0.1 + 0.001,
+        "A": -torch.rand(d, n, generator=gen) - 0.1,
+        "B": torch.randn(b, DIRECTIONS, n, length, generator=gen),
+        "C": torch.randn(b, DIRECTIONS, n, length, generator=gen),
+    }
+    out = {}
+    for name, value in tensors.items():
+        value = value.to(device=shape.device, dtype=torch.float32 if name == "A" else shape.torch_dtype)
+        out[name] = value.requires_grad_(grad)
+    return out
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def reset_peak_rss() -> None:
+    """Start the peak (VmHWM) afresh from the current RSS, so transient allocations before don't count."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[str, float]:
+    """Time (s, median) and peak memory growth (bytes) of one call, forward or forward + backward."""
+    inputs = make_inputs(shape, backward)
+    grad_y = torch.randn(shape.batch, shape.dim, shape.length, dtype=shape.torch_dtype, device=shape.device)
+
+    def call() -> None:
+        y = selective_scan(**inputs, backend=backend)
+        if backward:
+            y.backward(grad_y)
+            for value in inputs.values():
+                value.grad = None
+
+    if shape.device == "cuda":
+        import triton.testing
+
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        return {"seconds": triton.testing.do_bench(call, return_mode="median") / 1e3, "peak_bytes": peak}
+    reset_peak_rss()
+    base = current_rss()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    peak = peak_rss() - base
+    return {"seconds": statistics.median(times), "peak_bytes": peak}
+
+
+def floor_seconds(shape: Shape, backward: bool) -> float:
+    """CPU: one exp over dim * L * N fp32 elements; GPU: a device copy of the bytes the call moves."""
+    if shape.device == "cuda":
+        import triton.testing
+
+        src = torch.empty(shape.io_bytes(backward) // 2, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        return 2 * triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") / 1e3
+    x = torch.rand(shape.batch * shape.dim * shape.length * shape.dstate) * -1
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.exp(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_child(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[str, float]:
+    """Measure in a fresh interpreter so that its peak RSS belongs to this measurement alone."""
+    spec = json.dumps({"shape": asdict(shape), "backend": backend, "backward": backward, "repeats": repeats})
+    done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plan(device: str, quick: bool) -> list[tuple[Shape, list[str]]]:
+    """(shape, backends) rows: the issue's grid, with the reference loop at small L."""
+    rows = []
+    if device == "cpu":
+        lengths = [(384, 4096), (384, 65536), (64, 4096), (64, 1 << 20)]
+        if quick:
+            lengths = [(384, 4096), (64, 4096), (64, 1 << 16)]
+        for dstate in (1, 16):
+            for dim, length in lengths:
+                backends = ["cpu"] + (["reference"] if length <= 4096 else [])
+                rows.append((Shape(dim, dstate, length, "float32", "cpu"), backends))
+    else:
+        lengths = [4096, 65536] if quick else [4096, 65536, 1 << 20]
+        for dstate in (1, 16):
+            for length in lengths:
+                backends = ["triton"] + (["cpu"] if length <= 65536 else [])
+                rows.append((Shape(384, dstate, length, "bfloat16", "cuda"), backends))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="smaller lengths")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.child:
+        spec = json.loads(opts.child)
+        torch.manual_seed(0)
+        result = measure(Shape(**spec["shape"]), spec["backend"], spec["backward"], spec["repeats"])
+        print(json.dumps(result))
+        return
+    devices = ["cpu", "cuda"] if opts.device == "all" else [opts.device]
+    if "cuda" in devices and not (torch.cuda.is_available() and triton_available()):
+        devices.remove("cuda")
+        print("# no CUDA device with Triton: GPU rows skipped")
+    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    header = ("| device | backend | dtype | dim | N | L | pass | time ms | peak MiB | mem/io | MB moved | "
+              "floor ms | x floor | x ref |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for device in devices:
+        for shape, backends in plan(device, opts.quick):
+            for backward in (False, True):
+                floor = floor_seconds(shape, backward)
+                results = {}
+                for backend in backends:
+                    repeats = 1 if backend == "reference" or shape.length > 100_000 else 3
+                    if device == "cuda":
+                        results[backend] = measure(shape, backend, backward, repeats)
+                    else:
+                        results[backend] = run_child(shape, backend, backward, repeats)
+                ref = results.get("reference")
+                for backend, result in results.items():
+                    seconds = result["seconds"]
+                    versus_ref = f"{ref['seconds'] / seconds:.1f}" if ref and backend != "reference" else ""
+                    print(
+                        f"| {device} | {backend} | {shape.dtype} | {shape.dim} | {shape.dstate} | {shape.length} | "
+                        f"{'fwd+bwd' if backward else 'fwd'} | {seconds * 1e3:.2f} | "
+                        f"{result['peak_bytes'] / 2**20:.0f} | {result['peak_bytes'] / shape.io_tensor_bytes():.2f} | "
+                        f"{shape.io_bytes(backward) / 1e6:.1f} | {floor * 1e3:.3f} | {seconds / floor:.1f} | "
+                        f"{versus_ref} |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The ``wsi-mamba`` console script: version, help with an example, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsi_mamba import __version__
+from wsi_mamba.cli import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wsi-mamba {__version__}"
+
+
+def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: wsi-mamba" in out and "examples:" in out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    assert "usage: wsi-mamba" in capsys.readouterr().out
+
+
+def test_bad_usage_exits_2() -> None:
+    done = subprocess.run([sys.executable, "-m", "wsi_mamba", "--no-such-flag"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unrecognized arguments" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_console_script_runs() -> None:
+    script = Path(sys.executable).with_name("wsi-mamba")  # installed beside this interpreter
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and __version__ in done.stdout
