@@ -46,16 +46,16 @@ def scan_forward(decay: torch.Tensor, states: torch.Tensor, init: torch.Tensor) 
     ``init`` (shape ``S``) enters the first step. Overwrites ``decay`` and ``states`` (which becomes h);
     returns the state after the last step.
     """
-    for t in range(1, decay.shape[0]):  # all K chunks at once, each from a zero state
-        states[t].addcmul_(decay[t], states[t - 1])
-        decay[t].mul_(decay[t - 1])  # decay[t] becomes the product of decays since the chunk start
-    carry = torch.empty_like(states[0])  # (*S, K): the state entering each chunk
+    steps, decays = states.unbind(0), decay.unbind(0)  # views: no per-step indexing in the loops
+    for t in range(1, len(steps)):  # all K chunks at once, each from a zero state
+        steps[t].addcmul_(decays[t], steps[t - 1])
+        decays[t].mul_(decays[t - 1])  # decay[t] becomes the product of decays since the chunk start
+    entering = []  # the state entering each chunk
     state = init
-    ends, end_decays = states[-1], decay[-1]
-    for k in range(decay.shape[-1]):
-        carry[..., k] = state
-        state = torch.addcmul(ends[..., k], end_decays[..., k], state)
-    states.addcmul_(decay, carry)
+    for end, end_decay in zip(steps[-1].unbind(-1), decays[-1].unbind(-1), strict=True):
+        entering.append(state)
+        state = torch.addcmul(end, end_decay, state)
+    states.addcmul_(decay, torch.stack(entering, dim=-1))
     return state
 
 
@@ -65,20 +65,23 @@ def scan_backward(decay: torch.Tensor, states: torch.Tensor, init: torch.Tensor)
     ``init`` is ``decay * g`` at the step after the block. Overwrites both tensors (``states`` becomes g)
     and returns ``decay_0 * g_0``, the term the previous block needs.
     """
-    steps = decay.shape[0]
-    for t in range(steps - 2, -1, -1):
-        states[t].addcmul_(decay[t + 1], states[t + 1])
-        if t + 2 < steps:
-            decay[t + 1].mul_(decay[t + 2])  # decay[t] (t >= 1) becomes the product of decays from t to T-1
-    first_decays = decay[0]
-    carry = torch.empty_like(states[0])  # (*S, K): decay * g entering each chunk from its right
+    steps, decays = states.unbind(0), decay.unbind(0)
+    count = len(steps)
+    for t in range(count - 2, -1, -1):
+        steps[t].addcmul_(decays[t + 1], steps[t + 1])
+        if t + 2 < count:
+            decays[t + 1].mul_(decays[t + 2])  # decay[t] (t >= 1) becomes the product of decays from t to T-1
+    span = decays[1] if count > 1 else torch.ones_like(decays[0])
+    entering = []  # decay * g entering each chunk from its right, last chunk first
     term = init
-    starts, span = states[0], decay[1] if steps > 1 else torch.ones_like(first_decays)
-    for k in range(decay.shape[-1] - 1, -1, -1):
-        carry[..., k] = term
-        term = first_decays[..., k] * torch.addcmul(starts[..., k], span[..., k], term)
-    states[-1] += carry
-    if steps > 1:
+    for start, first_decay, chunk_span in zip(
+        reversed(steps[0].unbind(-1)), reversed(decays[0].unbind(-1)), reversed(span.unbind(-1)), strict=True
+    ):
+        entering.append(term)
+        term = first_decay * torch.addcmul(start, chunk_span, term)
+    carry = torch.stack(entering[::-1], dim=-1)
+    steps[-1].add_(carry)
+    if count > 1:
         states[:-1].addcmul_(decay[1:], carry)
     return term
 
