@@ -186,3 +186,41 @@ def test_check_triton_device_errors(monkeypatch):
         check_triton_device(u_cpu)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     check_triton_device(u_cpu)  # accepted under the interpreter
+
+
+_COMPILE_FOR_H100 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from selective_scan import triton_scan as ts
+
+ptrs = ("u", "delta", "B", "C", "D", "z", "bias", "y", "dout", "du", "ddelta", "dz")
+for dtype, dstate, flags in (("bf16", 16, True), ("fp16", 1, True), ("fp32", 4, False)):
+    io = {f"{name}_ptr": f"*{dtype}" for name in ptrs}
+    for fn, extra, warps in ((ts._scan_fwd_kernel, {"SAVE_STATES": True}, ts.FWD_NUM_WARPS),
+                             (ts._scan_bwd_kernel, {}, ts.BWD_NUM_WARPS)):
+        consts = dict(N=dstate, N_PAD=triton.next_power_of_2(dstate), BLOCK_D=ts.GPU_MAX_BLOCK_D,
+                      BLOCK_L=ts.GPU_BLOCK_L, HAS_D=flags, HAS_Z=flags, HAS_BIAS=flags, SOFTPLUS=flags, **extra)
+        sig = {name: "constexpr" if name in consts else io.get(name, "*fp32") if name.endswith("_ptr") else "i32"
+               for name in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": warps})
+        assert kernel.asm["cubin"], (fn.__name__, dtype)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(CUDA, reason="on CUDA every other test compiles the kernels for the device")
+def test_kernels_compile_for_h100_without_a_gpu():
+    # The interpreter runs the kernels' Python, not Triton's compiler: compile them ahead of time for sm_90
+    # (ptxas ships with the triton wheel) so that code only a GPU build rejects fails here too.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
