@@ -63,8 +63,16 @@ def _combine(a1, b1, a2, b2):
 
 @triton.jit
 def _softplus(x):
-    """softplus with mamba_ssm's threshold: x above 20 passes through (no log1p in the interpreter)."""
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    """softplus with mamba_ssm's threshold: x above 20 passes through.
+
+    log1p is missing from the interpreter, so log(1 + e) is corrected by e / ((1 + e) - 1) (Goldberg's
+    trick), which keeps full relative precision for small e = exp(x) where a plain log(1 + e) loses it.
+    """
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    small = w == 1.0
+    log1p_e = tl.where(small, e, tl.log(w) * (e / tl.where(small, 1.0, w - 1.0)))
+    return tl.where(x > 20.0, x, log1p_e)
 
 
 @triton.jit
