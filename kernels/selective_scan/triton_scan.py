@@ -109,18 +109,18 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
 
 
 @triton.jit
-def _scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    y_ptr, last_ptr, states_ptr,
-    dim, L, G, H, n_chunks,
-    N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_STATES: tl.constexpr,
+def _program_setup(
+    A_ptr, D_ptr, bias_ptr, dim, L, G, H,
+    N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """y and the last state of BLOCK_D channels of one (batch, group); chunk-start states when asked."""
+    """What both kernels derive from the program id: its (batch, group, channels), masks, A, D, bias, offsets.
+
+    Every offset is int64 (``zero`` and ``L64`` carry the type): ``row`` is the offset of (b, d, 0) in u,
+    delta, z, y and their gradients; ``bc_base`` the offset of (b, g, 0, 0) in B and C.
+    """
     pid_bg = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
-    zero = pid_bg * 0  # int64 scalar: every offset below is 64-bit
+    zero = pid_bg * 0
     L64 = zero + L
     b = pid_bg // G
     g = pid_bg % G
@@ -136,8 +136,24 @@ def _scan_fwd_kernel(
         Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    row = (b * dim + d) * L64  # offset of (b, d, 0) in u, delta, z, y
-    bc_base = (b * G + g) * N * L64  # offset of (b, g, 0, 0) in B and C
+    row = (b * dim + d) * L64
+    bc_base = (b * G + g) * N * L64
+    return pid_d, zero, L64, b, g, d, d_mask, cols, state_mask, A_tile, Dv, bias, row, bc_base
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    y_ptr, last_ptr, states_ptr,
+    dim, L, G, H, n_chunks,
+    N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr,
+):
+    """y and the last state of BLOCK_D channels of one (batch, group); chunk-start states when asked."""
+    _pid_d, zero, L64, b, _g, d, d_mask, cols, state_mask, A_tile, Dv, bias, row, bc_base = _program_setup(
+        A_ptr, D_ptr, bias_ptr, dim, L, G, H, N, N_PAD, BLOCK_D, HAS_D, HAS_BIAS
+    )
     st_row = (b * dim + d) * n_chunks * N  # offset of (b, d, 0, 0) in the chunk states
     lanes = tl.arange(0, BLOCK_L)
     is_last = (lanes == BLOCK_L - 1)[None, :]
@@ -192,26 +208,9 @@ def _scan_bwd_kernel(
     du, ddelta, dz are written in the inputs' dtypes; dA (b, d, N), dD and d(delta_bias) (b, d), and
     dB, dC (b, G, n_dblocks, N, L) are fp32 partial sums reduced by the launcher.
     """
-    pid_bg = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    zero = pid_bg * 0
-    L64 = zero + L
-    b = pid_bg // G
-    g = pid_bg % G
-    dl = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = dl < H
-    d = g * H + dl
-    cols = tl.arange(0, N_PAD)
-    state_mask = d_mask[:, None] & (cols < N)[None, :]
-    A_tile = tl.load(A_ptr + d[:, None] * N + cols[None, :], mask=state_mask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    row = (b * dim + d) * L64
-    bc_base = (b * G + g) * N * L64
+    pid_d, zero, L64, b, g, d, d_mask, cols, state_mask, A_tile, Dv, bias, row, bc_base = _program_setup(
+        A_ptr, D_ptr, bias_ptr, dim, L, G, H, N, N_PAD, BLOCK_D, HAS_D, HAS_BIAS
+    )
     part_base = ((b * G + g) * n_dblocks + pid_d) * N * L64  # offset of (b, g, pid_d, 0, 0) in dB/dC
     st_row = (b * dim + d) * n_chunks * N
     lanes = tl.arange(0, BLOCK_L)
