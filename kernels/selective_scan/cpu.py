@@ -145,10 +145,14 @@ class Block:
         """dt B u: (T, b, G, H, N, K)."""
         return self.dt * self.u * self.B
 
-    def states(self, init: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """All states of the block from ``init`` (b, d, N), and the state after the block (b, d, N)."""
+    def states(self, init: torch.Tensor, decay: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All states of the block from ``init`` (b, d, N), and the state after the block (b, d, N).
+
+        ``decay``, when given, is ``self.decay()`` computed already; it is overwritten.
+        """
         states = self.drive()
-        last = scan_forward(self.decay(), states, init.unflatten(1, self.A.shape[:2]))
+        decay = self.decay() if decay is None else decay
+        last = scan_forward(decay, states, init.unflatten(1, self.A.shape[:2]))
         return states, last.flatten(1, 2)
 
     def output(self, states: torch.Tensor) -> torch.Tensor:
@@ -207,14 +211,15 @@ def chunked_backward(
         piece = slice(start, stop)
         block = Block(args, start, stop, dtype, softplus)
         layout = block.layout
-        states, _ = block.states(block_starts[index])
+        decay = block.decay()
+        states, _ = block.states(block_starts[index], decay.clone())
         grad_out = layout.channels(grad_y[..., piece].to(dtype)).squeeze(4)  # (T, b, G, H, K)
         if block.z is not None:
             grads["z"][..., piece] = layout.channels_back(grad_out * block.output(states) * _silu_grad(block.z))
             grad_out = grad_out * F.silu(block.z)
         grad_out = grad_out.unsqueeze(4)  # (T, b, G, H, 1, K)
         adjoint = block.C * grad_out  # becomes g, the gradient of the state
-        adjoint_in = scan_backward(block.decay(), adjoint, adjoint_in)
+        adjoint_in = scan_backward(decay, adjoint, adjoint_in)
 
         grads["C"][..., piece] = layout.grouped_back((states * grad_out).sum(3))
         grads["B"][..., piece] = layout.grouped_back((adjoint * (block.dt * block.u)).sum(3))
