@@ -1,0 +1,520 @@
+"""A synthetic CAMELYON16-style cohort: H&E-like pyramidal TIFFs generated tile by tile.
+
+Every pixel is a seeded procedural function of its level-0 position, so slides of any size are written
+tile by tile (tifffile takes a generator of tiles) without holding the image in memory, and the same
+seed gives the same files. Tumor slides carry metastases (denser, larger, darker, irregular nuclei)
+with ASAP XML annotations of the lesions.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .annotations import Annotations, Polygon, write_asap_xml
+
+MPP = 0.243
+APP_MAG = 40
+TILE = 256
+FLAVOURS = ("svs", "tiff")
+
+# ---- hashing and noise (vectorised, deterministic) ---------------------------------------------
+
+
+def _hash(ix: np.ndarray, iy: np.ndarray, salt: int) -> np.ndarray:
+    """uint32 hash of integer lattice coordinates."""
+    h = (ix.astype(np.int64).astype(np.uint32) * np.uint32(0x8DA6B343)) ^ (
+        iy.astype(np.int64).astype(np.uint32) * np.uint32(0xD8163841)
+    )
+    h ^= np.uint32((salt * 0x9E3779B1) & 0xFFFFFFFF)
+    h ^= h >> np.uint32(15)
+    h *= np.uint32(0x2C1B3C6D)
+    h ^= h >> np.uint32(12)
+    h *= np.uint32(0x297A2D39)
+    h ^= h >> np.uint32(15)
+    return h
+
+
+def _uniform(ix: np.ndarray, iy: np.ndarray, salt: int) -> np.ndarray:
+    return _hash(ix, iy, salt).astype(np.float32) * np.float32(1.0 / 4294967296.0)
+
+
+class _Lattice:
+    """Integer lattice cells under a tile: per-cell random values are hashed once on the small lattice
+    and gathered per pixel (x varies along columns only, y along rows only)."""
+
+    def __init__(self, gx: np.ndarray, gy: np.ndarray, pad: int = 1) -> None:
+        ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+        self.fx, self.fy = (gx - ix).astype(np.float32), (gy - iy).astype(np.float32)
+        self.x0, self.y0 = int(ix.min()) - pad, int(iy.min()) - pad
+        self.cx = np.arange(self.x0, int(ix.max()) + pad + 1)[None, :]
+        self.cy = np.arange(self.y0, int(iy.max()) + pad + 1)[:, None]
+        self.jx, self.jy = (ix - self.x0).ravel(), (iy - self.y0).ravel()
+
+    def table(self, salt: int) -> np.ndarray:
+        return _uniform(self.cx, self.cy, salt)
+
+    def at(self, table: np.ndarray, dx: int = 0, dy: int = 0) -> np.ndarray:
+        return table.take(self.jy + dy, axis=0).take(self.jx + dx, axis=1)
+
+
+def _value_noise(x: np.ndarray, y: np.ndarray, cell: float, salt: int) -> np.ndarray:
+    """Smooth value noise in [0, 1); x (1, W) and y (H, 1) broadcast to (H, W)."""
+    lat = _Lattice(x / cell, y / cell)
+    fx, fy = lat.fx * lat.fx * (3 - 2 * lat.fx), lat.fy * lat.fy * (3 - 2 * lat.fy)
+    t = lat.table(salt)
+    v00, v10, v01, v11 = lat.at(t), lat.at(t, 1), lat.at(t, 0, 1), lat.at(t, 1, 1)
+    top = v00 + (v10 - v00) * fx
+    bottom = v01 + (v11 - v01) * fx
+    return top + (bottom - top) * fy
+
+
+def _fbm(x: np.ndarray, y: np.ndarray, cell: float, salt: int, octaves: int = 4) -> np.ndarray:
+    total, norm, amp = 0.0, 0.0, 1.0
+    for octave in range(octaves):
+        total = total + amp * _value_noise(x, y, cell / 2**octave, salt + 101 * octave)
+        norm += amp
+        amp *= 0.5
+    return total / norm
+
+
+def _nuclei(
+    x: np.ndarray,
+    y: np.ndarray,
+    cell: float,
+    radius: tuple[float, float],
+    density: float,
+    irregular: float,
+    salt: int,
+    pixel: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Worley-style blobs on a jittered lattice of ``cell`` µm: (coverage in [0, 1], normalised distance
+    to the nearest centre). Below 3 px per cell (``pixel`` µm) blobs are sub-pixel: the coverage is then
+    their expected area fraction (no aliasing speckle at low pyramid levels)."""
+    if cell / pixel < 3:
+        mean_r = (radius[0] + radius[1]) / 2
+        coverage = min(1.0, density * np.pi * mean_r * mean_r)
+        shape = np.broadcast(x, y).shape
+        return np.full(shape, coverage, np.float32), np.full(shape, 0.8, np.float32)
+    lat = _Lattice(x / cell, y / cell)
+    size_t, px_t, py_t = lat.table(salt), lat.table(salt + 1), lat.table(salt + 2)
+    present_t = lat.table(salt + 7) < density
+    phase_t = lat.table(salt + 3) * np.float32(2 * np.pi)
+    # centres sit in [0.15, 0.85] of their cell and reach < 0.65 cell: the own cell and the three
+    # neighbours towards the pixel's nearest cell corner are enough
+    sx = np.where(lat.fx < 0.5, -1, 1).ravel()
+    sy = np.where(lat.fy < 0.5, -1, 1).ravel()
+    best = np.full(np.broadcast(lat.fx, lat.fy).shape, 81.0, np.float32)
+    for ay in (0, 1):
+        for ax in (0, 1):
+            dx, dy = sx * ax, sy * ay
+            ex = lat.fx - (dx[None, :] + 0.15 + 0.7 * lat.at(px_t, dx, dy))
+            ey = lat.fy - (dy[:, None] + 0.15 + 0.7 * lat.at(py_t, dx, dy))
+            r = radius[0] + (radius[1] - radius[0]) * lat.at(size_t, dx, dy)
+            if irregular:
+                r = r * (1 + irregular * np.sin(3 * np.arctan2(ey, ex) + lat.at(phase_t, dx, dy)))
+            d2 = (ex * ex + ey * ey) / (r * r)
+            d2[~lat.at(present_t, dx, dy)] = 81.0
+            np.minimum(best, d2, out=best)
+    best = np.sqrt(best)
+    return (best < 1.0).astype(np.float32), best
+
+
+# ---- slide description -------------------------------------------------------------------------
+
+
+@dataclass
+class Lesion:
+    """A metastasis: centre (level-0 px), mean radius (px) and radial harmonics of its outline."""
+
+    cx: float
+    cy: float
+    radius: float
+    amplitudes: tuple[float, ...]
+    phases: tuple[float, ...]
+
+    def radius_at(self, angle: np.ndarray) -> np.ndarray:
+        r = 1.0
+        for k, (a, p) in enumerate(zip(self.amplitudes, self.phases, strict=True), start=2):
+            r = r + a * np.sin(k * angle + p)
+        return self.radius * r
+
+    def polygon(self, n: int = 64) -> np.ndarray:
+        angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        r = self.radius_at(angles)
+        return np.stack([self.cx + r * np.cos(angles), self.cy + r * np.sin(angles)], axis=1)
+
+    @property
+    def diameter_um(self) -> float:
+        return 2 * self.radius * MPP
+
+
+@dataclass
+class SlideSpec:
+    """Everything that determines a synthetic slide's pixels."""
+
+    seed: int
+    width: int
+    height: int
+    mpp: float = MPP
+    lesions: list[Lesion] = field(default_factory=list)
+    blobs: list[tuple[float, float, float, float]] = field(default_factory=list)  # cx, cy, rx, ry (0..1)
+    eosin: tuple[float, float, float] = (0.93, 0.62, 0.76)
+    hematoxylin: tuple[float, float, float] = (0.36, 0.24, 0.55)
+
+    @property
+    def label(self) -> str:
+        return "Tumor" if self.lesions else "Normal"
+
+    @property
+    def metastasis(self) -> str:
+        """'macro' (≥ 2 mm), 'micro' (0.2–2 mm), 'itc' (< 0.2 mm) by the largest lesion, or 'none'."""
+        if not self.lesions:
+            return "none"
+        largest = max(lesion.diameter_um for lesion in self.lesions)
+        return "macro" if largest >= 2000 else ("micro" if largest >= 200 else "itc")
+
+
+def _tissue_field(spec: SlideSpec, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """> 0 inside tissue; the outline scales with the slide so small slides still look like slides."""
+    u, v = x / spec.width, y / spec.height
+    envelope = np.zeros(np.broadcast(u, v).shape, np.float32)
+    for cx, cy, rx, ry in spec.blobs:
+        envelope = np.maximum(envelope, np.exp(-(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)))
+    return envelope + 0.5 * (_fbm(u, v, 0.25, spec.seed + 11, 3) - 0.5) - 0.45
+
+
+def make_spec(seed: int, index: int, width: int, height: int, tumor: bool) -> SlideSpec:
+    """A reproducible slide description; tumor slides get a CAMELYON16-like lesion size mix."""
+    rng = np.random.default_rng([seed, index])
+    spec = SlideSpec(seed=int(rng.integers(1 << 30)), width=width, height=height)
+    spec.blobs = [
+        (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.18, 0.32), rng.uniform(0.18, 0.32))
+        for _ in range(int(rng.integers(1, 4)))
+    ]
+    spec.eosin = tuple(float(np.clip(c + rng.normal(0, 0.03), 0, 1)) for c in spec.eosin)
+    spec.hematoxylin = tuple(float(np.clip(c + rng.normal(0, 0.04), 0, 1)) for c in spec.hematoxylin)
+    if tumor:
+        short_um = min(width, height) * MPP
+        micro_only = rng.random() < 0.5
+        diameters = [rng.uniform(200, 1800) for _ in range(int(rng.integers(1, 4)))]
+        if not micro_only:
+            diameters[0] = rng.uniform(2000, 6000)
+        for diameter in diameters:
+            cap = (0.25 if diameter < 2000 else 0.45) * short_um
+            if diameter > cap:  # small slides: keep lesions inside, still of varied size
+                diameter = cap * rng.uniform(0.5, 1.0)
+            radius_px = max(diameter, 40.0) / 2 / MPP
+            cx, cy = _tissue_point(spec, rng, radius_px)
+            spec.lesions.append(
+                Lesion(
+                    cx,
+                    cy,
+                    radius_px,
+                    tuple(float(a) for a in rng.uniform(0.02, 0.1, 4)),
+                    tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 4)),
+                )
+            )
+    return spec
+
+
+def _tissue_point(spec: SlideSpec, rng: np.random.Generator, margin: float) -> tuple[float, float]:
+    """A random level-0 point inside tissue (falls back to the first blob's centre)."""
+    for _ in range(200):
+        x = rng.uniform(margin, spec.width - margin)
+        y = rng.uniform(margin, spec.height - margin)
+        if _tissue_field(spec, np.array([[x]]), np.array([[y]]))[0, 0] > 0.1:
+            return float(x), float(y)
+    cx, cy = spec.blobs[0][:2]
+    return float(cx * spec.width), float(cy * spec.height)
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+
+def render(
+    spec: SlideSpec, x0: float, y0: float, width: int, height: int, downsample: float = 1.0
+) -> np.ndarray:
+    """(height, width, 3) uint8 pixels whose top-left is level-0 (x0, y0), one pixel per ``downsample``."""
+    x = (x0 + (np.arange(width, dtype=np.float32) + 0.5) * downsample)[None, :]
+    y = (y0 + (np.arange(height, dtype=np.float32) + 0.5) * downsample)[:, None]
+    xu, yu = x * spec.mpp, y * spec.mpp  # microns
+    s = spec.seed
+    tissue = _tissue_field(spec, x, y) > 0
+    tumor = np.zeros(tissue.shape, bool)
+    for lesion in spec.lesions:
+        if (
+            abs(lesion.cx - x0 - width * downsample / 2) > lesion.radius * 1.5 + width * downsample
+            or abs(lesion.cy - y0 - height * downsample / 2) > lesion.radius * 1.5 + height * downsample
+        ):
+            continue
+        dx, dy = x - lesion.cx, y - lesion.cy
+        tumor |= np.hypot(dx, dy) < lesion.radius_at(np.arctan2(dy, dx))
+    tissue |= tumor
+
+    pixel = spec.mpp * downsample
+    eosin = np.asarray(spec.eosin, np.float32)
+    hema = np.asarray(spec.hematoxylin, np.float32)
+    img = eosin * (0.92 + 0.14 * _value_noise(xu * 0.2, yu, 3.0, s + 41))[..., None]  # fibrous stroma
+    nuc, nd = _nuclei(xu, yu, 9.0, (0.18, 0.28), 0.55, 0.0, s + 51, pixel)
+    fat_zone = (_fbm(xu, yu, 400.0, s + 21, 3) > 0.6) & ~tumor
+    if fat_zone.any():  # adipocytes: white cells with thin pink membranes, no nuclei
+        _, fat_d = _nuclei(xu, yu, 45.0, (0.6, 0.64), 1.0, 0.0, s + 31, pixel)
+        fat = fat_zone & (fat_d < 0.9)
+        img[fat] = 0.965
+        nuc = nuc * ~fat
+    img = img + (hema * (0.8 + 0.25 * nd)[..., None] - img) * nuc[..., None]
+    if tumor.any():  # metastasis: denser, larger, darker, irregular nuclei
+        tnuc, td = _nuclei(xu, yu, 7.0, (0.3, 0.42), 0.9, 0.15, s + 61, pixel)
+        stroma = eosin * 0.9
+        tumor_img = stroma + (hema * (0.62 + 0.2 * td)[..., None] - stroma) * tnuc[..., None]
+        img = np.where(tumor[..., None], tumor_img, img)
+    img = np.where(tissue[..., None], img, np.float32(0.955))
+    grain = _uniform(np.floor(x), np.floor(y), s + 71)[..., None] - 0.5
+    img = img + 0.03 * grain
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+
+def _levels(width: int, height: int, factor: int) -> list[tuple[int, int, int]]:
+    """(w, h, downsample) per level, down to a level whose longer side is ≤ 256 px."""
+    levels = [(width, height, 1)]
+    while max(levels[-1][:2]) > 256:
+        ds = levels[-1][2] * factor
+        levels.append((max(1, width // ds), max(1, height // ds), ds))
+    return levels
+
+
+def _tiles(
+    spec: SlideSpec, width: int, height: int, ds: int, tick: Callable[[], None] | None
+) -> Iterator[np.ndarray]:
+    """Tiles of one level in row-major order, rendered on a few threads with a bounded look-ahead."""
+    origins = ((tx * ds, ty * ds) for ty in range(0, height, TILE) for tx in range(0, width, TILE))
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        for x, y in origins:
+            pending.append(pool.submit(render, spec, x, y, TILE, TILE, ds))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+                if tick is not None:
+                    tick()
+        while pending:
+            yield pending.popleft().result()
+            if tick is not None:
+                tick()
+
+
+def tile_count(width: int, height: int, flavour: str) -> int:
+    """Tiles written for a slide of this size (for progress bars)."""
+    return sum(
+        math.ceil(w / TILE) * math.ceil(h / TILE)
+        for w, h, _ in _levels(width, height, 4 if flavour == "svs" else 2)
+    )
+
+
+def write_slide(
+    spec: SlideSpec,
+    path: str | os.PathLike[str],
+    flavour: str = "tiff",
+    quality: int = 85,
+    tick: Callable[[], None] | None = None,
+) -> Path:
+    """Write ``spec`` as a JPEG-tiled pyramidal TIFF: flavour "svs" (Aperio layout and description, 4×
+    levels, thumbnail/label/macro) or "tiff" (generic, resolution tags, 2× levels). Atomic (temp + rename)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    w0, h0 = spec.width, spec.height
+    levels = _levels(w0, h0, 4 if flavour == "svs" else 2)
+    common = dict(
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": quality},
+        metadata=None,
+    )
+    tiled = dict(common, tile=(TILE, TILE), dtype=np.uint8)
+    if flavour == "tiff":
+        res = 1e4 / spec.mpp
+        tiled.update(resolution=(res, res), resolutionunit="CENTIMETER")
+    header = "Aperio Image Library v12.0.15"
+    bigtiff = w0 * h0 * 3 > 2**31
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+            for index, (w, h, ds) in enumerate(levels):
+                if flavour == "svs":
+                    description = (
+                        f"{header}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
+                        f"|AppMag = {APP_MAG}|MPP = {spec.mpp}"
+                        if index == 0
+                        else f"{header}\r\n{w0}x{h0} -> {w}x{h}"
+                    )
+                    subfiletype = 0
+                else:
+                    description, subfiletype = None, (1 if index else 0)
+                tw.write(
+                    _tiles(spec, w, h, ds, tick),
+                    shape=(h, w, 3),
+                    description=description,
+                    subfiletype=subfiletype,
+                    **tiled,
+                )
+                if flavour == "svs" and index == 0:
+                    _write_thumbnail(tw, spec, header, common)
+            if flavour == "svs":
+                _write_label_macro(tw, spec, header, common)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_thumbnail(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, common: dict) -> None:
+    ds = max(spec.width, spec.height) / 768
+    w, h = max(1, round(spec.width / ds)), max(1, round(spec.height / ds))
+    tw.write(
+        render(spec, 0, 0, w, h, ds),
+        description=f"{header}\r\n{spec.width}x{spec.height} -> {w}x{h}",
+        rowsperstrip=16,
+        **common,
+    )
+
+
+def _write_label_macro(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, common: dict) -> None:
+    rng = np.random.default_rng(spec.seed)
+    label = np.full((300, 300, 3), 250, np.uint8)
+    label[40:260, 40:260] = np.where(rng.random((220, 1, 1)) < 0.5, 20, 250).astype(np.uint8)  # a barcode
+    tw.write(
+        label,
+        description=f"{header}\r\nlabel 300x300",
+        subfiletype=1,
+        rowsperstrip=64,
+        photometric="rgb",
+        compression="lzw",
+        metadata=None,
+    )
+    ds = max(spec.width, spec.height) / 600
+    macro = np.full((400, 1000, 3), 240, np.uint8)
+    w, h = min(600, round(spec.width / ds)), min(400, round(spec.height / ds))
+    macro[:h, 380 : 380 + w] = render(spec, 0, 0, w, h, ds)
+    macro[:, :300] = 230
+    tw.write(macro, description=f"{header}\r\nmacro 1000x400", subfiletype=9, rowsperstrip=16, **common)
+
+
+def lesion_annotations(spec: SlideSpec) -> Annotations:
+    """The lesions of a synthetic slide as ASAP-style annotations (group "Tumor")."""
+    return Annotations(
+        lesions=[
+            Polygon(lesion.polygon(), f"Annotation {i}", "Tumor") for i, lesion in enumerate(spec.lesions)
+        ]
+    )
+
+
+@dataclass
+class CohortSlide:
+    """One planned slide of a cohort."""
+
+    split: str  # training | testing
+    name: str
+    path: Path
+    spec: SlideSpec
+    flavour: str
+
+
+def plan_cohort(
+    out: str | os.PathLike[str], slides: int, seed: int = 0, size: int = 8192, flavour: str = "mixed"
+) -> list[CohortSlide]:
+    """CAMELYON16 layout: a third of the slides (at least one when ``slides`` ≥ 3) go to testing/,
+    the rest to training/normal and training/tumor; normal and tumor alternate."""
+    out = Path(out)
+    n_test = slides // 3
+    plan = []
+    counters = {"normal": 0, "tumor": 0, "test": 0}
+    rng = np.random.default_rng(seed)
+    for index in range(slides):
+        tumor = index % 2 == 1
+        height = int(size * rng.uniform(0.7, 1.0)) // 16 * 16
+        spec = make_spec(seed, index, size, max(height, 16), tumor)
+        kind = flavour if flavour != "mixed" else FLAVOURS[index % 2 if index < 2 else int(rng.integers(2))]
+        if index >= slides - n_test:
+            counters["test"] += 1
+            name = f"test_{counters['test']:03d}"
+            plan.append(CohortSlide("testing", name, out / "testing" / "images" / f"{name}.tif", spec, kind))
+        else:
+            group = "tumor" if tumor else "normal"
+            counters[group] += 1
+            name = f"{group}_{counters[group]:03d}"
+            plan.append(CohortSlide("training", name, out / "training" / group / f"{name}.tif", spec, kind))
+    return plan
+
+
+def write_cohort(
+    out: str | os.PathLike[str],
+    slides: int,
+    seed: int = 0,
+    size: int = 8192,
+    flavour: str = "mixed",
+    tick: Callable[[], None] | None = None,
+) -> list[CohortSlide]:
+    """Write a synthetic cohort under ``out`` (CAMELYON16 layout, labels CSVs, lesion XML)."""
+    plan = plan_cohort(out, slides, seed, size, flavour)
+    for item in plan:
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+        write_slide(item.spec, item.path, item.flavour, tick=tick)
+        if item.spec.lesions:
+            xml = item.path.parents[1] / "lesion_annotations" / f"{item.name}.xml"
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            write_asap_xml(lesion_annotations(item.spec), xml)
+    _write_csvs(Path(out), plan)
+    return plan
+
+
+def _write_csvs(out: Path, plan: list[CohortSlide]) -> None:
+    columns = [
+        "image",
+        "label",
+        "metastasis",
+        "lesions",
+        "largest_lesion_um",
+        "width",
+        "height",
+        "mpp",
+        "flavour",
+    ]
+    for split, filename in (("training", "labels.csv"), ("testing", "reference.csv")):
+        rows = [item for item in plan if item.split == split]
+        if not rows:
+            continue
+        (out / split).mkdir(parents=True, exist_ok=True)
+        with open(out / split / filename, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for item in rows:
+                s = item.spec
+                largest = max((lesion.diameter_um for lesion in s.lesions), default=0.0)
+                writer.writerow(
+                    [
+                        item.name,
+                        s.label,
+                        s.metastasis.capitalize() if s.lesions else "None",
+                        len(s.lesions),
+                        f"{largest:.1f}",
+                        s.width,
+                        s.height,
+                        s.mpp,
+                        item.flavour,
+                    ]
+                )
