@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import AnnotationError
+from .tiling import TileGrid, region_fractions
 
 LESION_GROUPS = ("_0", "_1", "Tumor", "tumor", "Metastases")
 EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion", "None")
@@ -190,3 +191,11 @@ def rasterize(annotations: Annotations, dimensions: tuple[int, int], downsample:
         for polygon in polygons:
             draw.polygon([(x / downsample, y / downsample) for x, y in polygon.points], fill=value)
     return np.asarray(image, dtype=bool)
+
+
+def lesion_fractions(annotations: Annotations, grid: TileGrid, dimensions: tuple[int, int]) -> np.ndarray:
+    """Per-tile fraction of lesion (exclusions subtracted) for each tile of ``grid`` on a slide of
+    level-0 ``dimensions`` (w, h); the mask is rasterised at 1/16 of a tile side."""
+    downsample = grid.size0 / 16
+    mask = rasterize(annotations, dimensions, downsample)
+    return region_fractions(mask, downsample, grid.x, grid.y, grid.size0)
