@@ -189,13 +189,16 @@ def rasterize(annotations: Annotations, dimensions: tuple[int, int], downsample:
     draw = ImageDraw.Draw(image)
     for polygons, value in ((annotations.lesions, 1), (annotations.exclusions, 0)):
         for polygon in polygons:
-            draw.polygon([(x / downsample, y / downsample) for x, y in polygon.points], fill=value)
+            # vertices in continuous coordinates, pixel i spans [i, i + 1): PIL fills by pixel index
+            draw.polygon(
+                [(x / downsample - 0.5, y / downsample - 0.5) for x, y in polygon.points], fill=value
+            )
     return np.asarray(image, dtype=bool)
 
 
 def lesion_fractions(annotations: Annotations, grid: TileGrid, dimensions: tuple[int, int]) -> np.ndarray:
     """Per-tile fraction of lesion (exclusions subtracted) for each tile of ``grid`` on a slide of
-    level-0 ``dimensions`` (w, h); the mask is rasterised at 1/16 of a tile side."""
-    downsample = grid.size0 / 16
+    level-0 ``dimensions`` (w, h); the mask is rasterised at 1/32 of a tile side."""
+    downsample = grid.size0 / 32
     mask = rasterize(annotations, dimensions, downsample)
     return region_fractions(mask, downsample, grid.x, grid.y, grid.size0)
