@@ -307,13 +307,17 @@ def _tiles(
         for x, y in origins:
             pending.append(pool.submit(render, spec, x, y, TILE, TILE, ds))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-                if tick is not None:
-                    tick()
+                yield _done(pending.popleft(), tick)
         while pending:
-            yield pending.popleft().result()
-            if tick is not None:
-                tick()
+            yield _done(pending.popleft(), tick)
+
+
+def _done(future: Future[np.ndarray], tick: Callable[[], None] | None) -> np.ndarray:
+    """The future's tile, counted before it is handed on (the consumer may stop after the last one)."""
+    tile = future.result()
+    if tick is not None:
+        tick()
+    return tile
 
 
 def tile_count(width: int, height: int, flavour: str) -> int:
