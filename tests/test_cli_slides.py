@@ -60,6 +60,15 @@ def test_info_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert_one_line_error(err, text, "not a slide")
 
 
+def test_truncated_tiff_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_pyramid(tmp_path / "full.tif", compression="none").read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 3])
+    code, _, err = run(["info", str(cut)], capsys)
+    assert code == 1
+    assert_one_line_error(err, cut, "truncated")
+
+
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["tiles"], capsys)[0] == 2
     assert run(["tiles", "x.svs", "--mpp", "-1"], capsys)[0] == 2

@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failed, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    # tifffile logs damaged-file details on stderr; the slide layer reports them as one SlideError
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as exc:  # the message names the file and the problem
