@@ -97,34 +97,41 @@ def _nuclei(
     salt: int,
     pixel: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Worley-style blobs on a jittered lattice of ``cell`` µm: (coverage in [0, 1], normalised distance
-    to the nearest centre). Below 3 px per cell (``pixel`` µm) blobs are sub-pixel: the coverage is then
-    their expected area fraction (no aliasing speckle at low pyramid levels)."""
-    if cell / pixel < 3:
+    """Worley-style blobs, one per cell of a jittered lattice of ``cell`` µm (radius in cells): (coverage
+    in [0, 1], distance to the nearest centre in radii). ``x`` (1, W) and ``y`` (H, 1) are pixel centres
+    in µm, ``pixel`` µm wide. Below 5 px per cell, blobs are drawn as their expected area fraction (no
+    aliasing speckle at low pyramid levels); otherwise each blob is drawn in its bounding box."""
+    shape = (y.shape[0], x.shape[1])
+    if cell / pixel < 5:
         mean_r = (radius[0] + radius[1]) / 2
         coverage = min(1.0, density * np.pi * mean_r * mean_r)
-        shape = np.broadcast(x, y).shape
         return np.full(shape, coverage, np.float32), np.full(shape, 0.8, np.float32)
-    lat = _Lattice(x / cell, y / cell)
-    size_t, px_t, py_t = lat.table(salt), lat.table(salt + 1), lat.table(salt + 2)
-    present_t = lat.table(salt + 7) < density
-    phase_t = lat.table(salt + 3) * np.float32(2 * np.pi)
-    # centres sit in [0.15, 0.85] of their cell and reach < 0.65 cell: the own cell and the three
-    # neighbours towards the pixel's nearest cell corner are enough
-    sx = np.where(lat.fx < 0.5, -1, 1).ravel()
-    sy = np.where(lat.fy < 0.5, -1, 1).ravel()
-    best = np.full(np.broadcast(lat.fx, lat.fy).shape, 81.0, np.float32)
-    for ay in (0, 1):
-        for ax in (0, 1):
-            dx, dy = sx * ax, sy * ay
-            ex = lat.fx - (dx[None, :] + 0.15 + 0.7 * lat.at(px_t, dx, dy))
-            ey = lat.fy - (dy[:, None] + 0.15 + 0.7 * lat.at(py_t, dx, dy))
-            r = radius[0] + (radius[1] - radius[0]) * lat.at(size_t, dx, dy)
-            if irregular:
-                r = r * (1 + irregular * np.sin(3 * np.arctan2(ey, ex) + lat.at(phase_t, dx, dy)))
-            d2 = (ex * ex + ey * ey) / (r * r)
-            d2[~lat.at(present_t, dx, dy)] = 81.0
-            np.minimum(best, d2, out=best)
+    reach = radius[1] * (1 + irregular) * cell  # µm
+    ix = np.arange(int(np.floor((x[0, 0] - reach) / cell)) - 1, int(np.floor((x[0, -1] + reach) / cell)) + 2)
+    iy = np.arange(int(np.floor((y[0, 0] - reach) / cell)) - 1, int(np.floor((y[-1, 0] + reach) / cell)) + 2)
+    cx, cy = ix[None, :], iy[:, None]
+    present = _uniform(cx, cy, salt + 7) < density
+    centre_x = (cx + 0.15 + 0.7 * _uniform(cx, cy, salt + 1)) * cell
+    centre_y = (cy + 0.15 + 0.7 * _uniform(cx, cy, salt + 2)) * cell
+    r = (radius[0] + (radius[1] - radius[0]) * _uniform(cx, cy, salt)) * cell
+    phase = _uniform(cx, cy, salt + 3) * np.float32(2 * np.pi)
+    best = np.full(shape, 81.0, np.float32)
+    x0, y0, xs, ys = float(x[0, 0]), float(y[0, 0]), x[0], y[:, 0]
+    for i, j in zip(*np.nonzero(present), strict=True):
+        px, py = float(centre_x[i, j]), float(centre_y[i, j])
+        c0 = max(0, int((px - reach - x0) / pixel))
+        c1 = min(shape[1], int((px + reach - x0) / pixel) + 2)
+        r0 = max(0, int((py - reach - y0) / pixel))
+        r1 = min(shape[0], int((py + reach - y0) / pixel) + 2)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        ex = xs[None, c0:c1] - px
+        ey = ys[r0:r1, None] - py
+        rr = r[i, j]
+        if irregular:
+            rr = rr * (1 + irregular * np.sin(3 * np.arctan2(ey, ex) + phase[i, j]))
+        d2 = (ex * ex + ey * ey) / (rr * rr)
+        np.minimum(best[r0:r1, c0:c1], d2, out=best[r0:r1, c0:c1])
     best = np.sqrt(best)
     return (best < 1.0).astype(np.float32), best
 
@@ -260,6 +267,9 @@ def render(
         dx, dy = x - lesion.cx, y - lesion.cy
         tumor |= np.hypot(dx, dy) < lesion.radius_at(np.arctan2(dy, dx))
     tissue |= tumor
+    grain = _uniform(np.floor(x), np.floor(y), s + 71)[..., None] - 0.5
+    if not tissue.any():  # background only
+        return (np.clip(0.955 + 0.03 * grain, 0, 1) * 255 + 0.5).astype(np.uint8).repeat(3, axis=2)
 
     pixel = spec.mpp * downsample
     eosin = np.asarray(spec.eosin, np.float32)
@@ -279,7 +289,6 @@ def render(
         tumor_img = stroma + (hema * (0.62 + 0.2 * td)[..., None] - stroma) * tnuc[..., None]
         img = np.where(tumor[..., None], tumor_img, img)
     img = np.where(tissue[..., None], img, np.float32(0.955))
-    grain = _uniform(np.floor(x), np.floor(y), s + 71)[..., None] - 0.5
     img = img + 0.03 * grain
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
