@@ -19,7 +19,7 @@ from .errors import AnnotationError
 from .tiling import TileGrid, region_fractions
 
 LESION_GROUPS = ("_0", "_1", "Tumor", "tumor", "Metastases")
-EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion", "None")
+EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion")
 _COLORS = {"lesion": "#F4FA58", "exclusion": "#64FE2E"}
 
 
