@@ -273,3 +273,22 @@ def test_real_corrupt_tile_data(backend: str) -> None:
         pytest.raises(SlideError, match=r"openslide-unreadable\.svs: .*pixels"),
     ):
         s.read_region((0, 0), 0, (16, 16))
+
+
+def test_read_level_in_bands_matches_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_mamba.slide import base
+
+    with open_slide(write_pyramid(tmp_path / "p.tif")) as s:
+        whole = s.read_level(0, (256, 192))
+        monkeypatch.setattr(base, "_MAX_WHOLE_LEVEL_PX", 1000)
+        monkeypatch.setattr(base, "_BAND_ROWS", 200)
+        banded = s.read_level(0, (256, 192))
+    assert banded.shape == whole.shape
+    assert np.abs(banded.astype(int) - whole.astype(int)).mean() < 2.0
+
+
+def test_openslide_to_dask_matches_tifffile(tmp_path: Path) -> None:
+    path = write_pyramid(tmp_path / "p.tif")
+    with open_slide(path, backend="tifffile") as a, open_slide(path, backend="openslide") as b:
+        for level in range(a.level_count):
+            np.testing.assert_array_equal(a.to_dask(level).compute(), b.to_dask(level).compute())
