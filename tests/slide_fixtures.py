@@ -67,3 +67,23 @@ def synthetic_slide(tmp_path_factory: pytest.TempPathFactory, flavour: str, tumo
         folder = tmp_path_factory.mktemp(f"synth-{flavour}-{int(tumor)}")
         _cache[key] = write_slide(spec, folder / f"slide.{'svs' if flavour == 'svs' else 'tif'}", flavour)
     return _cache[key]
+
+
+def write_unsupported_compression(path: Path) -> Path:
+    """A tiled pyramid whose Compression tag says 52479 (no codec anywhere)."""
+    write_pyramid(path, compression="zlib")
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        for page in tf.pages:
+            page.tags["Compression"].overwrite(52479)
+    return path
+
+
+def write_corrupt_tile(path: Path) -> Path:
+    """A JPEG-tiled pyramid whose first level-0 tile does not start with a JPEG marker."""
+    write_pyramid(path, compression="jpeg")
+    with tifffile.TiffFile(path) as tf:
+        offset = tf.pages[0].dataoffsets[0]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * 16)
+    return path

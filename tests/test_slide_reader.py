@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from slide_fixtures import gradient_image, shared_file, synthetic_slide, write_pyramid
+from slide_fixtures import (
+    gradient_image,
+    shared_file,
+    synthetic_slide,
+    write_corrupt_tile,
+    write_pyramid,
+    write_unsupported_compression,
+)
 
 from wsi_mamba.slide import SlideError, choose_backend, open_slide
 
@@ -192,6 +199,24 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_unknown_backend(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="backend must be one of"):
         open_slide(write_pyramid(tmp_path / "p.tif"), backend="pillow")  # type: ignore[arg-type]
+
+
+def test_unsupported_compression(tmp_path: Path) -> None:
+    path = write_unsupported_compression(tmp_path / "odd.tif")
+    for backend in (None, "tifffile", "openslide"):
+        with pytest.raises(SlideError, match=r"odd\.tif: .*compression.*52479"):
+            open_slide(path, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["tifffile", "openslide"])
+def test_corrupt_tile_fails_when_read(tmp_path: Path, backend: str) -> None:
+    path = write_corrupt_tile(tmp_path / "bad.tif")
+    with open_slide(path, backend=backend) as s:  # opening is fine: the tile is only read on demand
+        with pytest.raises(SlideError, match=r"bad\.tif: cannot .* pixels of level 0 at \(0, 0\)"):
+            s.read_region((0, 0), 0, (64, 64))
+    if backend == "tifffile":  # other tiles still read
+        with open_slide(path, backend=backend) as s:
+            assert s.read_region((600, 600), 0, (64, 64)).shape == (64, 64, 3)
 
 
 def test_untiled_tiff_works_with_warning(tmp_path: Path) -> None:
