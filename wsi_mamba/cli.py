@@ -6,18 +6,21 @@ Exit codes: 0 ok, 1 failed, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .commands import COMMAND_MODULES, EXPECTED_ERRORS
 
 EXAMPLES = """\
 examples:
-  wsi-mamba --version
-  wsi-mamba --help
+  wsi-mamba info slide.svs
+  wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png
+  wsi-mamba synth data/synth --slides 6 --seed 0
+  wsi-mamba COMMAND --help
 
-Subcommands (predict, info, tiles, synth, extract, train, evaluate, cohort) arrive with later releases;
-see README.md for what is available in this version.
+Further subcommands (predict, extract, train, evaluate, cohort) arrive with later releases.
 """
 
 
@@ -25,23 +28,42 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="wsi-mamba",
-        description="Whole-slide pathology analysis: slides in, metastasis scores out (VMamba + Triton scan).",
+        description=(
+            "Whole-slide pathology analysis: slides in, metastasis scores out (VMamba + Triton scan)."
+        ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"wsi-mamba {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or bad usage (2): argparse printed the message
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return 0
-    return 1
+    # tifffile logs damaged-file details on stderr; the slide layer reports them as one SlideError
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as exc:  # the message names the file and the problem
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. an output folder that cannot be written
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,11 @@
+"""Subcommands of the ``wsi-mamba`` CLI: each module registers its own with a ``register`` function."""
+
+from __future__ import annotations
+
+from . import slides
+
+# Modules whose ``register(subparsers)`` adds subcommands; add new command modules here.
+COMMAND_MODULES = (slides,)
+
+# Errors a user can cause (bad file, bad annotation): the CLI prints them on one line, exit code 1.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = slides.EXPECTED_ERRORS

@@ -1,0 +1,164 @@
+"""``wsi-mamba info | tiles | synth``: thin wrappers around ``wsi_mamba.slide``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from ..slide import AnnotationError, SlideError, open_slide
+
+EXPECTED_ERRORS = (SlideError, AnnotationError)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _parser(
+    subparsers: argparse._SubParsersAction, name: str, help: str, example: str
+) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the slide subcommands to the CLI."""
+    p = _parser(
+        subparsers,
+        "info",
+        "Show a slide's backend, vendor, levels, mpp and associated images.",
+        "wsi-mamba info slide.svs --json",
+    )
+    p.add_argument("slide", help="slide file (or DICOM folder)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--backend", choices=("tifffile", "openslide"), help="force a backend")
+    p.set_defaults(func=cmd_info)
+
+    p = _parser(
+        subparsers,
+        "tiles",
+        "Tile a slide at a resolution and draw the grid on its thumbnail.",
+        "wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png",
+    )
+    p.add_argument("slide", help="slide file (or DICOM folder)")
+    p.add_argument("--mpp", type=_positive_float, default=0.5, help="tile resolution in µm/px (default 0.5)")
+    p.add_argument("--tile", type=_positive_int, default=256, help="tile side in pixels (default 256)")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
+    p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px when the file has none")
+    p.add_argument("--out", help="preview PNG to write")
+    p.add_argument("--max-size", type=_positive_int, default=1024, help="preview's longer side (px)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tiles)
+
+    p = _parser(
+        subparsers,
+        "synth",
+        "Write a synthetic CAMELYON16-style cohort (pyramidal TIFFs, XML, CSV).",
+        "wsi-mamba synth data/synth --slides 6 --seed 0 --size 8192",
+    )
+    p.add_argument("out", help="output folder")
+    p.add_argument("--slides", type=_positive_int, default=6, help="number of slides (a third for testing/)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--size", type=_positive_int, default=8192, help="level-0 width in pixels (default 8192)")
+    p.add_argument("--flavour", choices=("mixed", "svs", "tiff"), default="mixed", help="file flavour")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_slide(args.slide, backend=args.backend) as slide:
+            info = slide.describe()
+    info["warnings"] = [str(w.message) for w in caught]
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    mpp = f"{info['mpp']:.4g} µm/px" if info["mpp"] else "unknown"
+    print(f"{info['path']}\n  backend: {info['backend']}   vendor: {info['vendor']}")
+    print(
+        f"  dimensions: {info['dimensions'][0]} x {info['dimensions'][1]}   mpp: {mpp}"
+        f"   objective: {info['objective_power'] or 'unknown'}"
+    )
+    for i, level in enumerate(info["levels"]):
+        w, h = level["dimensions"]
+        print(f"  level {i}: {w} x {h}  downsample {level['downsample']:g}")
+    for name, (w, h) in info["associated_images"].items():
+        print(f"  associated image {name}: {w} x {h}")
+    for message in info["warnings"]:
+        print(f"  warning: {message}")
+    return 0
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    from ..slide.preview import render_preview
+    from ..slide.tiling import make_tile_grid
+    from ..slide.tissue import detect_tissue
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing mpp is reported by make_tile_grid as an error
+        slide = open_slide(args.slide, mpp=args.slide_mpp)
+    with slide:
+        tissue = detect_tissue(slide)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grid = make_tile_grid(slide, args.tile, args.mpp, args.min_tissue, tissue=tissue)
+        if args.out:
+            render_preview(slide, grid, tissue, args.max_size).save(args.out)
+    summary = {
+        "slide": str(args.slide),
+        "tiles": len(grid),
+        "grid": list(grid.shape),
+        "tile_px": grid.tile_px,
+        "mpp": grid.target_mpp,
+        "level": grid.level,
+        "read_px": grid.read_px,
+        "tissue_fraction": round(tissue.fraction, 4),
+        "preview": args.out,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{len(grid)} tiles of {grid.tile_px} px at {grid.target_mpp:g} µm/px "
+            f"(grid {grid.shape[0]} x {grid.shape[1]}, read at level {grid.level} as {grid.read_px} px)"
+            + (f" -> {args.out}" if args.out else "")
+        )
+    if len(grid) == 0:
+        print(f"warning: {args.slide}: no tissue found; the tile grid is empty", file=sys.stderr)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..slide.synthetic import plan_cohort, tile_count, write_cohort
+
+    plan = plan_cohort(args.out, args.slides, args.seed, args.size, args.flavour)
+    total = sum(tile_count(p.spec.width, p.spec.height, p.flavour) for p in plan)
+    with tqdm(total=total, unit="tile", desc=f"{args.slides} slides", file=sys.stderr) as bar:
+        write_cohort(args.out, args.slides, args.seed, args.size, args.flavour, tick=lambda: bar.update())
+    print(f"wrote {len(plan)} slides to {args.out}")
+    return 0

@@ -1,0 +1,204 @@
+"""Lesion annotations: ASAP XML (CAMELYON16) and GeoJSON (QuPath) I/O, rasterising, per-tile fractions.
+
+Coordinates are level-0 pixels (x, y). Parsing uses ``xml.etree.ElementTree`` and ``json`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import AnnotationError
+from .tiling import TileGrid, region_fractions
+
+LESION_GROUPS = ("_0", "_1", "Tumor", "tumor", "Metastases")
+EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion")
+_COLORS = {"lesion": "#F4FA58", "exclusion": "#64FE2E"}
+
+
+@dataclass
+class Polygon:
+    """A closed polygon: ``points`` (n, 2) float level-0 (x, y); ``group`` as in the source file."""
+
+    points: np.ndarray
+    name: str = ""
+    group: str = "Tumor"
+
+
+@dataclass
+class Annotations:
+    """Lesion polygons and exclusion polygons (cut out of the lesions) of one slide."""
+
+    lesions: list[Polygon] = field(default_factory=list)
+    exclusions: list[Polygon] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.lesions) + len(self.exclusions)
+
+
+def _polygon(points: Sequence[Sequence[float]], path: Path, name: str, group: str) -> Polygon:
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 2 or len(array) < 3 or not np.isfinite(array).all():
+        raise AnnotationError(path, f"annotation {name!r} is not a polygon of at least 3 finite points")
+    return Polygon(array, name, group)
+
+
+def read_asap_xml(path: str | PathLike[str]) -> Annotations:
+    """Read ASAP XML: groups ``_0``, ``_1``, ``Tumor`` are lesions; ``_2``, ``Exclusion`` are cut out."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise AnnotationError(path, f"not a readable ASAP XML file ({exc})") from exc
+    if root.tag != "ASAP_Annotations":
+        raise AnnotationError(path, f"root element is <{root.tag}>, expected <ASAP_Annotations>")
+    result = Annotations()
+    for element in root.iter("Annotation"):
+        name = element.get("Name", "")
+        group = element.get("PartOfGroup", "")
+        kind = element.get("Type", "Polygon")
+        if kind not in ("Polygon", "Spline", "Rectangle"):
+            continue  # dots and measurement lines carry no area
+        coords = sorted(element.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
+        try:
+            points = [(float(c.get("X", "")), float(c.get("Y", ""))) for c in coords]
+        except ValueError as exc:
+            raise AnnotationError(path, f"annotation {name!r} has a non-numeric coordinate") from exc
+        polygon = _polygon(points, path, name, group)
+        (result.exclusions if group in EXCLUSION_GROUPS else result.lesions).append(polygon)
+    return result
+
+
+def write_asap_xml(annotations: Annotations, path: str | PathLike[str]) -> None:
+    """Write ASAP XML (what CAMELYON16 ships and ASAP opens)."""
+    root = ET.Element("ASAP_Annotations")
+    annotations_el = ET.SubElement(root, "Annotations")
+    groups: dict[str, str] = {}
+    polygons = [(p, "lesion") for p in annotations.lesions] + [
+        (p, "exclusion") for p in annotations.exclusions
+    ]
+    for index, (polygon, role) in enumerate(polygons):
+        group = polygon.group or ("Tumor" if role == "lesion" else "Exclusion")
+        groups.setdefault(group, _COLORS[role])
+        element = ET.SubElement(
+            annotations_el,
+            "Annotation",
+            Name=polygon.name or f"Annotation {index}",
+            Type="Polygon",
+            PartOfGroup=group,
+            Color=_COLORS[role],
+        )
+        coordinates = ET.SubElement(element, "Coordinates")
+        for order, (x, y) in enumerate(polygon.points):
+            ET.SubElement(coordinates, "Coordinate", Order=str(order), X=f"{x:.4f}", Y=f"{y:.4f}")
+    groups_el = ET.SubElement(root, "AnnotationGroups")
+    for group, color in groups.items():
+        group_el = ET.SubElement(groups_el, "Group", Name=group, PartOfGroup="None", Color=color)
+        ET.SubElement(group_el, "Attributes")
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def to_geojson(annotations: Annotations) -> dict:
+    """A GeoJSON FeatureCollection QuPath imports (classification Tumor / Exclusion)."""
+    features = []
+    for polygons, cls, color in (
+        (annotations.lesions, "Tumor", [200, 0, 0]),
+        (annotations.exclusions, "Exclusion", [0, 200, 0]),
+    ):
+        for polygon in polygons:
+            ring = [[float(x), float(y)] for x, y in polygon.points]
+            ring.append(ring[0])
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": polygon.name,
+                        "classification": {"name": cls, "color": color},
+                        "group": polygon.group,
+                    },
+                }
+            )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(annotations: Annotations, path: str | PathLike[str]) -> None:
+    Path(path).write_text(json.dumps(to_geojson(annotations)))
+
+
+def read_geojson(path: str | PathLike[str]) -> Annotations:
+    """Read a GeoJSON FeatureCollection (Polygon/MultiPolygon); classification "Exclusion" and polygon
+    holes are exclusions, everything else a lesion."""
+    path = Path(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise AnnotationError(path, f"not a readable GeoJSON file ({exc})") from exc
+    features = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(features, list):
+        raise AnnotationError(path, "not a GeoJSON FeatureCollection")
+    result = Annotations()
+    for index, feature in enumerate(features):
+        geometry = (feature or {}).get("geometry") or {}
+        props = feature.get("properties") or {}
+        cls = (props.get("classification") or {}).get("name", "Tumor")
+        name = props.get("name") or f"Annotation {index}"
+        kind = geometry.get("type")
+        if kind == "Polygon":
+            polygons = [geometry.get("coordinates")]
+        elif kind == "MultiPolygon":
+            polygons = geometry.get("coordinates")
+        else:
+            continue
+        exclusion = cls in EXCLUSION_GROUPS
+        try:
+            for rings in polygons:
+                outer = _polygon(rings[0], path, name, "Exclusion" if exclusion else props.get("group", cls))
+                (result.exclusions if exclusion else result.lesions).append(outer)
+                result.exclusions.extend(_polygon(hole, path, name, "Exclusion") for hole in rings[1:])
+        except (TypeError, IndexError) as exc:
+            raise AnnotationError(path, f"feature {index} has malformed coordinates") from exc
+    return result
+
+
+def read_annotations(path: str | PathLike[str]) -> Annotations:
+    """ASAP XML (``.xml``) or GeoJSON (``.json``/``.geojson``) by extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".xml":
+        return read_asap_xml(path)
+    if suffix in (".json", ".geojson"):
+        return read_geojson(path)
+    raise AnnotationError(path, "unknown annotation format (expected .xml, .json or .geojson)")
+
+
+def rasterize(annotations: Annotations, dimensions: tuple[int, int], downsample: float) -> np.ndarray:
+    """Boolean lesion mask of a level-0 image ``dimensions`` (w, h) at ``downsample`` (level-0 px per
+    mask px; ``target_mpp / slide_mpp``): lesions filled, exclusions subtracted."""
+    width = max(1, round(dimensions[0] / downsample))
+    height = max(1, round(dimensions[1] / downsample))
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    for polygons, value in ((annotations.lesions, 1), (annotations.exclusions, 0)):
+        for polygon in polygons:
+            # vertices in continuous coordinates, pixel i spans [i, i + 1): PIL fills by pixel index
+            draw.polygon(
+                [(x / downsample - 0.5, y / downsample - 0.5) for x, y in polygon.points], fill=value
+            )
+    return np.asarray(image, dtype=bool)
+
+
+def lesion_fractions(annotations: Annotations, grid: TileGrid, dimensions: tuple[int, int]) -> np.ndarray:
+    """Per-tile fraction of lesion (exclusions subtracted) for each tile of ``grid`` on a slide of
+    level-0 ``dimensions`` (w, h); the mask is rasterised at 1/32 of a tile side."""
+    downsample = grid.size0 / 32
+    mask = rasterize(annotations, dimensions, downsample)
+    return region_fractions(mask, downsample, grid.x, grid.y, grid.size0)

@@ -1,0 +1,23 @@
+"""Exception types of the slide layer: one per kind of input, each message names the file."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class SlideError(ValueError):
+    """A slide cannot be opened or read; the message names the file and the problem."""
+
+    def __init__(self, path: str | PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class AnnotationError(ValueError):
+    """An annotation file cannot be read; the message names the file and the problem."""
+
+    def __init__(self, path: str | PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -1,0 +1,108 @@
+"""Slide backend on OpenSlide (openslide-python; the ``openslide-bin`` wheel provides the library)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from .base import Slide
+from .errors import SlideError
+
+_CHUNK = 512  # OpenSlide hides its tiles for some formats: chunk dask arrays on this size
+
+
+def rgba_to_rgb(image: Image.Image) -> np.ndarray:
+    """Composite OpenSlide's RGBA (transparent outside the scanned area) on white: (h, w, 3) uint8."""
+    rgba = np.asarray(image.convert("RGBA"))
+    if rgba[:, :, 3].min() == 255:  # fully opaque: the common case inside the scanned area
+        return np.ascontiguousarray(rgba[:, :, :3])
+    wide = rgba.astype(np.uint16)
+    alpha = wide[:, :, 3:4]
+    rgb = (wide[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
+    return rgb.astype(np.uint8)
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number and number > 0 else None
+
+
+def dicom_file_in(folder: Path) -> Path | None:
+    """A file of a DICOM folder that OpenSlide accepts (it opens the whole series from any of them)."""
+    for candidate in sorted(folder.iterdir()):
+        if candidate.is_file() and openslide.OpenSlide.detect_format(str(candidate)) == "dicom":
+            return candidate
+    return None
+
+
+class OpenSlideSlide(Slide):
+    """A slide read through OpenSlide: .svs .tif .ndpi .mrxs .scn .vms .bif, DICOM."""
+
+    backend = "openslide"
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        target = self.path
+        if target.is_dir():
+            target = dicom_file_in(target) or target
+        try:
+            self._osr = openslide.OpenSlide(str(target))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(self.path, f"OpenSlide cannot open it ({exc})") from exc
+        props = self._osr.properties
+        self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
+        self.objective_power = _float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        mpp_x = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+        mpp_y = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        self.native_mpp = (mpp_x + mpp_y) / 2.0 if mpp_x and mpp_y else None
+        self._init_mpp(mpp)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:  # type: ignore[override]
+        return tuple(self._osr.level_downsamples)
+
+    def _openslide_read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        try:
+            return rgba_to_rgb(self._osr.read_region(location, level, size))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(
+                self.path, f"cannot read pixels of level {level} at {location} size {size}: {exc}"
+            ) from exc
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        self._check_level(level)
+        if size[0] <= 0 or size[1] <= 0:
+            return np.full((max(size[1], 0), max(size[0], 0), 3), 255, np.uint8)
+        return self._openslide_read((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        return self._openslide_read((round(x * ds), round(y * ds)), level, (w, h))
+
+    def _tile_size(self, level: int) -> tuple[int, int]:
+        props = self._osr.properties
+        th = props.get(f"openslide.level[{level}].tile-height")
+        tw = props.get(f"openslide.level[{level}].tile-width")
+        if th and tw:
+            return int(th), int(tw)
+        return _CHUNK, _CHUNK
+
+    def _associated_images(self) -> dict[str, np.ndarray]:
+        images = {}
+        for name in list(self._osr.associated_images):
+            try:
+                images[name] = rgba_to_rgb(self._osr.associated_images[name])
+            except openslide.OpenSlideError as exc:
+                warnings.warn(f"{self.path}: cannot decode associated image {name!r}: {exc}", stacklevel=2)
+        return images
+
+    def close(self) -> None:
+        self._osr.close()

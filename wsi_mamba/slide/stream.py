@@ -1,0 +1,81 @@
+"""Streaming the tiles of a grid in batches: dask threads, a bounded prefetch window, fixed order."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .base import Slide
+from .tiling import TileGrid, read_tile
+
+_DONE = object()
+
+
+def _read_batch(slide: Slide, grid: TileGrid, indices: np.ndarray, workers: int) -> np.ndarray:
+    tasks = [dask.delayed(read_tile)(slide, grid, int(i)) for i in indices]
+    tiles = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    return np.stack(tiles) if tiles else np.zeros((0, grid.tile_px, grid.tile_px, 3), np.uint8)
+
+
+def stream_tiles(
+    slide: Slide, grid: TileGrid, batch_size: int = 64, prefetch: int = 2, workers: int = 4
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(tiles, indices)``: tiles (n, tile_px, tile_px, 3) uint8, indices into ``grid``, in grid
+    order. A background thread reads up to ``prefetch`` batches ahead (each with ``workers`` dask
+    threads), so memory stays at about (prefetch + 2) batches whatever the slide size."""
+    if batch_size <= 0 or prefetch <= 0 or workers <= 0:
+        raise ValueError("batch_size, prefetch and workers must be positive")
+    results: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for start in range(0, len(grid), batch_size):
+                indices = np.arange(start, min(start + batch_size, len(grid)), dtype=np.int64)
+                if not put((_read_batch(slide, grid, indices, workers), indices)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(_DONE)
+
+    producer = threading.Thread(target=produce, name="tile-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = results.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def tiles_to_dask(slide: Slide, grid: TileGrid) -> da.Array:
+    """The grid's tiles as a lazy (N, tile_px, tile_px, 3) uint8 dask array, one chunk per tile."""
+    n, px = len(grid), grid.tile_px
+
+    def block(block_info: dict | None = None) -> np.ndarray:
+        index = block_info[None]["chunk-location"][0]  # type: ignore[index]
+        return read_tile(slide, grid, index)[None]
+
+    return da.map_blocks(
+        block, chunks=((1,) * n, (px,), (px,), (3,)), dtype=np.uint8, meta=np.empty((0, 0, 0, 0), np.uint8)
+    )

@@ -1,0 +1,281 @@
+"""A synthetic CAMELYON16-style cohort: H&E-like pyramidal TIFFs generated tile by tile.
+
+Pixels come from ``procedural.render``, a seeded function of level-0 position, so slides of any size are
+written tile by tile (tifffile takes a generator of tiles) without holding the image in memory, and the
+same seed gives the same files. Tumor slides carry metastases with ASAP XML annotations of the lesions.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .annotations import Annotations, Polygon, write_asap_xml
+from .procedural import MPP, Lesion, SlideSpec, make_spec, render
+
+__all__ = [
+    "MPP",
+    "CohortSlide",
+    "Lesion",
+    "SlideSpec",
+    "lesion_annotations",
+    "make_spec",
+    "plan_cohort",
+    "render",
+    "tile_count",
+    "write_cohort",
+    "write_slide",
+]
+
+APP_MAG = 40
+TILE = 256
+FLAVOURS = ("svs", "tiff")
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+
+def _levels(width: int, height: int, factor: int) -> list[tuple[int, int, int]]:
+    """(w, h, downsample) per level, down to a level whose longer side is ≤ 256 px."""
+    levels = [(width, height, 1)]
+    while max(levels[-1][:2]) > 256:
+        ds = levels[-1][2] * factor
+        levels.append((max(1, width // ds), max(1, height // ds), ds))
+    return levels
+
+
+def _tiles(
+    spec: SlideSpec, width: int, height: int, ds: int, tick: Callable[[], None] | None
+) -> Iterator[np.ndarray]:
+    """Tiles of one level in row-major order, rendered on a few threads with a bounded look-ahead."""
+    origins = ((tx * ds, ty * ds) for ty in range(0, height, TILE) for tx in range(0, width, TILE))
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        for x, y in origins:
+            pending.append(pool.submit(render, spec, x, y, TILE, TILE, ds))
+            if len(pending) >= 2 * workers:
+                yield _done(pending.popleft(), tick)
+        while pending:
+            yield _done(pending.popleft(), tick)
+
+
+def _done(future: Future[np.ndarray], tick: Callable[[], None] | None) -> np.ndarray:
+    """The future's tile, counted before it is handed on (the consumer may stop after the last one)."""
+    tile = future.result()
+    if tick is not None:
+        tick()
+    return tile
+
+
+def tile_count(width: int, height: int, flavour: str) -> int:
+    """Tiles written for a slide of this size (for progress bars)."""
+    return sum(
+        math.ceil(w / TILE) * math.ceil(h / TILE)
+        for w, h, _ in _levels(width, height, 4 if flavour == "svs" else 2)
+    )
+
+
+def write_slide(
+    spec: SlideSpec,
+    path: str | os.PathLike[str],
+    flavour: str = "tiff",
+    quality: int = 85,
+    tick: Callable[[], None] | None = None,
+) -> Path:
+    """Write ``spec`` as a JPEG-tiled pyramidal TIFF: flavour "svs" (Aperio layout and description, 4×
+    levels, thumbnail/label/macro) or "tiff" (generic, resolution tags, 2× levels). Atomic (temp + rename)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    w0, h0 = spec.width, spec.height
+    levels = _levels(w0, h0, 4 if flavour == "svs" else 2)
+    common = dict(
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": quality},
+        metadata=None,
+    )
+    tiled = dict(common, tile=(TILE, TILE), dtype=np.uint8)
+    if flavour == "tiff":
+        res = 1e4 / spec.mpp
+        tiled.update(resolution=(res, res), resolutionunit="CENTIMETER")
+    header = "Aperio Image Library v12.0.15"
+    bigtiff = w0 * h0 * 3 > 2**31
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+            for index, (w, h, ds) in enumerate(levels):
+                if flavour == "svs":
+                    description = (
+                        f"{header}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
+                        f"|AppMag = {APP_MAG}|MPP = {spec.mpp}"
+                        if index == 0
+                        else f"{header}\r\n{w0}x{h0} -> {w}x{h}"
+                    )
+                    subfiletype = 0
+                else:
+                    description, subfiletype = None, (1 if index else 0)
+                tw.write(
+                    _tiles(spec, w, h, ds, tick),
+                    shape=(h, w, 3),
+                    description=description,
+                    subfiletype=subfiletype,
+                    **tiled,
+                )
+                if flavour == "svs" and index == 0:
+                    _write_thumbnail(tw, spec, header, common)
+            if flavour == "svs":
+                _write_label_macro(tw, spec, header, common)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_thumbnail(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, common: dict) -> None:
+    ds = max(spec.width, spec.height) / 768
+    w, h = max(1, round(spec.width / ds)), max(1, round(spec.height / ds))
+    tw.write(
+        render(spec, 0, 0, w, h, ds),
+        description=f"{header}\r\n{spec.width}x{spec.height} -> {w}x{h}",
+        rowsperstrip=16,
+        **common,
+    )
+
+
+def _write_label_macro(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, common: dict) -> None:
+    rng = np.random.default_rng(spec.seed)
+    label = np.full((300, 300, 3), 250, np.uint8)
+    label[40:260, 40:260] = np.where(rng.random((220, 1, 1)) < 0.5, 20, 250).astype(np.uint8)  # a barcode
+    tw.write(
+        label,
+        description=f"{header}\r\nlabel 300x300",
+        subfiletype=1,
+        rowsperstrip=64,
+        photometric="rgb",
+        compression="lzw",
+        metadata=None,
+    )
+    ds = max(spec.width, spec.height) / 600
+    macro = np.full((400, 1000, 3), 240, np.uint8)
+    w, h = min(600, round(spec.width / ds)), min(400, round(spec.height / ds))
+    macro[:h, 380 : 380 + w] = render(spec, 0, 0, w, h, ds)
+    macro[:, :300] = 230
+    tw.write(macro, description=f"{header}\r\nmacro 1000x400", subfiletype=9, rowsperstrip=16, **common)
+
+
+def lesion_annotations(spec: SlideSpec) -> Annotations:
+    """The lesions of a synthetic slide as ASAP-style annotations (group "Tumor")."""
+    return Annotations(
+        lesions=[
+            Polygon(lesion.polygon(), f"Annotation {i}", "Tumor") for i, lesion in enumerate(spec.lesions)
+        ]
+    )
+
+
+@dataclass
+class CohortSlide:
+    """One planned slide of a cohort."""
+
+    split: str  # training | testing
+    name: str
+    path: Path
+    spec: SlideSpec
+    flavour: str
+
+
+def plan_cohort(
+    out: str | os.PathLike[str], slides: int, seed: int = 0, size: int = 8192, flavour: str = "mixed"
+) -> list[CohortSlide]:
+    """CAMELYON16 layout: a third of the slides (at least one when ``slides`` ≥ 3) go to testing/,
+    the rest to training/normal and training/tumor; normal and tumor alternate."""
+    out = Path(out)
+    n_test = slides // 3
+    plan = []
+    counters = {"normal": 0, "tumor": 0, "test": 0}
+    rng = np.random.default_rng(seed)
+    for index in range(slides):
+        tumor = index % 2 == 1
+        height = int(size * rng.uniform(0.7, 1.0)) // 16 * 16
+        spec = make_spec(seed, index, size, max(height, 16), tumor)
+        kind = flavour if flavour != "mixed" else FLAVOURS[index % 2 if index < 2 else int(rng.integers(2))]
+        if index >= slides - n_test:
+            counters["test"] += 1
+            name = f"test_{counters['test']:03d}"
+            plan.append(CohortSlide("testing", name, out / "testing" / "images" / f"{name}.tif", spec, kind))
+        else:
+            group = "tumor" if tumor else "normal"
+            counters[group] += 1
+            name = f"{group}_{counters[group]:03d}"
+            plan.append(CohortSlide("training", name, out / "training" / group / f"{name}.tif", spec, kind))
+    return plan
+
+
+def write_cohort(
+    out: str | os.PathLike[str],
+    slides: int,
+    seed: int = 0,
+    size: int = 8192,
+    flavour: str = "mixed",
+    tick: Callable[[], None] | None = None,
+) -> list[CohortSlide]:
+    """Write a synthetic cohort under ``out`` (CAMELYON16 layout, labels CSVs, lesion XML)."""
+    plan = plan_cohort(out, slides, seed, size, flavour)
+    for item in plan:
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+        write_slide(item.spec, item.path, item.flavour, tick=tick)
+        if item.spec.lesions:
+            xml = item.path.parents[1] / "lesion_annotations" / f"{item.name}.xml"
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            write_asap_xml(lesion_annotations(item.spec), xml)
+    _write_csvs(Path(out), plan)
+    return plan
+
+
+def _write_csvs(out: Path, plan: list[CohortSlide]) -> None:
+    columns = [
+        "image",
+        "label",
+        "metastasis",
+        "lesions",
+        "largest_lesion_um",
+        "width",
+        "height",
+        "mpp",
+        "flavour",
+    ]
+    for split, filename in (("training", "labels.csv"), ("testing", "reference.csv")):
+        rows = [item for item in plan if item.split == split]
+        if not rows:
+            continue
+        (out / split).mkdir(parents=True, exist_ok=True)
+        with open(out / split / filename, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for item in rows:
+                s = item.spec
+                largest = max((lesion.diameter_um for lesion in s.lesions), default=0.0)
+                writer.writerow(
+                    [
+                        item.name,
+                        s.label,
+                        s.metastasis.capitalize() if s.lesions else "None",
+                        len(s.lesions),
+                        f"{largest:.1f}",
+                        s.width,
+                        s.height,
+                        s.mpp,
+                        item.flavour,
+                    ]
+                )

@@ -1,0 +1,241 @@
+"""Slide backend on tifffile + zarr: tiled pyramidal TIFF/BigTIFF, Aperio SVS, SubIFD pyramids, OME-TIFF."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import zarr
+from tifffile import RESUNIT, TIFF
+
+from .base import Slide, to_rgb_uint8
+from .errors import SlideError
+
+# Formats with vendor-specific layouts (overlaps, stripes, extra planes) are left to OpenSlide.
+VENDOR_FLAVOURS = ("is_ndpi", "is_scn", "is_philips", "is_bif", "is_qpi")
+
+_UM_PER_UNIT = {
+    RESUNIT.CENTIMETER: 1e4,
+    RESUNIT.INCH: 25400.0,
+    RESUNIT.MILLIMETER: 1e3,
+    RESUNIT.MICROMETER: 1.0,
+}
+_MAX_INCH_MPP = 100.0
+_OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
+
+
+def can_decode(page: tifffile.TiffPage) -> bool:
+    """Whether imagecodecs (through tifffile) decodes this page's compression."""
+    try:
+        return page.compression == 1 or TIFF.DECOMPRESSORS[page.compression] is not None
+    except KeyError:
+        return False
+
+
+def tiff_kind(path: Path) -> str | None:
+    """'tiled' or 'untiled' for a TIFF tifffile can decode, None for anything else (or a vendor format)."""
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if any(getattr(tf, flag, False) for flag in VENDOR_FLAVOURS) or not tf.series:
+                return None
+            page = tf.series[0].levels[0].keyframe
+            if not can_decode(page):
+                return None
+            return "tiled" if page.is_tiled else "untiled"
+    except Exception:
+        return None
+
+
+def _mpp_from_page(page: tifffile.TiffPage) -> float | None:
+    """Microns per pixel from XResolution/YResolution with a metric or inch ResolutionUnit.
+
+    Inch resolutions coarser than 100 µm/px (1, 72, 96 dpi...) are writers' defaults: ignored."""
+    unit = _UM_PER_UNIT.get(page.resolutionunit)
+    xres, yres = page.resolution
+    if unit is None or not xres or not yres:
+        return None
+    mpp = (unit / xres + unit / yres) / 2.0
+    if page.resolutionunit == RESUNIT.INCH and mpp > _MAX_INCH_MPP:
+        return None  # 1, 72, 96 dpi: a writer's default, not a scanner's resolution
+    return mpp
+
+
+def _aperio_fields(description: str) -> dict[str, str]:
+    """``key = value`` pairs of an Aperio ImageDescription (``|``-separated after the header)."""
+    fields = {}
+    for part in description.split("|")[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _ome_mpp(ome_xml: str) -> float | None:
+    """PhysicalSizeX/Y of the first OME Pixels element, in microns."""
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.endswith("Pixels"):
+            sizes = []
+            for axis in "XY":
+                size = _float_or_none(element.get(f"PhysicalSize{axis}"))
+                scale = _OME_UNIT_UM.get(element.get(f"PhysicalSize{axis}Unit", "µm"))
+                if size is None or scale is None:
+                    return None
+                sizes.append(size * scale)
+            return sum(sizes) / 2.0
+    return None
+
+
+class TiffSlide(Slide):
+    """A slide read with tifffile through its zarr store; one file handle per thread (thread-safe)."""
+
+    backend = "tifffile"
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._handles: list[tifffile.TiffFile] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            tf = tifffile.TiffFile(self.path)
+        except Exception as exc:
+            raise SlideError(self.path, f"not a readable TIFF ({exc})") from exc
+        self._handles.append(tf)
+        try:
+            self._inspect(tf)
+        except SlideError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise SlideError(self.path, f"cannot read TIFF structure ({exc})") from exc
+        self._init_mpp(mpp)
+
+    def _inspect(self, tf: tifffile.TiffFile) -> None:
+        if not tf.series:
+            raise SlideError(self.path, "TIFF holds no image")
+        series = tf.series[0]
+        levels = series.levels
+        self._axes = [level.axes for level in levels]
+        dims = []
+        for level in levels:
+            shape = dict(zip(level.axes, level.shape, strict=True))
+            dims.append((int(shape["X"]), int(shape["Y"])))
+        self.level_dimensions = tuple(dims)
+        first = levels[0].keyframe
+        if not can_decode(first):
+            raise SlideError(self.path, f"unsupported TIFF compression {first.compression}")
+        if not first.is_tiled:
+            warnings.warn(f"{self.path}: TIFF is not tiled; reads decode whole strips", stacklevel=4)
+        if len(levels) == 1 and max(dims[0]) > 4096:
+            warnings.warn(f"{self.path}: TIFF has no pyramid; low-resolution reads are slow", stacklevel=4)
+        self._check_not_truncated(tf, levels)
+        self._tiles = []
+        for level in levels:
+            page = level.keyframe
+            if page.is_tiled:
+                self._tiles.append((page.tilelength, page.tilewidth))
+            else:
+                self._tiles.append((max(min(page.rowsperstrip, page.imagelength), 256), page.imagewidth))
+        description = first.description or ""
+        if tf.is_svs:
+            fields = _aperio_fields(description)
+            self.vendor = "aperio"
+            self.native_mpp = _float_or_none(fields.get("MPP"))
+            self.objective_power = _float_or_none(fields.get("AppMag"))
+        elif tf.is_ome:
+            self.vendor = "ome-tiff"
+            self.native_mpp = _ome_mpp(tf.ome_metadata or "")
+        else:
+            self.vendor = "generic-tiff"
+            self.native_mpp = _mpp_from_page(first)
+        self._associated = [(s.name.lower(), s) for s in tf.series[1:] if s.name and tf.is_svs]
+
+    def _check_not_truncated(self, tf: tifffile.TiffFile, levels: list[Any]) -> None:
+        size = tf.filehandle.size
+        for level in levels:
+            for page in level.pages:
+                if page is None:
+                    continue
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+                if ends and max(ends) > size:
+                    raise SlideError(self.path, "truncated file: image data extends past the end of the file")
+
+    def _arrays(self) -> list[zarr.Array]:
+        """This thread's zarr arrays, one per level (each thread opens its own TiffFile)."""
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            if self._closed:
+                raise SlideError(self.path, "slide is closed")
+            tf = tifffile.TiffFile(self.path)
+            with self._lock:
+                self._handles.append(tf)
+            node = zarr.open(tf.series[0].aszarr(), mode="r")
+            if isinstance(node, zarr.Array):
+                arrays = [node]
+            else:
+                arrays = [node[str(i)] for i in range(self.level_count)]
+            self._local.arrays = arrays
+        return arrays
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        axes = self._axes[level]
+        channel = "S" if "S" in axes else ("C" if "C" in axes else None)
+        key = []
+        for axis in axes:
+            if axis == "Y":
+                key.append(slice(y, y + h))
+            elif axis == "X":
+                key.append(slice(x, x + w))
+            elif axis == channel:
+                key.append(slice(None))
+            else:
+                key.append(0)
+        kept = "".join(a for a in axes if a in ("Y", "X", channel))
+        try:
+            pixels = np.asarray(self._arrays()[level][tuple(key)])
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(
+                self.path, f"cannot decode pixels of level {level} at ({x}, {y}) size ({w}, {h}): {exc}"
+            ) from exc
+        order = [kept.index("Y"), kept.index("X")] + ([kept.index(channel)] if channel else [])
+        return to_rgb_uint8(pixels.transpose(order))
+
+    def _tile_size(self, level: int) -> tuple[int, int]:
+        return self._tiles[level]
+
+    def _associated_images(self) -> dict[str, np.ndarray]:
+        images = {}
+        for name, series in self._associated:
+            try:
+                images[name] = to_rgb_uint8(series.asarray())
+            except Exception as exc:
+                warnings.warn(f"{self.path}: cannot decode associated image {name!r}: {exc}", stacklevel=2)
+        return images
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            for tf in self._handles:
+                tf.close()
+            self._handles.clear()
+        self._local = threading.local()
