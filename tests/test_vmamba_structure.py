@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from vmamba_keys import official_keys
 
 from wsi_mamba.models import create_model, list_models
 
-KEY_LISTS = Path("/work/shared/vmamba")
 OFFICIAL_PARAMS = {"vmamba_tiny": 30_249_064, "vmamba_small": 50_147_752, "vmamba_base": 88_557_800}
-
-
-def official_keys(size: str) -> list[tuple[str, tuple[int, ...]]]:
-    """(key, shape) rows of ``official_{size}_keys.txt``, in file order."""
-    rows = []
-    for line in (KEY_LISTS / f"official_{size}_keys.txt").read_text().splitlines():
-        key, shape = line.split("\t")
-        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
-    return rows
 
 
 def meta_model(name: str) -> torch.nn.Module:
@@ -36,8 +25,6 @@ def test_param_count_equals_official(name: str) -> None:
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
 def test_state_dict_equals_official_key_list(size: str) -> None:
-    if not (KEY_LISTS / f"official_{size}_keys.txt").exists():
-        pytest.skip("official key lists not available")
     model = meta_model(f"vmamba_{size}")
     ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert ours == official_keys(size)
