@@ -48,8 +48,9 @@ def test_save_load_roundtrip(nano, tmp_path) -> None:
     loaded = load_checkpoint(path, scan_backend="cpu").eval()
     assert loaded.config == nano.config
     x = torch.randn(1, 3, 32, 48)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), nano(x), atol=0, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), nano.state_dict().values(), strict=True))
+    with torch.no_grad():  # equal weights; float sums may differ in the last bit (tensor alignment)
+        torch.testing.assert_close(loaded(x), nano(x), atol=1e-6, rtol=1e-6)
 
 
 def test_load_checkpoint_of_other_config_names_keys(nano, tmp_path) -> None:
@@ -89,7 +90,7 @@ def test_official_one_file_layout_and_dict_config(nano) -> None:
     model = load_official({"model": state}, NANO_KWARGS, scan_backend="cpu").eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), nano(x), atol=0, rtol=0)
+        torch.testing.assert_close(model(x), nano(x), atol=1e-6, rtol=1e-6)
 
 
 class NotWeights:

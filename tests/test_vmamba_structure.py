@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from vmamba_keys import official_keys
@@ -60,3 +62,9 @@ def test_published_init() -> None:
     assert torch.all(model.layers[0].blocks[0].norm.weight == 1)
     assert model.classifier.head.bias.abs().max() == 0
     assert model.classifier.head.weight.abs().max() <= 2.0
+
+
+def test_drop_path_schedule_is_linear_over_blocks() -> None:
+    rates = [b.drop_path.p for layer in meta_model("vmamba_tiny").layers for b in layer.blocks]
+    assert len(rates) == 14 and rates[0] == 0.0 and abs(rates[-1] - 0.2) < 1e-7
+    assert all(abs((b - a) - 0.2 / 13) < 1e-6 for a, b in itertools.pairwise(rates))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from .state import check_state_dict
+from .state import load_into_new_model
 from .vmamba import VSSM, VMambaConfig
 
 FORMAT = "wsi-mamba/vmamba"
@@ -41,8 +41,5 @@ def load_checkpoint(path: str | Path, **overrides) -> VSSM:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} config")
-    model = VSSM(VMambaConfig.from_dict({**meta["config"], **overrides}))
-    state = load_file(str(path))
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
-    return model
+    config = VMambaConfig.from_dict({**meta["config"], **overrides})
+    return load_into_new_model(lambda: VSSM(config), load_file(str(path)))

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .state import check_state_dict
+from .state import load_into_new_model
 from .vmamba import VSSM, VMambaConfig
 
 # Defaults of the official config.py (commit 2ed52ea) for fields a YAML may leave out, as VSSM(...) kwargs.
@@ -146,8 +146,5 @@ def load_official(
     """
     cfg = config_from_official(config)
     cfg = VMambaConfig.from_dict({**cfg.to_dict(), "scan_backend": scan_backend})
-    model = VSSM(cfg)
     state = convert_official_state_dict(read_official_state_dict(checkpoint))
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_into_new_model(lambda: VSSM(cfg), state)

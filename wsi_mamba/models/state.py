@@ -32,3 +32,13 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
     ]
     if problems:
         raise ValueError("checkpoint does not match the model configuration: " + "; ".join(problems))
+
+
+def load_into_new_model(build, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``build()`` on the meta device (no init cost), check ``state`` against it, then adopt its tensors
+    with ``load_state_dict(strict=True, assign=True)``; parameters keep the checkpoint's dtype."""
+    with torch.device("meta"):
+        model = build()
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
