@@ -97,10 +97,20 @@ class NotWeights:
     pass
 
 
-@pytest.mark.parametrize("payload", [[1, 2, 3], {"model": {"a": 1}}, NotWeights()], ids=["list", "ints", "object"])
-def test_non_state_dict_pickles_raise(tmp_path, payload) -> None:
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([1, 2, 3], "not a state dict: expected"),
+        ({"model": {"a.weight": 1}}, "entry 'a.weight' is a int"),
+        ({}, r"got dict \(empty\)"),
+        (NotWeights(), "not a weights-only checkpoint.*NotWeights"),
+        ({"model": {}, "config": NotWeights()}, "not a weights-only checkpoint"),
+    ],
+    ids=["list", "ints", "empty", "object", "extra-object"],
+)
+def test_non_state_dict_pickles_raise(tmp_path, payload, message) -> None:
     torch.save(payload, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"not a state dict|not a weights-only checkpoint"):
+    with pytest.raises(ValueError, match=message):
         load_official(tmp_path / "bad.pth", NANO_KWARGS)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -102,24 +103,36 @@ def config_from_official(config: str | Path | Mapping) -> VMambaConfig:
     )
 
 
+def _unpickle_reason(err: Exception) -> str:
+    """The informative line of torch's weights-only error (which global was refused), else its first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [err.__class__.__name__]
+    return next((line for line in lines if "Unsupported global" in line), lines[0]).split(" was not an allowed")[0]
+
+
 def read_official_state_dict(checkpoint: str | Path | Mapping) -> dict[str, torch.Tensor]:
     """The model state dict inside an official ``.pth`` (``{"model": ...}``) or a plain state dict."""
+    name = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
     if isinstance(checkpoint, Mapping):
         obj = checkpoint
     else:
         try:
             obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"{checkpoint}: not a weights-only checkpoint ({err.__class__.__name__}: {err})") from err
+            raise ValueError(
+                f"{name}: not a weights-only checkpoint, refusing a full unpickle ({_unpickle_reason(err)}); "
+                "re-save just its 'model' state dict, or allowlist trusted classes with "
+                "torch.serialization.add_safe_globals"
+            ) from err
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    if not isinstance(obj, Mapping) or not obj:
         raise ValueError(
-            f"{checkpoint if not isinstance(checkpoint, Mapping) else 'checkpoint'} is not a state dict: expected "
-            f"{{'model': {{name: tensor}}}} or {{name: tensor}}, got {type(obj).__name__}"
+            f"{name} is not a state dict: expected {{'model': {{name: tensor}}}} or {{name: tensor}}, "
+            f"got {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}"
         )
+    bad = next(((k, v) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if bad is not None:
+        raise ValueError(f"{name} is not a state dict: entry {bad[0]!r} is a {type(bad[1]).__name__}, not a tensor")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -144,7 +157,6 @@ def load_official(
     Raises ``ValueError`` naming missing, unexpected or wrongly shaped keys when the checkpoint belongs to
     another configuration, and when the file is not a (weights-only) state dict.
     """
-    cfg = config_from_official(config)
-    cfg = VMambaConfig.from_dict({**cfg.to_dict(), "scan_backend": scan_backend})
+    cfg = replace(config_from_official(config), scan_backend=scan_backend)
     state = convert_official_state_dict(read_official_state_dict(checkpoint))
     return load_into_new_model(lambda: VSSM(cfg), state)
