@@ -149,7 +149,8 @@ def floor_seconds(shape: Shape, backward: bool) -> float:
 def run_child(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[str, float]:
     """Measure in a fresh interpreter so that its peak RSS belongs to this measurement alone."""
     spec = json.dumps({"shape": asdict(shape), "backend": backend, "backward": backward, "repeats": repeats})
-    done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, check=False)
+    command = [sys.executable, __file__, "--child", spec, "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -179,8 +180,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="smaller lengths")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     if opts.child:
         spec = json.loads(opts.child)
         torch.manual_seed(0)

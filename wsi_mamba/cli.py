@@ -18,6 +18,7 @@ examples:
   wsi-mamba info slide.svs
   wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png
   wsi-mamba synth data/synth --slides 6 --seed 0
+  wsi-mamba model-info vmamba_tiny --resolution 1024
   wsi-mamba COMMAND --help
 
 Further subcommands (predict, extract, train, evaluate, cohort) arrive with later releases.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import slides
+from . import models, slides
 
 # Modules whose ``register(subparsers)`` adds subcommands; add new command modules here.
-COMMAND_MODULES = (slides,)
+COMMAND_MODULES = (slides, models)
 
 # Errors a user can cause (bad file, bad annotation): the CLI prints them on one line, exit code 1.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = slides.EXPECTED_ERRORS
+EXPECTED_ERRORS: tuple[type[Exception], ...] = slides.EXPECTED_ERRORS + models.EXPECTED_ERRORS

@@ -1,0 +1,45 @@
+"""Our checkpoint format: ``NAME.safetensors`` (tensors) + ``NAME.json`` (the model configuration) beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .state import load_into_new_model
+from .vmamba import VSSM, VMambaConfig
+
+FORMAT = "wsi-mamba/vmamba"
+FORMAT_VERSION = 1
+
+
+def config_path(path: str | Path) -> Path:
+    """The JSON file that goes with a ``.safetensors`` checkpoint."""
+    return Path(path).with_suffix(".json")
+
+
+def save_checkpoint(model: VSSM, path: str | Path) -> Path:
+    """Write ``path`` (``.safetensors`` appended if missing) and its JSON config; returns the tensor file."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "VSSM", "config": model.config.to_dict()}
+    config_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load_checkpoint(path: str | Path, **overrides) -> VSSM:
+    """Rebuild the model from the JSON beside ``path`` (fields overridable, e.g. ``scan_backend``) and load it."""
+    path = Path(path)
+    meta_file = config_path(path)
+    if not meta_file.exists():
+        raise ValueError(f"{path}: no model config {meta_file.name} beside the checkpoint")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} config")
+    config = VMambaConfig.from_dict({**meta["config"], **overrides})
+    return load_into_new_model(lambda: VSSM(config), load_file(str(path)))
