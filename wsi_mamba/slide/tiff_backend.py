@@ -15,6 +15,7 @@ from tifffile import RESUNIT, TIFF
 
 from .base import Slide, to_rgb_uint8
 from .errors import SlideError
+from .tile_cache import TileCache
 
 # Formats with vendor-specific layouts (overlaps, stripes, extra planes) are left to OpenSlide.
 VENDOR_FLAVOURS = ("is_ndpi", "is_scn", "is_philips", "is_bif", "is_qpi")
@@ -102,6 +103,9 @@ def _ome_mpp(ome_xml: str) -> float | None:
     return None
 
 
+MAX_CACHED_TILES_PER_READ = 16  # larger reads (whole levels, previews) bypass the decoded-tile cache
+
+
 class TiffSlide(Slide):
     """A slide read with tifffile through its zarr store; one file handle per thread (thread-safe)."""
 
@@ -113,6 +117,7 @@ class TiffSlide(Slide):
         self._handles: list[tifffile.TiffFile] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._cache = TileCache()
         try:
             tf = tifffile.TiffFile(self.path)
         except Exception as exc:
@@ -196,6 +201,27 @@ class TiffSlide(Slide):
         return arrays
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Small reads are assembled from cached decoded file tiles; large ones are read in one go."""
+        th, tw = self._tiles[level]
+        ty0, ty1 = y // th, (y + h - 1) // th
+        tx0, tx1 = x // tw, (x + w - 1) // tw
+        if (ty1 - ty0 + 1) * (tx1 - tx0 + 1) > MAX_CACHED_TILES_PER_READ:
+            return self._read_uncached(level, x, y, w, h)
+        lw, lh = self.level_dimensions[level]
+        out = np.empty((h, w, 3), np.uint8)
+        for ty in range(ty0, ty1 + 1):
+            for tx in range(tx0, tx1 + 1):
+                top, left = ty * th, tx * tw
+                tile_h, tile_w = min(th, lh - top), min(tw, lw - left)
+                tile = self._cache.get(
+                    (level, ty, tx), lambda: self._read_uncached(level, left, top, tile_w, tile_h)  # noqa: B023
+                )
+                y0, y1 = max(y, top), min(y + h, top + tile_h)
+                x0, x1 = max(x, left), min(x + w, left + tile_w)
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[y0 - top : y1 - top, x0 - left : x1 - left]
+        return out
+
+    def _read_uncached(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         axes = self._axes[level]
         channel = "S" if "S" in axes else ("C" if "C" in axes else None)
         key = []
@@ -234,6 +260,7 @@ class TiffSlide(Slide):
 
     def close(self) -> None:
         self._closed = True
+        self._cache.clear()
         with self._lock:
             for tf in self._handles:
                 tf.close()
