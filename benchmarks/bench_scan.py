@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
+from rss import current_rss, peak_rss, reset_peak_rss, run_isolated
 
 from selective_scan import selective_scan, triton_available
 
@@ -74,25 +72,6 @@ def make_inputs(shape: Shape, grad: bool) -> dict[str, torch.Tensor]:
         value = value.to(device=shape.device, dtype=torch.float32 if name == "A" else shape.torch_dtype)
         out[name] = value.requires_grad_(grad)
     return out
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (VmHWM) afresh from the current RSS, so transient allocations before don't count."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[str, float]:
@@ -148,12 +127,8 @@ def floor_seconds(shape: Shape, backward: bool) -> float:
 
 def run_child(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[str, float]:
     """Measure in a fresh interpreter so that its peak RSS belongs to this measurement alone."""
-    spec = json.dumps({"shape": asdict(shape), "backend": backend, "backward": backward, "repeats": repeats})
-    command = [sys.executable, __file__, "--child", spec, "--threads", str(torch.get_num_threads())]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    spec = {"shape": asdict(shape), "backend": backend, "backward": backward, "repeats": repeats}
+    return run_isolated(__file__, spec, ["--threads", str(torch.get_num_threads())])
 
 
 def plan(device: str, quick: bool) -> list[tuple[Shape, list[str]]]:

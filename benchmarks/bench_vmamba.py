@@ -5,9 +5,11 @@
     python benchmarks/bench_vmamba.py --models vmamba_base --sizes 1024 --device cuda --dtype bfloat16
 
 Times are medians over ``--repeats`` runs after one warm-up. ``GFLOP/s`` divides the analytic forward
-FLOPs (official fvcore rule, ``wsi_mamba.models.analysis``) by the forward time. Memory: on CUDA the peak
-allocated bytes of the training step; on CPU the process's peak RSS so far (it only grows: read it as an
-upper bound for the row). ``est act`` is the analytic activation estimate (fp32, times the batch).
+FLOPs (official fvcore rule, ``wsi_mamba.models.analysis``) by the forward time. Memory, forward (``fwd
+MiB``) and training step (``step MiB``): on CUDA the peak allocated bytes; on CPU the growth of peak RSS
+over the RSS before that phase, each row in a fresh process (so rows do not see each other's memory).
+``x prev`` is the step memory over the previous size's (4 for memory linear in pixels when the size
+doubles). ``est act`` is the analytic activation estimate (fp32, times the batch).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import time
 
 import torch
+from rss import current_rss, peak_rss, reset_peak_rss, run_isolated
 
 from wsi_mamba.models import create_model
 from wsi_mamba.models.analysis import analyze
@@ -61,17 +63,26 @@ def bench_case(name: str, size: int, args: argparse.Namespace) -> dict:
 
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    fwd = _median_time(forward, args.device, args.repeats)
-    step = _median_time(train_step, args.device, args.repeats)
-    if args.device == "cuda":
+        fwd = _median_time(forward, args.device, args.repeats)
+        fwd_mem = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        step = _median_time(train_step, args.device, args.repeats)
         mem = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:  # growth of peak RSS over the RSS before each phase (this process runs this row alone)
+        reset_peak_rss()
+        base = current_rss()
+        fwd = _median_time(forward, args.device, args.repeats)
+        fwd_mem = (peak_rss() - base) / 2**20
+        reset_peak_rss()
+        base = current_rss()
+        step = _median_time(train_step, args.device, args.repeats)
+        mem = (peak_rss() - base) / 2**20
     stages = analyze(model.config, size)
     flops = sum(s.flops for s in stages) * args.batch
     return {
         "model": name, "size": size, "batch": args.batch, "tokens_stage0": stages[0].height * stages[0].width,
         "forward_s": fwd, "train_step_s": step, "gflops_per_s": flops / fwd / 1e9, "peak_mib": mem,
+        "forward_peak_mib": fwd_mem,
         "est_act_mib": sum(s.activation_elements for s in stages) * 4 * args.batch / 2**20,
     }
 
@@ -88,20 +99,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--quick", action="store_true", help="vmamba_nano at 64 and 128, one repeat")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        torch.set_num_threads(args.threads)
+        print(json.dumps(bench_case(spec["name"], spec["size"], args)))
+        return
     if args.quick:
         args.models, args.sizes, args.repeats = ["vmamba_nano"], [64, 128], 1
     torch.set_num_threads(args.threads)
-    rows = [bench_case(name, size, args) for name in args.models for size in args.sizes]
+    if args.device == "cuda":
+        rows = [bench_case(name, size, args) for name in args.models for size in args.sizes]
+    else:
+        passed = ["--batch", str(args.batch), "--device", "cpu", "--dtype", args.dtype, "--backend", args.backend,
+                  "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        rows = [run_isolated(__file__, {"name": name, "size": size}, passed)
+                for name in args.models for size in args.sizes]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"# {device}, {args.dtype}, backend {args.backend}, batch {args.batch}, torch {torch.__version__}")
-    print(f"{'model':14s} {'size':>5s} {'fwd s':>8s} {'step s':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s} {'est act':>8s}")
+    print("| model | size | fwd s | step s | GFLOP/s | fwd MiB | step MiB | x prev | est act MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    previous: dict[str, float] = {}
     for r in rows:
-        print(f"{r['model']:14s} {r['size']:5d} {r['forward_s']:8.3f} {r['train_step_s']:8.3f} "
-              f"{r['gflops_per_s']:8.1f} {r['peak_mib']:9.0f} {r['est_act_mib']:8.0f}")
+        ratio = f"{r['peak_mib'] / previous[r['model']]:.2f}" if r["model"] in previous else ""
+        previous[r["model"]] = r["peak_mib"]
+        print(f"| {r['model']} | {r['size']} | {r['forward_s']:.3f} | {r['train_step_s']:.3f} | "
+              f"{r['gflops_per_s']:.1f} | {r['forward_peak_mib']:.0f} | {r['peak_mib']:.0f} | {ratio} | "
+              f"{r['est_act_mib']:.0f} |")
 
 
 if __name__ == "__main__":
