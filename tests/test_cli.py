@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,16 @@ def test_console_script_runs() -> None:
     script = Path(sys.executable).with_name("wsi-mamba")  # installed beside this interpreter
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_closed_pipe_is_quiet() -> None:
+    """`wsi-mamba ... | head`: no traceback and no error line when the reader has gone away."""
+    script = Path(sys.executable).with_name("wsi-mamba")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the child's stdout now fails with EPIPE
+    try:
+        done = subprocess.run([str(script), "model-info", "vmamba_nano", "--resolution", "64"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "" and done.returncode == 1
