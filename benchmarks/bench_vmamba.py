@@ -7,7 +7,7 @@
 Times are medians over ``--repeats`` runs after one warm-up. ``GFLOP/s`` divides the analytic forward
 FLOPs (official fvcore rule, ``wsi_mamba.models.analysis``) by the forward time. Memory, forward (``fwd
 MiB``) and training step (``step MiB``): on CUDA the peak allocated bytes; on CPU the growth of peak RSS
-over the RSS before that phase, each row in a fresh process (so rows do not see each other's memory).
+over the RSS once the model and input exist, each row in a fresh process (rows do not see each other).
 ``x prev`` is the step memory over the previous size's (4 for memory linear in pixels when the size
 doubles). ``est act`` is the analytic activation estimate (fp32, times the batch).
 """
@@ -68,13 +68,12 @@ def bench_case(name: str, size: int, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         step = _median_time(train_step, args.device, args.repeats)
         mem = torch.cuda.max_memory_allocated() / 2**20
-    else:  # growth of peak RSS over the RSS before each phase (this process runs this row alone)
+    else:  # growth of peak RSS over the RSS with the model and input built (this process runs this row alone)
         reset_peak_rss()
         base = current_rss()
         fwd = _median_time(forward, args.device, args.repeats)
         fwd_mem = (peak_rss() - base) / 2**20
-        reset_peak_rss()
-        base = current_rss()
+        reset_peak_rss()  # memory the forward left resident still counts from the same base
         step = _median_time(train_step, args.device, args.repeats)
         mem = (peak_rss() - base) / 2**20
     stages = analyze(model.config, size)
