@@ -1,0 +1,99 @@
+"""The colour baseline: mean-pooled tile colour statistics + logistic regression.
+
+Each tile is summarised by ten numbers in [0, 1]: the mean and standard deviation of R, G and B, and of
+the HSV saturation and value (``S = (max - min) / max``, 0 for black pixels; ``V = max``). A slide is
+the mean of its tiles' statistics; a standardised logistic regression maps it to a probability. Any
+slide model worth its GPU hours must beat this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+COLOUR_STATS: tuple[str, ...] = (
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "std_r",
+    "std_g",
+    "std_b",
+    "mean_saturation",
+    "std_saturation",
+    "mean_value",
+    "std_value",
+)
+_TILES_PER_BLOCK = 64
+
+
+def tile_colour_stats(tiles: np.ndarray) -> np.ndarray:
+    """(n, h, w, 3) uint8 RGB tiles -> (n, 10) float32 statistics in the order of ``COLOUR_STATS``.
+
+    Vectorised, a block of tiles at a time (bounded memory); ``n = 0`` gives a (0, 10) array.
+    """
+    tiles = np.asarray(tiles)
+    if tiles.ndim != 4 or tiles.shape[-1] != 3:
+        raise ValueError(f"tiles must be (n, h, w, 3) RGB, got shape {tiles.shape}")
+    if tiles.dtype != np.uint8:
+        raise TypeError(f"tiles must be uint8, got {tiles.dtype}")
+    n = tiles.shape[0]
+    out = np.zeros((n, len(COLOUR_STATS)), np.float32)
+    if n == 0:
+        return out
+    if tiles.shape[1] == 0 or tiles.shape[2] == 0:
+        raise ValueError(f"tiles have no pixels (shape {tiles.shape})")
+    for lo in range(0, n, _TILES_PER_BLOCK):
+        block = tiles[lo : lo + _TILES_PER_BLOCK]
+        out[lo : lo + len(block), 0:3] = block.mean(axis=(1, 2), dtype=np.float64) / 255.0
+        out[lo : lo + len(block), 3:6] = block.std(axis=(1, 2), dtype=np.float64) / 255.0
+        high = block.max(axis=3)
+        low = block.min(axis=3)
+        value = high.astype(np.float32) / 255.0
+        saturation = np.zeros(high.shape, np.float32)
+        np.divide(high - low, high, out=saturation, where=high > 0, dtype=np.float32)
+        for column, plane in ((6, saturation), (8, value)):
+            out[lo : lo + len(block), column] = plane.mean(axis=(1, 2), dtype=np.float64)
+            out[lo : lo + len(block), column + 1] = plane.std(axis=(1, 2), dtype=np.float64)
+    return out
+
+
+def slide_colour_vector(stats: np.ndarray) -> np.ndarray:
+    """Mean-pool (n, K) tile statistics into one (K,) float32 slide vector; ValueError when n = 0."""
+    stats = np.asarray(stats)
+    if stats.ndim != 2:
+        raise ValueError(f"stats must be (n_tiles, K), got shape {stats.shape}")
+    if stats.shape[0] == 0:
+        raise ValueError("slide has no tiles: cannot pool colour statistics over zero tiles")
+    return stats.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def fit_colour_baseline(X_train: np.ndarray, y_train: np.ndarray) -> Pipeline:
+    """Fit StandardScaler + LogisticRegression(C=1, max_iter=1000, random_state=0) on (m, K) slide vectors
+    and 0/1 labels. Deterministic."""
+    X = np.asarray(X_train, np.float64)
+    y = np.asarray(y_train)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X_train must be (m, K) with one label per row, got {X.shape} and {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_train must be 0/1")
+    y = y.astype(np.int64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("the colour baseline needs both positive and negative training slides")
+    model = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("logistic", LogisticRegression(C=1.0, max_iter=1000, random_state=0)),
+        ]
+    )
+    return model.fit(X, y)
+
+
+def predict_colour_baseline(model: Pipeline, X: np.ndarray) -> np.ndarray:
+    """(m,) probability of the positive class for (m, K) slide vectors."""
+    X = np.asarray(X, np.float64)
+    if X.ndim == 1:
+        X = X[None]
+    positive = int(np.flatnonzero(model.classes_ == 1)[0])
+    return model.predict_proba(X)[:, positive]
