@@ -1,8 +1,17 @@
-"""VMamba backbones (official-checkpoint compatible), the SS2D mixer, a model registry and checkpoint I/O."""
+"""VMamba backbones (official-checkpoint compatible), the SS2D mixer, the slide model, a model registry and
+checkpoint I/O."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .official import config_from_official, load_official
 from .registry import create_model, list_models, register_model
+from .slide_model import (
+    SlideMamba,
+    SlideModelConfig,
+    SlideOutput,
+    grid_tensors,
+    load_slide_model,
+    save_slide_model,
+)
 from .ss2d import SS2D, cross_merge, cross_scan
 from .vmamba import CONFIGS, VSSM, VMambaConfig, VSSBlock, build_vmamba
 
@@ -10,6 +19,9 @@ __all__ = [
     "CONFIGS",
     "SS2D",
     "VSSM",
+    "SlideMamba",
+    "SlideModelConfig",
+    "SlideOutput",
     "VMambaConfig",
     "VSSBlock",
     "build_vmamba",
@@ -17,9 +29,12 @@ __all__ = [
     "create_model",
     "cross_merge",
     "cross_scan",
+    "grid_tensors",
     "list_models",
     "load_checkpoint",
     "load_official",
+    "load_slide_model",
     "register_model",
     "save_checkpoint",
+    "save_slide_model",
 ]

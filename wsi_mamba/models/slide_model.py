@@ -1,0 +1,542 @@
+"""Slide model: tile features on the slide's 2-D tissue grid → masked SS2D blocks over the whole grid →
+gated-attention pooling → one metastasis logit, plus per-tile logits and the attention map.
+
+Masking: background cells (``mask == False``) neither contribute nor receive.
+
+* The embedded token stream is zeroed at background cells after the input projection, and every residual
+  branch (SS2D, MLP) writes zeros there, so the residual stream stays 0 off tissue.
+* Inside SS2D the input of the depthwise 3×3 conv is zeroed (a background neighbour looks like the conv's
+  zero padding) and so is its output; the scan step is Δ = softplus(dt + dt_bias) · mask, so at a
+  background position exp(Δ A) = 1 and Δ B u = 0: the state passes through unchanged, and the scan output
+  there is zeroed. The scan therefore sees exactly the tissue tokens in route order (the four VMamba
+  routes over the whole R × C grid); tissue islands still talk to each other through the state. By
+  default the identity steps are skipped altogether: each route gathers its tissue cells in route order
+  and scans only those (:class:`MaskedSS2D`, ``compact``), which is the same computation.
+* Pooling is a softmax over tissue cells only.
+
+Consequences (tested): outputs at tissue cells are exactly independent of the feature values at background
+cells (even inf/NaN there), gradients w.r.t. those values are exactly 0, and adding or removing a margin of
+background around the tissue (``grid_tensors(..., crop=False)``) changes nothing but rounding.
+
+Because the classifier is affine and the attention sums to 1, ``logit == Σ attention · tile_logits``.
+A sample with no tissue at all gets attention 0, tile logits 0 and logit 0 (no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from selective_scan import selective_scan
+
+from .layers import LayerNorm2d, Linear2d, Mlp
+from .ss2d import K_ROUTES, SS2D, cross_merge, cross_scan
+from .state import load_into_new_model
+
+FORMAT = "wsi-mamba/slide-model"
+FORMAT_VERSION = 1
+SCAN_BACKENDS = ("auto", "reference", "cpu", "triton")
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class SlideModelConfig:
+    """Everything that defines a :class:`SlideMamba` (stored in the checkpoint's JSON)."""
+
+    in_dim: int  # tile feature size
+    dim: int = 64  # token width
+    depth: int = 2  # number of masked VSS blocks
+    d_state: int = 4  # SSM state size N
+    ssm_ratio: float = 1.0  # d_inner = int(ssm_ratio * dim)
+    mlp_ratio: float = 2.0
+    attn_dim: int = 64  # hidden size of the gated attention
+    dropout: float = 0.1  # after the input projection, on residual branches and in the attention
+    scan_backend: str = "auto"  # passed to selective_scan
+
+    def __post_init__(self) -> None:
+        for name in ("in_dim", "dim", "d_state", "attn_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SlideModelConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if int(self.depth) < 0:
+            raise ValueError(f"SlideModelConfig: depth must be >= 0, got {self.depth}")
+        if self.ssm_ratio <= 0 or self.mlp_ratio <= 0 or int(self.ssm_ratio * self.dim) < 1:
+            raise ValueError("SlideModelConfig: ssm_ratio and mlp_ratio must be > 0 (and d_inner >= 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"SlideModelConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(
+                f"SlideModelConfig: scan_backend is {self.scan_backend!r}, expected one of {', '.join(SCAN_BACKENDS)}"
+            )
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SlideModelConfig:
+        """Inverse of :meth:`to_dict`; unknown or missing fields → ``ValueError`` naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"SlideModelConfig: expected a dict, got {type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown slide model config fields: {unknown}")
+        if "in_dim" not in data:
+            raise ValueError("slide model config lacks the required field 'in_dim'")
+        return cls(**data)
+
+
+@dataclass
+class SlideOutput:
+    """What :meth:`SlideMamba.forward` returns.
+
+    ``logit`` (B,); ``tile_logits`` (B, R, C), 0 at background cells; ``attention`` (B, R, C), a softmax
+    over the tissue cells of each sample, 0 at background cells. An all-background sample: all zeros.
+    """
+
+    logit: torch.Tensor
+    tile_logits: torch.Tensor
+    attention: torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------- modules
+
+
+def _route(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Route ``k`` of :func:`cross_scan` alone: (B, C, H, W) → (B, C, H·W)."""
+    seq = x.flatten(2) if k % 2 == 0 else x.transpose(2, 3).flatten(2)
+    return seq.flip(-1) if k >= 2 else seq
+
+
+def _unroute(y: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`_route`: (B, C, H·W) → (B, C, H, W)."""
+    if k >= 2:
+        y = y.flip(-1)
+    if k % 2 == 0:
+        return y.unflatten(2, (height, width))
+    return y.unflatten(2, (width, height)).transpose(2, 3)
+
+
+class MaskedSS2D(SS2D):
+    """SS2D (same parameters and init) whose background cells neither contribute nor receive.
+
+    ``forward(x, mask)``: x (B, dim, H, W), mask (B, 1, H, W) bool → (B, dim, H, W), 0 off tissue.
+
+    The scan runs over all H·W cells of each route with Δ = 0 off tissue, which is the identity step. So the
+    same result comes from scanning only the tissue cells in each route's order (``compact = True``, the
+    default: scan time and memory scale with the tissue count, not the grid area; the padding that evens
+    out a batch uses Δ = 0 again). ``compact = False`` scans the whole grid literally (reference path).
+    ``routes_per_call``: routes per selective-scan call (1, 2 or 4); ``None`` = 4 on CUDA (one grouped
+    call, the most parallel work) and 1 elsewhere (peak memory of one route, not four).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 4,
+        ssm_ratio: float = 1.0,
+        scan_backend: str = "auto",
+        routes_per_call: int | None = None,
+        compact: bool = True,
+    ) -> None:
+        super().__init__(dim, d_state, ssm_ratio, scan_backend=scan_backend)
+        if routes_per_call not in (None, 1, 2, 4):
+            raise ValueError(f"routes_per_call must be None, 1, 2 or 4, got {routes_per_call}")
+        self.routes_per_call = routes_per_call
+        self.compact = compact
+
+    def _per_call(self, h: torch.Tensor) -> int:
+        return self.routes_per_call or (K_ROUTES if h.is_cuda else 1)
+
+    def scan_routes(self, xs: torch.Tensor, valid: torch.Tensor, start: int) -> torch.Tensor:
+        """Selective scan of routes ``start, start + 1, ...``: xs (B, k, Di, L) → (B, k, Di, L).
+
+        ``valid`` (B, k, 1, L) bool: Δ = softplus(dt + dt_bias) where valid, 0 elsewhere (state kept).
+        """
+        batch, count, d_inner, length = xs.shape
+        stop = start + count
+        channels = slice(start * d_inner, stop * d_inner)
+        sdtype = torch.promote_types(xs.dtype, torch.float32)  # fp32, or fp64 for a float64 model
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight[start:stop])
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight[start:stop])
+        delta = F.softplus(dts.to(sdtype) + self.dt_projs_bias[start:stop, :, None].to(sdtype))
+        del dts, x_dbl
+        delta = delta.masked_fill(~valid, 0.0)
+        ys = selective_scan(
+            xs.reshape(batch, count * d_inner, length),
+            delta.reshape(batch, count * d_inner, length),
+            -torch.exp(self.A_logs[channels].to(sdtype)),
+            Bs.contiguous(),
+            Cs.contiguous(),
+            D=self.Ds[channels].to(sdtype),
+            delta_softplus=False,
+            backend=self.scan_backend,
+        )
+        return ys.reshape(batch, count, d_inner, length)
+
+    def _scan_grid(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        height, width = h.shape[-2:]
+        per = self._per_call(h)
+        out = None
+        for start in range(0, K_ROUTES, per):
+            if per == K_ROUTES:
+                xs, valid = cross_scan(h), cross_scan(mask)
+            else:
+                routes = range(start, start + per)
+                xs = torch.stack([_route(h, k) for k in routes], dim=1)
+                valid = torch.stack([_route(mask, k) for k in routes], dim=1)
+            ys = self.scan_routes(xs, valid, start)
+            del xs
+            if per == K_ROUTES:
+                merged = cross_merge(ys, height, width)
+            else:
+                merged = sum(_unroute(ys[:, j], start + j, height, width) for j in range(per))
+            del ys
+            out = merged if out is None else out + merged
+        return out.masked_fill(~mask, 0.0)
+
+    def _scan_tissue(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, d_inner, height, width = h.shape
+        length = height * width
+        flat_mask = mask.reshape(batch, length)
+        counts = flat_mask.sum(1)
+        steps = int(counts.max())
+        flat_h = h.reshape(batch, d_inner, length)
+        out = torch.zeros_like(flat_h)
+        if steps == 0:
+            return out.reshape(h.shape)
+        cells = torch.arange(length, device=h.device).reshape(1, 1, height, width)
+        positions = []  # per route: (B, steps) grid cells of the tissue tokens in route order, then padding
+        for k in range(K_ROUTES):
+            seq = _route(cells, k).reshape(length)
+            background_first = (~flat_mask[:, seq]).to(torch.uint8)
+            order = torch.argsort(background_first, dim=1, stable=True)[:, :steps]
+            positions.append(seq[order])
+        valid = (torch.arange(steps, device=h.device) < counts[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        per = self._per_call(h)
+        for start in range(0, K_ROUTES, per):
+            index = [positions[k][:, None, :].expand(batch, d_inner, steps) for k in range(start, start + per)]
+            xs = torch.stack([flat_h.gather(2, i) for i in index], dim=1)  # (B, per, Di, S)
+            ys = self.scan_routes(xs, valid, start).masked_fill(~valid, 0.0)  # padding adds nothing
+            del xs
+            for j, i in enumerate(index):
+                out.scatter_add_(2, i, ys[:, j])
+            del ys
+        return out.reshape(h.shape).masked_fill(~mask, 0.0)
+
+    def masked_scan(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Four-route selective scan of ``h`` (B, Di, H, W) that skips background cells; output 0 off tissue."""
+        return self._scan_tissue(h, mask) if self.compact else self._scan_grid(h, mask)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        off = ~mask
+        h = self.in_proj(x).masked_fill(off, 0.0)
+        h = self.act(self.conv2d(h)).masked_fill(off, 0.0)
+        y = self.masked_scan(h, mask)
+        y = self.out_norm(y).to(x.dtype)
+        return self.out_proj(y).masked_fill(off, 0.0)
+
+
+class SlideBlock(nn.Module):
+    """Masked VSS block: x + Drop(SS2D(LN(x))), then x + Drop(MLP(LN(x))); both branches 0 off tissue."""
+
+    def __init__(self, config: SlideModelConfig) -> None:
+        super().__init__()
+        dim = config.dim
+        self.norm = LayerNorm2d(dim)
+        self.op = MaskedSS2D(dim, config.d_state, config.ssm_ratio, config.scan_backend)
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = Mlp(dim, max(1, int(dim * config.mlp_ratio)))
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.op(self.norm(x), mask))
+        return x + self.drop(self.mlp(self.norm2(x)).masked_fill(~mask, 0.0))
+
+
+class GatedAttention(nn.Module):
+    """Ilse et al. (2018) gated attention score per token: w · (tanh(V h) ⊙ sigmoid(U h)) → (B, 1, H, W)."""
+
+    def __init__(self, dim: int, attn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.V = Linear2d(dim, attn_dim)
+        self.U = Linear2d(dim, attn_dim)
+        self.drop = nn.Dropout(dropout)
+        self.w = Linear2d(attn_dim, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.w(self.drop(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))))
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``scores`` (B, R, C) over the cells where ``mask``; 0 elsewhere and for empty samples."""
+    fill = scores.masked_fill(~mask, float("-inf"))
+    peak = fill.flatten(1).amax(1).detach()
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    weights = torch.exp(fill - peak[:, None, None])  # exactly 0 off tissue, gradient 0 there
+    total = weights.flatten(1).sum(1)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))[:, None, None]
+
+
+class SlideMamba(nn.Module):
+    """Tile features on the tissue grid (B, in_dim, R, C) + mask (B, R, C) → :class:`SlideOutput`.
+
+    embed (1×1 linear, GELU, dropout) → ``depth`` :class:`SlideBlock` over the whole grid → LayerNorm →
+    gated-attention pooling over tissue cells → linear head (the same head gives the per-tile logits).
+    """
+
+    def __init__(self, config: SlideModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.grad_checkpointing = False
+        self.embed = Linear2d(config.in_dim, config.dim)
+        self.embed_act = nn.GELU()
+        self.embed_drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(SlideBlock(config) for _ in range(config.depth))
+        self.norm = LayerNorm2d(config.dim)
+        self.pool = GatedAttention(config.dim, config.attn_dim, config.dropout)
+        self.head = Linear2d(config.dim, 1)
+        self.apply(_init_weights)
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Select the selective-scan backend of every block ("auto", "reference", "cpu", "triton")."""
+        if backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan backend is {backend!r}, expected one of {', '.join(SCAN_BACKENDS)}")
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.scan_backend = backend
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (training memory ↓, time ↑)."""
+        self.grad_checkpointing = enable
+
+    def _check_inputs(self, features: torch.Tensor, mask: torch.Tensor) -> None:
+        in_dim = self.config.in_dim
+        if not isinstance(features, torch.Tensor) or not isinstance(mask, torch.Tensor):
+            raise ValueError("SlideMamba expects torch tensors for features and mask")
+        if features.dim() != 4 or features.shape[1] != in_dim or not features.is_floating_point():
+            raise ValueError(
+                f"SlideMamba expects features of shape (batch, {in_dim}, rows, cols) and a floating dtype, "
+                f"got {tuple(features.shape)} {features.dtype}"
+            )
+        batch, _, rows, cols = features.shape
+        if mask.dtype != torch.bool or tuple(mask.shape) != (batch, rows, cols):
+            raise ValueError(
+                f"SlideMamba expects a bool mask of shape {(batch, rows, cols)} (batch, rows, cols), "
+                f"got {tuple(mask.shape)} {mask.dtype}"
+            )
+        if batch < 1 or rows < 1 or cols < 1:
+            raise ValueError(f"SlideMamba expects a non-empty batch and grid, got features {tuple(features.shape)}")
+
+    def forward_features(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Tokens after the blocks (B, dim, R, C), exactly 0 at background cells."""
+        self._check_inputs(features, mask)
+        weight = self.embed.weight
+        if features.dtype != weight.dtype and not torch.is_autocast_enabled():
+            features = features.to(weight.dtype)
+        cells = mask[:, None]
+        # The 1×1 projection is per cell, so whatever sits off tissue (even inf/NaN) stays there and is
+        # replaced by 0 here: nothing downstream ever sees it.
+        x = self.embed_drop(self.embed_act(self.embed(features))).masked_fill(~cells, 0.0)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cells, use_reentrant=False)
+            else:
+                x = block(x, cells)
+        return x
+
+    def forward_head(self, tokens: torch.Tensor, mask: torch.Tensor) -> SlideOutput:
+        """Attention pooling and the classifier on the tokens of :meth:`forward_features`."""
+        cells = mask[:, None]
+        h = self.norm(tokens).masked_fill(~cells, 0.0)
+        attention = masked_softmax(self.pool(h)[:, 0], mask)
+        tile_logits = self.head(h)[:, 0].masked_fill(~mask, 0.0)
+        pooled = torch.einsum("bdrc,brc->bd", h, attention.to(h.dtype))
+        logit = F.linear(pooled, self.head.weight.flatten(1), self.head.bias)[:, 0]
+        has_tissue = mask.flatten(1).any(1)
+        logit = torch.where(has_tissue, logit, torch.zeros_like(logit))
+        return SlideOutput(logit=logit, tile_logits=tile_logits, attention=attention)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> SlideOutput:
+        """features (B, in_dim, R, C) float, mask (B, R, C) bool → :class:`SlideOutput`."""
+        return self.forward_head(self.forward_features(features, mask), mask)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Linear (incl. Linear2d) trunc-normal std 0.02 and zero bias; LayerNorm 1/0 (SS2D keeps its own init)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ------------------------------------------------------------------------------------------- grid input
+
+
+def _as_index(name: str, values, count: int) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if array.ndim != 1 or array.shape[0] != count:
+        raise ValueError(f"grid_tensors: {name} must have shape ({count},), got {array.shape}")
+    if count and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"grid_tensors: {name} must hold integers, got dtype {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    if count and array.min() < 0:
+        raise ValueError(f"grid_tensors: {name} has negative entries (min {array.min()})")
+    return array
+
+
+def grid_tensors(
+    features,
+    rows,
+    cols,
+    shape: tuple[int, int] | None = None,
+    crop: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Place tile vectors on their (row, col) grid cells.
+
+    ``features`` (n, D) numpy or torch (any real dtype, converted to float32; torch stays on its device);
+    ``rows``, ``cols`` (n,) integer grid indices, each cell at most once; ``shape`` (R, C) of the full grid,
+    or ``None`` for (max + 1). ``crop`` cuts to the bounding box of the tiles. Returns features
+    (1, D, R', C') float32 (0 off tissue), mask (1, R', C') bool and the crop offset (row0, col0).
+    The result does not depend on the order of the tiles.
+    """
+    if isinstance(features, torch.Tensor):
+        feats = features.detach()
+    else:
+        array = np.asarray(features)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"grid_tensors: features must be numeric, got dtype {array.dtype}")
+        feats = torch.from_numpy(array)
+    if feats.dim() != 2 or feats.is_complex() or feats.dtype == torch.bool:
+        raise ValueError(f"grid_tensors: features must be a real (n, D) array, got {tuple(feats.shape)} {feats.dtype}")
+    count, depth = feats.shape
+    r = _as_index("rows", rows, count)
+    c = _as_index("cols", cols, count)
+    if shape is not None:
+        if len(shape) != 2 or min(int(s) for s in shape) < 1:
+            raise ValueError(f"grid_tensors: shape must be (rows, cols) >= 1, got {shape}")
+        full = (int(shape[0]), int(shape[1]))
+        if count and (r.max() >= full[0] or c.max() >= full[1]):
+            raise ValueError(f"grid_tensors: a tile at ({r.max()}, {c.max()}) (max) lies outside the grid {full}")
+    elif count:
+        full = (int(r.max()) + 1, int(c.max()) + 1)
+    else:
+        raise ValueError("grid_tensors: no tiles and no grid shape")
+    if crop and not count:
+        raise ValueError("grid_tensors: no tiles to crop to (pass crop=False for an empty grid of the given shape)")
+    if crop:
+        row0, col0 = int(r.min()), int(c.min())
+        size = (int(r.max()) - row0 + 1, int(c.max()) - col0 + 1)
+    else:
+        row0, col0, size = 0, 0, full
+    flat = (r - row0) * size[1] + (c - col0)
+    unique, counts = np.unique(flat, return_counts=True)
+    if unique.shape[0] != count:
+        first = int(unique[counts > 1][0])
+        where = (first // size[1] + row0, first % size[1] + col0)
+        raise ValueError(f"grid_tensors: more than one tile at grid cell (row, col) = {where}")
+    index = torch.from_numpy(flat).to(feats.device)
+    grid = torch.zeros(depth, size[0] * size[1], dtype=torch.float32, device=feats.device)
+    step = 1 << 16  # convert in slices: never a full float32 copy of a float16 feature matrix
+    for start in range(0, count, step):
+        grid[:, index[start : start + step]] = feats[start : start + step].to(torch.float32).T
+    mask = torch.zeros(size[0] * size[1], dtype=torch.bool, device=feats.device)
+    mask[index] = True
+    return grid.reshape(1, depth, *size), mask.reshape(1, *size), (row0, col0)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def _tensor_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors")
+    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+
+
+def save_slide_model(model: SlideMamba, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``NAME.safetensors`` (``.safetensors`` appended if missing) and ``NAME.json`` (format, config and
+    the JSON-serialisable ``metadata``); returns the tensor file."""
+    path = _tensor_path(path)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": FORMAT})
+    path.with_suffix(".json").write_text(text)
+    return path
+
+
+def load_slide_model(path: str | Path, **overrides) -> tuple[SlideMamba, dict]:
+    """Rebuild the model from the JSON beside ``path`` (config fields overridable, e.g. ``scan_backend``),
+    load its tensors strictly; returns (model in eval mode, metadata). Problems → ``ValueError``."""
+    path = _tensor_path(path)
+    meta_file = path.with_suffix(".json")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    if not meta_file.is_file():
+        raise ValueError(f"{path}: no model config {meta_file.name} beside the checkpoint")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_file}: not a {FORMAT} config (format: {found!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_file}: unsupported format_version {meta.get('format_version')!r}")
+    config_data, metadata = meta.get("config"), meta.get("metadata", {})
+    if not isinstance(config_data, dict) or not isinstance(metadata, dict):
+        raise ValueError(f"{meta_file}: 'config' and 'metadata' must be JSON objects")
+    try:
+        config = SlideModelConfig.from_dict({**config_data, **overrides})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{meta_file}: {exc}") from exc
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for a bad header
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    try:
+        model = load_into_new_model(lambda: SlideMamba(config), state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return model.eval(), metadata
+
+
+__all__ = [
+    "GatedAttention",
+    "MaskedSS2D",
+    "SlideBlock",
+    "SlideMamba",
+    "SlideModelConfig",
+    "SlideOutput",
+    "grid_tensors",
+    "load_slide_model",
+    "masked_softmax",
+    "save_slide_model",
+]
