@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -32,7 +33,10 @@ def peak_rss() -> int:
 def run_isolated(script: str, spec: dict, extra: list[str] | None = None) -> dict:
     """Run ``script --child JSON`` in a fresh interpreter; its last stdout line is the JSON result."""
     command = [sys.executable, script, "--child", json.dumps(spec), *(extra or [])]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # A fixed mmap threshold: glibc otherwise raises it as big blocks are freed and keeps later ones in its
+    # heap, so RSS would count memory already freed (and differently at each size).
+    env = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), **os.environ}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
+from scipy import ndimage
 
 from wsi_mamba.slide import open_slide
 from wsi_mamba.slide.annotations import rasterize, read_asap_xml
@@ -93,7 +94,19 @@ def test_annotations_match_tumor_texture(cohort: Path) -> None:
         pixels = s.read_region((0, 0), 0, s.dimensions).astype(float).mean(axis=2)
         lesion = rasterize(ann, s.dimensions, 1.0)
     assert lesion.any()
-    assert pixels[lesion].mean() < pixels[~lesion].mean() - 20  # denser, darker nuclei
+    core = ndimage.binary_erosion(lesion, iterations=10)
+    normal = ndimage.binary_erosion((pixels < 215) & ~ndimage.binary_dilation(lesion, iterations=10), iterations=10)
+    assert core.any() and normal.any()
+    # colour-matched (a mean-colour classifier must not find the tumour) but with much larger nuclei
+    assert abs(pixels[core].mean() - pixels[normal].mean()) < 15
+    assert _nucleus_area(pixels, core) > 2.5 * _nucleus_area(pixels, normal)
+
+
+def _nucleus_area(grey: np.ndarray, region: np.ndarray) -> float:
+    """Mean area (px) of the dark blobs (nuclei or their rims) inside ``region``."""
+    labels, _ = ndimage.label(region & (grey < np.median(grey[region]) - 15))
+    sizes = np.bincount(labels.ravel())[1:]
+    return float(sizes[sizes >= 5].mean())
 
 
 def test_lesion_size_mix() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from . import models, slides
+from . import models, slides, workflows
 
 # Modules whose ``register(subparsers)`` adds subcommands; add new command modules here.
-COMMAND_MODULES = (slides, models)
+COMMAND_MODULES = (slides, models, workflows)
 
 # Errors a user can cause (bad file, bad annotation): the CLI prints them on one line, exit code 1.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = slides.EXPECTED_ERRORS + models.EXPECTED_ERRORS
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    slides.EXPECTED_ERRORS + models.EXPECTED_ERRORS + workflows.EXPECTED_ERRORS
+)

@@ -84,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--size", type=_positive_int, default=8192, help="level-0 width in pixels (default 8192)")
     p.add_argument("--flavour", choices=("mixed", "svs", "tiff"), default="mixed", help="file flavour")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="fraction of the slides for testing/ (default a third; 1 = a held-out test cohort)",
+    )
     p.set_defaults(func=cmd_synth)
 
 
@@ -156,9 +162,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     from ..slide.synthetic import plan_cohort, tile_count, write_cohort
 
-    plan = plan_cohort(args.out, args.slides, args.seed, args.size, args.flavour)
+    plan = plan_cohort(args.out, args.slides, args.seed, args.size, args.flavour, args.test_fraction)
     total = sum(tile_count(p.spec.width, p.spec.height, p.flavour) for p in plan)
     with tqdm(total=total, unit="tile", desc=f"{args.slides} slides", file=sys.stderr) as bar:
-        write_cohort(args.out, args.slides, args.seed, args.size, args.flavour, tick=lambda: bar.update())
+        write_cohort(
+            args.out, args.slides, args.seed, args.size, args.flavour, tick=bar.update, test_fraction=args.test_fraction
+        )
     print(f"wrote {len(plan)} slides to {args.out}")
     return 0

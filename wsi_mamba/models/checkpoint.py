@@ -19,8 +19,9 @@ def config_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_checkpoint(model: VSSM, path: str | Path) -> Path:
-    """Write ``path`` (``.safetensors`` appended if missing) and its JSON config; returns the tensor file."""
+def save_checkpoint(model: VSSM, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``path`` (``.safetensors`` appended if missing) and its JSON config (plus ``metadata``, free-form
+    JSON, e.g. how the weights were trained); returns the tensor file."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
@@ -28,18 +29,39 @@ def save_checkpoint(model: VSSM, path: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "VSSM", "config": model.config.to_dict()}
+    if metadata:
+        meta["metadata"] = metadata
     config_path(path).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
-def load_checkpoint(path: str | Path, **overrides) -> VSSM:
-    """Rebuild the model from the JSON beside ``path`` (fields overridable, e.g. ``scan_backend``) and load it."""
+def read_checkpoint_metadata(path: str | Path) -> dict:
+    """The JSON beside a checkpoint, checked for our format; ``ValueError`` naming the file otherwise."""
     path = Path(path)
     meta_file = config_path(path)
     if not meta_file.exists():
         raise ValueError(f"{path}: no model config {meta_file.name} beside the checkpoint")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} config")
+    return meta
+
+
+def load_checkpoint(path: str | Path, **overrides) -> VSSM:
+    """Rebuild the model from the JSON beside ``path`` (fields overridable, e.g. ``scan_backend``) and load it."""
+    meta = read_checkpoint_metadata(path)
     config = VMambaConfig.from_dict({**meta["config"], **overrides})
-    return load_into_new_model(lambda: VSSM(config), load_file(str(path)))
+    return load_into_new_model(lambda: VSSM(config), read_safetensors(path))
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """Tensors of a ``.safetensors`` file (never unpickles); ``ValueError`` naming the file otherwise."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except Exception as exc:  # safetensors raises its own error types for foreign or damaged files
+        raise ValueError(f"{path}: not a safetensors file ({str(exc).splitlines()[0][:120]})") from None

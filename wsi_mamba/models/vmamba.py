@@ -69,8 +69,9 @@ CONFIGS: dict[str, VMambaConfig] = {
     "vmamba_small": VMambaConfig(96, (2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.3),
     # VMamba-B [s2l15] = vmambav2_base_224.yaml: 88,557,800 params
     "vmamba_base": VMambaConfig(128, (2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.6),
-    # small CPU model for tests and demos
+    # small CPU models for tests, demos and the default tile encoder
     "vmamba_nano": VMambaConfig(32, (1, 1, 2, 1), ssm_ratio=1.0, drop_path_rate=0.0),
+    "vmamba_pico": VMambaConfig(16, (1, 1, 2, 1), ssm_ratio=1.0, drop_path_rate=0.0),
 }
 
 

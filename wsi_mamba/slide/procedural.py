@@ -190,8 +190,10 @@ def make_spec(seed: int, index: int, width: int, height: int, tumor: bool) -> Sl
         (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.18, 0.32), rng.uniform(0.18, 0.32))
         for _ in range(int(rng.integers(1, 4)))
     ]
-    spec.eosin = tuple(float(np.clip(c + rng.normal(0, 0.03), 0, 1)) for c in spec.eosin)
-    spec.hematoxylin = tuple(float(np.clip(c + rng.normal(0, 0.04), 0, 1)) for c in spec.hematoxylin)
+    # Stain varies from slide to slide (centre, protocol, scanner) more than tumour moves the mean colour.
+    tone = rng.uniform(0.92, 1.05)
+    spec.eosin = tuple(float(np.clip(c * tone + rng.normal(0, 0.05), 0, 1)) for c in spec.eosin)
+    spec.hematoxylin = tuple(float(np.clip(c * tone + rng.normal(0, 0.06), 0, 1)) for c in spec.hematoxylin)
     if tumor:
         short_um = min(width, height) * MPP
         micro_only = rng.random() < 0.5
@@ -265,10 +267,11 @@ def render(
         img[fat] = 0.965
         nuc = nuc * ~fat
     img = img + (hema * (0.8 + 0.25 * nd)[..., None] - img) * nuc[..., None]
-    if tumor.any():  # metastasis: denser, larger, darker, irregular nuclei
-        tnuc, td = _nuclei(xu, yu, 7.0, (0.3, 0.42), 0.9, 0.15, s + 61, pixel)
-        stroma = eosin * 0.9
-        tumor_img = stroma + (hema * (0.62 + 0.2 * td)[..., None] - stroma) * tnuc[..., None]
+    if tumor.any():  # metastasis: large, pleomorphic, vesicular nuclei (pale centre, dark rim), colour-matched
+        tnuc, td = _nuclei(xu, yu, 12.0, (0.26, 0.4), 0.6, 0.2, s + 61, pixel)
+        stroma = eosin * (0.94 + 0.1 * _value_noise(xu, yu * 0.5, 4.0, s + 43))[..., None]
+        chromatin = 0.15 + 0.75 * td * td  # fraction of hematoxylin: rim-heavy, so the mean colour barely moves
+        tumor_img = stroma + (hema - stroma) * (tnuc * chromatin)[..., None]
         img = np.where(tumor[..., None], tumor_img, img)
     img = np.where(tissue[..., None], img, np.float32(0.955))
     img = img + 0.03 * grain

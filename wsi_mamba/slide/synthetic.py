@@ -196,12 +196,19 @@ class CohortSlide:
 
 
 def plan_cohort(
-    out: str | os.PathLike[str], slides: int, seed: int = 0, size: int = 8192, flavour: str = "mixed"
+    out: str | os.PathLike[str],
+    slides: int,
+    seed: int = 0,
+    size: int = 8192,
+    flavour: str = "mixed",
+    test_fraction: float | None = None,
 ) -> list[CohortSlide]:
-    """CAMELYON16 layout: a third of the slides (at least one when ``slides`` ≥ 3) go to testing/,
-    the rest to training/normal and training/tumor; normal and tumor alternate."""
+    """CAMELYON16 layout: the last ``test_fraction`` of the slides (default a third, rounded down) go to
+    testing/, the rest to training/normal and training/tumor; normal and tumor alternate."""
     out = Path(out)
-    n_test = slides // 3
+    if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    n_test = slides // 3 if test_fraction is None else round(slides * test_fraction)
     plan = []
     counters = {"normal": 0, "tumor": 0, "test": 0}
     rng = np.random.default_rng(seed)
@@ -229,12 +236,18 @@ def write_cohort(
     size: int = 8192,
     flavour: str = "mixed",
     tick: Callable[[], None] | None = None,
+    test_fraction: float | None = None,
 ) -> list[CohortSlide]:
-    """Write a synthetic cohort under ``out`` (CAMELYON16 layout, labels CSVs, lesion XML)."""
-    plan = plan_cohort(out, slides, seed, size, flavour)
+    """Write a synthetic cohort under ``out`` (CAMELYON16 layout, labels CSVs, lesion XML). Resumable:
+    slides already there are kept (files are written atomically, and the same seed gives the same pixels)."""
+    plan = plan_cohort(out, slides, seed, size, flavour, test_fraction)
     for item in plan:
         item.path.parent.mkdir(parents=True, exist_ok=True)
-        write_slide(item.spec, item.path, item.flavour, tick=tick)
+        if item.path.exists():
+            for _ in range(tile_count(item.spec.width, item.spec.height, item.flavour) if tick else 0):
+                tick()  # type: ignore[misc]
+        else:
+            write_slide(item.spec, item.path, item.flavour, tick=tick)
         if item.spec.lesions:
             xml = item.path.parents[1] / "lesion_annotations" / f"{item.name}.xml"
             xml.parent.mkdir(parents=True, exist_ok=True)

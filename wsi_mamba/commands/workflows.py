@@ -1,0 +1,222 @@
+"""``wsi-mamba extract | train-encoder | train | evaluate | predict``: thin wrappers around ``wsi_mamba.workflows``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .slides import _parser, _positive_float, _positive_int
+
+# Workflow errors are ValueErrors whose message names the file and the problem.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
+
+
+def _tile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="tiles per encoder batch (default 64)")
+    p.add_argument("--workers", type=_positive_int, default=4, help="tile-reading threads (default 4)")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
+    p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px for slides without one")
+
+
+def _tile_options(args: argparse.Namespace):
+    from ..workflows.extract import TileOptions
+
+    return TileOptions(args.min_tissue, args.batch_size, args.workers, args.slide_mpp)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the workflow subcommands to the CLI."""
+    p = _parser(
+        subparsers,
+        "extract",
+        "Encode the tissue tiles of slides into one feature store (zarr) per slide; resumable.",
+        "wsi-mamba extract data/cohort/training --encoder encoder.safetensors --out features/",
+    )
+    p.add_argument("slides", nargs="+", help="slide files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="folder of feature stores")
+    p.add_argument(
+        "--encoder",
+        help="encoder checkpoint (.safetensors) or registry name (random weights); default: the default model's",
+    )
+    _tile_arguments(p)
+    p.add_argument("--json", action="store_true", help="print per-slide results as JSON")
+    p.set_defaults(func=cmd_extract)
+
+    p = _parser(
+        subparsers,
+        "train-encoder",
+        "Train the tile encoder on annotated tumour and normal tiles of training slides.",
+        "wsi-mamba train-encoder data/cohort/training --labels data/cohort/training/labels.csv "
+        "--annotations data/cohort/training/lesion_annotations --out encoder.safetensors",
+    )
+    p.add_argument("slides", nargs="+", help="slide files or folders")
+    p.add_argument("--labels", required=True, help="CSV of slide labels (image,label)")
+    p.add_argument("--annotations", required=True, help="folder of lesion annotations (NAME.xml / NAME.geojson)")
+    p.add_argument("--out", required=True, help="encoder checkpoint to write (.safetensors + .json)")
+    p.add_argument("--model", default="vmamba_pico", help="backbone (registry name, default vmamba_pico)")
+    p.add_argument("--tile-px", type=_positive_int, default=128, help="tile side in pixels (default 128)")
+    p.add_argument("--mpp", type=_positive_float, default=0.5, help="tile resolution in µm/px (default 0.5)")
+    p.add_argument("--epochs", type=_positive_int, default=4)
+    p.add_argument("--max-tiles", type=_positive_int, default=2500, help="tiles per class at most")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_encoder)
+
+    p = _parser(
+        subparsers,
+        "train",
+        "Train the slide model on feature stores and slide labels; writes a model folder.",
+        "wsi-mamba train --features features/ --labels labels.csv --out model/",
+    )
+    p.add_argument("--features", required=True, help="folder of feature stores (from extract)")
+    p.add_argument("--labels", required=True, help="CSV of slide labels (image,label or CAMELYON16 reference.csv)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--encoder", help="encoder checkpoint (default: the one the stores were made with)")
+    p.add_argument("--annotations", help="lesion annotations folder: adds tile supervision")
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--patience", type=_positive_int, default=10, help="early-stopping patience (epochs)")
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = _parser(
+        subparsers,
+        "evaluate",
+        "Slide AUC (95%% bootstrap interval), accuracy, ROC curve and per-slide CSV; FROC with annotations.",
+        "wsi-mamba evaluate --model model/ --features features/ --labels reference.csv --baseline --out eval/",
+    )
+    p.add_argument("--model", help="model folder (default: the shipped default model)")
+    p.add_argument("--features", required=True, help="folder of feature stores")
+    p.add_argument("--labels", required=True, help="CSV of slide labels")
+    p.add_argument("--annotations", help="lesion annotations folder: adds the lesion-level FROC")
+    p.add_argument("--baseline", action="store_true", help="also report the colour-statistics baseline")
+    p.add_argument("--out", required=True, help="folder for metrics.json, per_slide.csv, roc.png")
+    p.add_argument("--bootstrap", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _parser(
+        subparsers,
+        "predict",
+        "Metastasis probability of each slide (features on the fly); optional heatmap and GeoJSON.",
+        "wsi-mamba predict slide.svs --heatmap --out results/",
+    )
+    p.add_argument("slides", nargs="+", help="slide files or folders")
+    p.add_argument("--model", help="model folder (default: the shipped default model)")
+    p.add_argument("--out", help="folder for NAME.json (and heatmaps)")
+    p.add_argument("--heatmap", action="store_true", help="write NAME.heatmap.png and NAME.tiles.geojson")
+    _tile_arguments(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of results")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..models.encoder import load_encoder
+    from ..workflows.bundle import default_model_path
+    from ..workflows.extract import extract_slides
+    from ..workflows.inputs import find_slides
+
+    slides = find_slides(args.slides)
+    encoder = load_encoder(args.encoder or default_model_path() / "encoder.safetensors")
+    results = extract_slides(slides, args.out, encoder, _tile_options(args))
+    failed = {k: v for k, v in results.items() if v.startswith("failed")}
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        done = sum(v == "done" for v in results.values())
+        skipped = sum(v == "skipped" for v in results.values())
+        print(f"{done} extracted, {skipped} already complete, {len(failed)} failed -> {args.out}")
+        for name, why in failed.items():
+            print(f"error: {name}: {why.removeprefix('failed: ')}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    from ..workflows.encoder_training import EncoderTrainingConfig, train_encoder
+    from ..workflows.inputs import find_slides, read_labels
+
+    cfg = EncoderTrainingConfig(
+        model=args.model,
+        tile_px=args.tile_px,
+        mpp=args.mpp,
+        max_tiles_per_class=args.max_tiles,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    path = train_encoder(find_slides(args.slides), read_labels(args.labels), args.annotations, args.out, cfg)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..workflows.train import SlideTrainingConfig, train_slide_model
+
+    cfg = SlideTrainingConfig(
+        epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed
+    )
+    path = train_slide_model(args.features, args.labels, args.out, args.encoder, args.annotations, cfg)
+    meta = json.loads((Path(path) / "model.json").read_text())["training"]
+    print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {meta['best_val_auc']:.3f})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..workflows.evaluate import evaluate
+
+    metrics = evaluate(
+        args.model, args.features, args.labels, args.out, args.annotations, args.baseline, args.bootstrap
+    )
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    for key in ("slides", "baseline"):
+        if key in metrics:
+            m = metrics[key]
+            label = metrics["model"] if key == "slides" else "colour baseline"
+            print(
+                f"{label}: AUC {m['auc']:.3f} (95% CI {m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f}) "
+                f"on {m['n']} slides, "
+                f"accuracy {m['accuracy_at_0.5']:.3f} at 0.5, {m['accuracy_at_youden']:.3f} at Youden "
+                f"{m['youden_threshold']:.3f}"
+            )
+    if "froc" in metrics:
+        score = metrics["froc"]["score"]
+        print(f"FROC score {score:.3f}" if score is not None else f"FROC: {metrics['froc']['reason']}")
+    print(f"wrote {args.out}/metrics.json, per_slide.csv, roc.png")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..slide import SlideError
+    from ..workflows.bundle import load_bundle
+    from ..workflows.inputs import find_slides
+    from ..workflows.predict import predict_slide
+
+    slides = find_slides(args.slides)
+    bundle = load_bundle(args.model)
+    out = args.out or ("." if args.heatmap else None)
+    results, failed = [], 0
+    with tqdm(unit="tile", desc="predict", file=sys.stderr, disable=None) as bar:
+        for path in slides:
+            try:
+                result = predict_slide(path, bundle, _tile_options(args), out, args.heatmap, on_batch=bar.update)
+            except (SlideError, ValueError) as exc:
+                failed += 1
+                bar.clear()
+                print(f"error: {exc}", file=sys.stderr)
+                results.append({"slide": str(path), "score": None, "error": str(exc)})
+                continue
+            results.append(result)
+            if not args.json:
+                bar.clear()
+                if result["score"] is None:
+                    print(f"{result['slide']}\tnull\t({result['reason']})")
+                else:
+                    print(f"{result['slide']}\t{result['score']:.4f}\t{result['prediction']}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0

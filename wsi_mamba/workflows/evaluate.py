@@ -1,0 +1,99 @@
+"""Evaluation of a model folder on feature stores: slide AUC with a bootstrap interval, accuracy at 0.5 and
+at the Youden threshold, ROC curve PNG, per-slide CSV; the CAMELYON16 lesion FROC when annotations are
+given; the colour-statistics baseline (fitted on the model's own training slides) on the same slides."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..evaluation.colour import slide_colour_vector
+from ..evaluation.froc import SlideDetections, froc, tile_detections
+from ..evaluation.metrics import summarize
+from ..evaluation.roc_plot import write_roc_png
+from ..models.slide_model import grid_tensors
+from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
+from .bundle import ModelBundle, baseline_predict, load_bundle
+from .inputs import find_annotations, read_labels
+from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
+
+
+def score_features(bundle: ModelBundle, data: SlideFeatures) -> tuple[float | None, np.ndarray]:
+    """Slide probability and per-tile probabilities (tile order of the store); None for no tiles."""
+    if len(data) == 0:
+        return None, np.zeros(0, np.float32)
+    features, mask, (r0, c0) = grid_tensors(data.features, data.rows, data.cols, data.grid_shape)
+    with torch.inference_mode():
+        out = bundle.slide_model(features, mask)
+    tiles = torch.sigmoid(out.tile_logits[0, data.rows - r0, data.cols - c0]).numpy()
+    return float(torch.sigmoid(out.logit[0])), tiles.astype(np.float32)
+
+
+def evaluate(
+    model: str | Path | None,
+    features_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    annotations_dir: str | Path | None = None,
+    baseline: bool = False,
+    n_boot: int = 2000,
+    progress: bool = True,
+) -> dict:
+    """Score every labelled store with the model and write metrics.json, per_slide.csv, roc.png (and
+    froc.json with annotations) under ``out_dir``; returns the metrics."""
+    bundle = load_bundle(model)
+    labels = read_labels(labels_csv)
+    stores = list_stores(features_dir)
+    names = sorted(n for n in stores if n in labels)
+    missing = sorted(set(labels) - set(stores))
+    if not names:
+        raise ValueError(f"{features_dir}: no feature store matches a slide of {labels_csv}")
+    check_same_encoder({n: read_attrs(stores[n]) for n in names}, (bundle.encoder.name, bundle.encoder.hash))
+    rows, scores, ys, colour, detections = [], [], [], [], []
+    for name in tqdm(names, desc="evaluate", unit="slide", disable=not progress, file=sys.stderr):
+        data = read_store(stores[name])
+        score, tile_scores = score_features(bundle, data)
+        if score is None:
+            rows.append([name, labels[name], "", "", "", "no tissue"])
+            continue
+        scores.append(score)
+        ys.append(labels[name])
+        colour.append(slide_colour_vector(data.colour))
+        rows.append([name, labels[name], f"{score:.6f}", int(score >= bundle.threshold), "", ""])
+        if annotations_dir is not None:
+            annotations = find_annotations(annotations_dir, name)
+            lesions = [p.points for p in annotations.lesions] if annotations else []
+            points = tile_detections(data.coords[:, 0], data.coords[:, 1], data.size0, tile_scores)
+            detections.append(SlideDetections(name, points, lesions, float(data.attrs["slide_mpp"])))
+    ys_arr, scores_arr = np.asarray(ys), np.asarray(scores)
+    metrics: dict = {"model": bundle.name, "slides": summarize(ys_arr, scores_arr, n_boot=n_boot)}
+    metrics["missing_features"] = missing
+    curves = {bundle.name: (ys_arr, scores_arr)}
+    if baseline:
+        if bundle.baseline is None:
+            raise ValueError(f"{bundle.path}: this model folder has no baseline.json")
+        base_scores = baseline_predict(bundle.baseline, np.stack(colour))
+        metrics["baseline"] = summarize(ys_arr, base_scores, n_boot=n_boot)
+        metrics["baseline"]["kind"] = bundle.baseline.get("kind", "baseline")
+        curves["colour baseline"] = (ys_arr, base_scores)
+        scored = [r for r in rows if r[2] != ""]
+        for row, value in zip(scored, base_scores, strict=True):
+            row[4] = f"{value:.6f}"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if detections:
+        try:
+            result = froc(detections)
+            metrics["froc"] = {"score": result.score, "at_rates": {str(k): v for k, v in result.at_rates.items()}}
+            write_json_atomic(out_dir / "froc.json", json_safe(result.to_dict()))
+        except ValueError as exc:  # e.g. no lesion other than isolated tumour cells
+            metrics["froc"] = {"score": None, "reason": str(exc)}
+    header = ["slide", "label", "score", "prediction", "baseline_score", "note"]
+    write_csv_atomic(out_dir / "per_slide.csv", header, rows)
+    write_roc_png(curves, out_dir / "roc.png", title=f"{bundle.name} on {len(ys)} slides")
+    write_json_atomic(out_dir / "metrics.json", json_safe(metrics))
+    return metrics

@@ -1,0 +1,139 @@
+"""Feature extraction: tissue tiles of a slide streamed through the tile encoder, one store per slide.
+
+``encode_slide`` is shared with prediction (features on the fly); ``extract_slides`` writes stores and is
+resumable: complete stores made with the same encoder are skipped, partial ones are redone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import __version__
+from ..evaluation.colour import COLOUR_STATS, tile_colour_stats
+from ..models.encoder import TileEncoder
+from ..slide import SlideError, open_slide
+from ..slide.base import Slide
+from ..slide.stream import stream_tiles
+from ..slide.tiling import TileGrid, make_tile_grid
+from ..slide.tissue import TissueMask, detect_tissue
+from .store import SlideFeatures, check_same_encoder, is_complete, read_attrs, store_path, write_store
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How tiles are cut and read (the geometry itself, tile_px and mpp, comes from the encoder)."""
+
+    min_tissue: float = 0.25  # keep tiles with at least this tissue fraction
+    batch_size: int = 64
+    workers: int = 4  # reader threads
+    slide_mpp: float | None = None  # override for slides without resolution metadata
+
+
+@dataclass
+class EncodedSlide:
+    """A slide's tissue grid with the features and colour statistics of each kept tile."""
+
+    grid: TileGrid
+    tissue: TissueMask
+    features: np.ndarray  # (n, D) float32
+    colour: np.ndarray  # (n, K) float32
+    dimensions: tuple[int, int]
+
+
+def slide_name(path: str | Path) -> str:
+    """The name a slide goes by in stores, labels and outputs: its file name without the extension."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
+
+
+def encode_slide(
+    slide: Slide,
+    encoder: TileEncoder,
+    options: TileOptions = TileOptions(),
+    on_batch: Callable[[int], None] | None = None,
+) -> EncodedSlide:
+    """Detect tissue, cut the tile grid at the encoder's tile_px/mpp, and encode every kept tile."""
+    tissue = detect_tissue(slide)
+    grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
+    features = np.zeros((len(grid), encoder.dim), np.float32)
+    colour = np.zeros((len(grid), len(COLOUR_STATS)), np.float32)
+    if len(grid):
+        for tiles, indices in stream_tiles(slide, grid, options.batch_size, workers=options.workers):
+            features[indices] = encoder.encode(tiles)
+            colour[indices] = tile_colour_stats(tiles)
+            if on_batch is not None:
+                on_batch(len(indices))
+    return EncodedSlide(grid, tissue, features, colour, slide.dimensions)
+
+
+def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEncoder) -> SlideFeatures:
+    """Package an encoded slide with the attributes a store records."""
+    grid = encoded.grid
+    attrs = {
+        **encoder.identity(),
+        "encoder_source": str(Path(encoder.source).resolve()) if encoder.source else None,
+        "slide": str(path),
+        "dimensions": list(encoded.dimensions),
+        "slide_mpp": grid.slide_mpp,
+        "size0": grid.size0,
+        "grid_shape": list(grid.shape),
+        "tissue_downsample": encoded.tissue.downsample,
+        "colour_stats": list(COLOUR_STATS),
+        "version": __version__,
+    }
+    return SlideFeatures(
+        name=name,
+        features=encoded.features,
+        coords=np.stack([grid.x, grid.y], axis=1) if len(grid) else np.zeros((0, 2), np.int64),
+        grid=np.stack([grid.rows, grid.cols], axis=1) if len(grid) else np.zeros((0, 2), np.int32),
+        colour=encoded.colour,
+        tissue_mask=encoded.tissue.mask,
+        attrs=attrs,
+    )
+
+
+def extract_slide(path: Path, out_dir: Path, encoder: TileEncoder, options: TileOptions, bar: tqdm | None) -> str:
+    """Extract one slide unless a complete store from the same encoder is there; returns "done" or "skipped"."""
+    name = slide_name(path)
+    target = store_path(out_dir, name)
+    if is_complete(target):
+        check_same_encoder({name: read_attrs(target)}, (encoder.name, encoder.hash))
+        return "skipped"
+    with open_slide(path, mpp=options.slide_mpp) as slide:
+        if bar is not None:
+            bar.set_postfix_str(name)
+        encoded = encode_slide(slide, encoder, options, on_batch=bar.update if bar is not None else None)
+    write_store(target, to_store_data(name, path, encoded, encoder))
+    return "done"
+
+
+def extract_slides(
+    paths: Sequence[Path],
+    out_dir: str | os.PathLike[str],
+    encoder: TileEncoder,
+    options: TileOptions = TileOptions(),
+    progress: bool = True,
+) -> dict[str, str]:
+    """Extract every slide in ``paths`` into ``out_dir``; returns name → "done" | "skipped" | "failed: why".
+    A slide that fails (unreadable, no resolution) is reported and the others go on."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [slide_name(p) for p in paths]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"several slides share the name(s) {', '.join(duplicates)}: stores would collide")
+    results: dict[str, str] = {}
+    with tqdm(unit="tile", desc="extract", disable=not progress, file=sys.stderr) as bar:
+        for path in paths:
+            try:
+                results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, options, bar)
+            except (ValueError, SlideError) as exc:
+                results[slide_name(path)] = f"failed: {exc}"
+    return results

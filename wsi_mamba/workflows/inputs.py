@@ -1,0 +1,84 @@
+"""Inputs of the workflows: finding slides in folders, reading slide labels and lesion annotations."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..slide.annotations import Annotations, read_annotations
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
+POSITIVE = {"tumor", "tumour", "1", "true", "yes", "positive", "metastasis"}
+NEGATIVE = {"normal", "0", "false", "no", "negative"}
+
+
+def find_slides(items: Iterable[str | Path]) -> list[Path]:
+    """Slide files named directly, plus those under named folders (recursively, by suffix), sorted within
+    each folder; ``ValueError`` for a path that does not exist or a folder without slides."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            if not inside:
+                raise ValueError(f"{path}: no slide files ({', '.join(SLIDE_SUFFIXES[:5])}, …) in this folder")
+            found.extend(inside)
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    return found
+
+
+def parse_label(value: str) -> int | None:
+    """1 for tumour, 0 for normal, None when the text is neither."""
+    text = value.strip().lower()
+    return 1 if text in POSITIVE else 0 if text in NEGATIVE else None
+
+
+def read_labels(path: str | Path) -> dict[str, int]:
+    """Slide labels from a CSV: a header with ``image`` (or ``slide``/``name``) and ``label`` columns, or
+    CAMELYON16's headerless ``reference.csv`` (name, Tumor|Normal, …). Names lose any file extension."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: labels file not found") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text CSV file") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    header = [cell.strip().lower() for cell in rows[0]]
+    name_col = next((header.index(k) for k in ("image", "slide", "name") if k in header), None)
+    if name_col is not None and "label" in header:
+        label_col, body, first_line = header.index("label"), rows[1:], 2
+    elif len(rows[0]) >= 2 and parse_label(rows[0][1]) is not None:
+        name_col, label_col, body, first_line = 0, 1, rows, 1
+    else:
+        raise ValueError(f"{path}: expected an 'image' and a 'label' column (or name, Tumor|Normal rows)")
+    labels: dict[str, int] = {}
+    for line, row in enumerate(body, start=first_line):
+        if len(row) <= max(name_col, label_col):
+            raise ValueError(f"{path}:{line}: too few columns")
+        name = Path(row[name_col].strip()).stem
+        label = parse_label(row[label_col])
+        if label is None:
+            raise ValueError(f"{path}:{line}: label {row[label_col]!r} is not Tumor/Normal or 1/0")
+        if name in labels and labels[name] != label:
+            raise ValueError(f"{path}:{line}: {name} listed twice with different labels")
+        labels[name] = label
+    return labels
+
+
+def find_annotations(folder: str | Path | None, name: str) -> Annotations | None:
+    """The lesion annotations of slide ``name`` in ``folder`` (``NAME.xml`` ASAP or ``NAME.geojson``/``.json``),
+    or None when there are none."""
+    if folder is None:
+        return None
+    for suffix in (".xml", ".geojson", ".json"):
+        candidate = Path(folder) / f"{name}{suffix}"
+        if candidate.exists():
+            return read_annotations(candidate)
+    return None

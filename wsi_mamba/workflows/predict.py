@@ -1,0 +1,80 @@
+"""Prediction: a raw slide in, its metastasis probability out (features computed on the fly), with an
+optional heatmap PNG and QuPath GeoJSON of the scored tiles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.slide_model import grid_tensors
+from ..outputs.atomic import json_safe, write_json_atomic
+from ..outputs.heatmap import score_grid, write_heatmap_png, write_tiles_geojson
+from ..slide import open_slide
+from .bundle import ModelBundle
+from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
+
+THUMBNAIL_PX = 1024
+
+
+def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:
+    """Slide probability and per-tile probabilities (grid order) of an encoded slide with tiles."""
+    grid = encoded.grid
+    features, mask, (r0, c0) = grid_tensors(encoded.features, grid.rows, grid.cols, grid.shape)
+    with torch.inference_mode():
+        out = bundle.slide_model(features, mask)
+    tiles = torch.sigmoid(out.tile_logits[0, grid.rows - r0, grid.cols - c0]).numpy().astype(np.float32)
+    return float(torch.sigmoid(out.logit[0])), tiles
+
+
+def predict_slide(
+    path: str | Path,
+    bundle: ModelBundle,
+    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
+    out_dir: str | Path | None = None,
+    heatmap: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """Score one slide. The result (also written as ``out_dir/NAME.json``) has ``score`` None and a
+    ``reason`` when the slide has no tissue. Slide errors (unreadable file, no resolution) raise."""
+    path = Path(path)
+    name = slide_name(path)
+    started = time.perf_counter()
+    with open_slide(path, mpp=options.slide_mpp) as slide:
+        encoded = encode_slide(slide, bundle.encoder, options, on_batch)
+        thumbnail = slide.get_thumbnail(THUMBNAIL_PX) if heatmap and len(encoded.grid) else None
+    result: dict = {
+        "slide": name,
+        "path": str(path),
+        "score": None,
+        "prediction": None,
+        "threshold": bundle.threshold,
+        "tiles": len(encoded.grid),
+        "model": bundle.name,
+        "reason": None,
+    }
+    if not len(encoded.grid):
+        result["reason"] = "no tissue found"
+    else:
+        score, tile_scores = score_encoded(bundle, encoded)
+        result["score"] = round(score, 6)
+        result["prediction"] = "tumor" if score >= bundle.threshold else "normal"
+        result["max_tile_score"] = round(float(tile_scores.max()), 6)
+        if out_dir is not None and heatmap:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            grid = encoded.grid
+            scores = score_grid(grid.rows, grid.cols, tile_scores, grid.shape)
+            title = f"{name}: metastasis probability {score:.3f}"
+            write_heatmap_png(out / f"{name}.heatmap.png", thumbnail, scores, encoded.dimensions, grid.size0, title)
+            write_tiles_geojson(out / f"{name}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
+            result["heatmap"] = str(out / f"{name}.heatmap.png")
+            result["geojson"] = str(out / f"{name}.tiles.geojson")
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(out_dir) / f"{name}.json", json_safe(result))
+    return result
