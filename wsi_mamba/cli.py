@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__
@@ -20,9 +21,12 @@ examples:
   wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png
   wsi-mamba synth data/synth --slides 6 --seed 0
   wsi-mamba model-info vmamba_tiny --resolution 1024
+  wsi-mamba predict slide.svs --heatmap --out results/
+  wsi-mamba extract data/cohort/training --out features/
+  wsi-mamba train --features features/ --labels labels.csv --out model/
+  wsi-mamba evaluate --model model/ --features test-features/ --labels reference.csv --baseline --out eval/
+  wsi-mamba run pipelines/synthetic-camelyon.yaml
   wsi-mamba COMMAND --help
-
-Further subcommands (predict, extract, train, evaluate, cohort) arrive with later releases.
 """
 
 
@@ -43,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, *_: object, **__: object) -> str:
+    """Warnings as ``warning: message`` lines (they are for users, not a source listing)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
@@ -55,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # tifffile logs damaged-file details on stderr; the slide layer reports them as one SlideError
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    warnings.formatwarning = _one_line_warning
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit

@@ -111,6 +111,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
     p.set_defaults(func=cmd_predict)
 
+    p = _parser(
+        subparsers,
+        "run",
+        "Run a recipe (YAML list of wsi-mamba commands); finished steps are skipped on a rerun.",
+        "wsi-mamba run pipelines/synthetic-camelyon.yaml --dry-run",
+    )
+    p.add_argument("recipe", help="recipe YAML (see pipelines/)")
+    p.add_argument("--workdir", help="run in this folder instead of the recipe's workdir")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a recipe variable")
+    p.add_argument("--only", action="append", default=[], metavar="STEP", help="run just this step (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    p.set_defaults(func=cmd_run)
+
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..models.encoder import load_encoder
@@ -220,3 +233,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..workflows.recipe import load_recipe, run_recipe
+
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+        overrides[name] = value
+    recipe = load_recipe(args.recipe, overrides, args.workdir)
+
+    def run_command(argv) -> int:
+        from ..cli import main  # the same entry point as the console script, in this process
+
+        return main(list(argv))
+
+    return run_recipe(recipe, run_command, args.only, args.dry_run, log=lambda line: print(line, flush=True))

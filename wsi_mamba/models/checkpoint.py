@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -27,11 +28,16 @@ def save_checkpoint(model: VSSM, path: str | Path, metadata: dict | None = None)
         path = path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "VSSM", "config": model.config.to_dict()}
     if metadata:
         meta["metadata"] = metadata
-    config_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+    # Both files go to temporary names first; the tensors are renamed last, so a checkpoint file under its
+    # final name always has its config beside it.
+    tmp_tensors, tmp_meta = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".json.tmp")
+    save_file(state, str(tmp_tensors), metadata={"format": FORMAT})
+    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp_meta, config_path(path))
+    os.replace(tmp_tensors, path)
     return path
 
 
