@@ -37,10 +37,26 @@ def parse_label(value: str) -> int | None:
     return 1 if text in POSITIVE else 0 if text in NEGATIVE else None
 
 
+def labels_from_folders(folder: Path) -> dict[str, int]:
+    """Labels from the layout CAMELYON16's training set uses: slides under a ``tumor/`` folder are 1, under
+    ``normal/`` 0 (others are left out)."""
+    labels = {}
+    for slide in find_slides([folder]):
+        label = parse_label(slide.parent.name)
+        if label is not None:
+            labels[slide.stem] = label
+    if not labels:
+        raise ValueError(f"{folder}: no slides under folders named tumor/ or normal/")
+    return labels
+
+
 def read_labels(path: str | Path) -> dict[str, int]:
     """Slide labels from a CSV: a header with ``image`` (or ``slide``/``name``) and ``label`` columns, or
-    CAMELYON16's headerless ``reference.csv`` (name, Tumor|Normal, …). Names lose any file extension."""
+    CAMELYON16's headerless ``reference.csv`` (name, Tumor|Normal, …). Names lose any file extension.
+    A folder gives labels by folder name (``tumor/``, ``normal/``), as in CAMELYON16's training set."""
     path = Path(path)
+    if path.is_dir():
+        return labels_from_folders(path)
     try:
         with open(path, newline="") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
