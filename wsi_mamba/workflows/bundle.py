@@ -117,7 +117,10 @@ def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> M
     encoder.name = str(meta.get("encoder", encoder.name))
     slide_model, _ = load_slide_model(path / "slide_model.safetensors", scan_backend=scan_backend)
     baseline_file = path / "baseline.json"
-    baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    try:
+        baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{baseline_file}: not valid JSON ({exc})") from None
     return ModelBundle(path, encoder, slide_model.eval(), meta, baseline)
 
 

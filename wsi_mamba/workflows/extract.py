@@ -104,7 +104,7 @@ def extract_slide(path: Path, out_dir: Path, encoder: TileEncoder, options: Tile
     name = slide_name(path)
     target = store_path(out_dir, name)
     if is_complete(target):
-        check_same_encoder({name: read_attrs(target)}, (encoder.name, encoder.hash))
+        check_same_encoder({name: read_attrs(target)}, (encoder.name, encoder.hash), "this extraction")
         return "skipped"
     with open_slide(path, mpp=options.slide_mpp) as slide:
         if bar is not None:

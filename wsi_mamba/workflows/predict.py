@@ -21,9 +21,11 @@ THUMBNAIL_PX = 1024
 
 
 def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:
-    """Slide probability and per-tile probabilities (grid order) of an encoded slide with tiles."""
+    """Slide probability and per-tile probabilities (grid order) of an encoded slide with tiles. Features are
+    rounded to float16 first, as a feature store keeps them, so predict and extract + evaluate agree."""
     grid = encoded.grid
-    features, mask, (r0, c0) = grid_tensors(encoded.features, grid.rows, grid.cols, grid.shape)
+    features = encoded.features.astype(np.float16).astype(np.float32)
+    features, mask, (r0, c0) = grid_tensors(features, grid.rows, grid.cols, grid.shape)
     with torch.inference_mode():
         out = bundle.slide_model(features, mask)
     tiles = torch.sigmoid(out.tile_logits[0, grid.rows - r0, grid.cols - c0]).numpy().astype(np.float32)

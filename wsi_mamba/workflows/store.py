@@ -129,11 +129,13 @@ def list_stores(features_dir: str | Path) -> dict[str, Path]:
     return {p.name[: -len(SUFFIX)]: p for p in sorted(features_dir.glob(f"*{SUFFIX}")) if is_complete(p)}
 
 
-def check_same_encoder(stores: dict[str, dict], expected: tuple[str, str] | None = None) -> tuple[str, str]:
+def check_same_encoder(
+    stores: dict[str, dict], expected: tuple[str, str] | None = None, expected_by: str = "the model"
+) -> tuple[str, str]:
     """The (encoder, hash) shared by all ``stores`` (name → attrs); ``ValueError`` naming both when two differ
-    or when they differ from ``expected`` (e.g. the model's encoder)."""
+    or when they differ from ``expected`` (the encoder of ``expected_by``, e.g. the model)."""
     seen: tuple[str, str] | None = expected
-    first = "the model" if expected else None
+    first = expected_by if expected else None
     for name, attrs in stores.items():
         ident = (str(attrs.get("encoder")), str(attrs.get("encoder_hash")))
         if seen is None:

@@ -1,0 +1,190 @@
+"""Seconds, tiles/s and peak RSS of ``wsi-mamba predict`` on one large synthetic slide, against only reading
+the same tiles.
+
+    python benchmarks/bench_predict.py                          # 20000 x 20000 px, the shipped default model
+    python benchmarks/bench_predict.py --size 4096 --model runs/model --threads 2
+    python benchmarks/bench_predict.py --slide my.svs --model runs/model --json
+
+The slide (a tumour slide of the synthetic cohort, seed ``--seed``) is written once into ``--cache`` and
+reused. Both phases run in this process, one after the other, on the same tile grid (the model encoder's
+tile_px and mpp, tissue tiles only):
+
+- ``read``: tissue detection, tile grid and every tile streamed with ``wsi_mamba.slide.stream.stream_tiles``
+  (same batch size and reader threads), no encoder: the floor for predict;
+- ``predict``: ``wsi_mamba.workflows.predict.predict_slide`` end to end (open, tissue, grid, read, encode,
+  slide model), as ``wsi-mamba predict`` runs it, after one warm-up batch through the encoder.
+
+``predict / read`` is how many times longer predict takes than reading alone. Peak RSS is the process's
+peak resident memory during each phase (reset in between; glibc's mmap threshold is fixed at 1 MiB so that
+memory freed by the first phase does not count in the second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rss import current_rss, peak_rss, reset_peak_rss
+
+MMAP_THRESHOLD = str(1 << 20)
+
+
+def slide_path(args: argparse.Namespace) -> Path:
+    """The slide to measure: ``--slide``, or the cached synthetic one (written on first use)."""
+    if args.slide is not None:
+        if not args.slide.exists():
+            sys.exit(f"error: {args.slide}: no such slide")
+        return args.slide
+    from tqdm import tqdm
+
+    from wsi_mamba.slide.synthetic import make_spec, tile_count, write_slide
+
+    path = args.cache / f"bench-predict-{args.size}-seed{args.seed}.tif"
+    if not path.exists():
+        args.cache.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with tqdm(total=tile_count(args.size, args.size, "tiff"), desc="write slide", unit="tile") as bar:
+            write_slide(make_spec(args.seed, 1, args.size, args.size, tumor=True), path, "tiff", tick=bar.update)
+        print(f"wrote {path} ({args.size} x {args.size} px) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return path
+
+
+def load_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    from wsi_mamba.workflows.bundle import default_model_path, load_bundle
+
+    if args.model is None and not default_model_path().exists():
+        parser.error(
+            f"no model: the shipped default model ({default_model_path()}) does not exist yet. Train it with "
+            "`wsi-mamba run pipelines/synthetic-camelyon.yaml` (and copy it there, see the recipe), or pass "
+            "--model MODEL_FOLDER (a folder written by `wsi-mamba train`)"
+        )
+    try:
+        return load_bundle(args.model)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def read_phase(path: Path, encoder, options) -> dict:
+    """Tissue, grid and every tile read, no encoder."""
+    from wsi_mamba.slide import open_slide
+    from wsi_mamba.slide.stream import stream_tiles
+    from wsi_mamba.slide.tiling import make_tile_grid
+    from wsi_mamba.slide.tissue import detect_tissue
+
+    checksum = 0
+    start = time.perf_counter()
+    with open_slide(path, mpp=options.slide_mpp) as slide:
+        tissue = detect_tissue(slide)
+        grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
+        for tiles, _ in stream_tiles(slide, grid, options.batch_size, workers=options.workers):
+            checksum += int(tiles[:, 0, 0, 0].sum())
+        dimensions = slide.dimensions
+    return {"seconds": time.perf_counter() - start, "tiles": len(grid), "dimensions": dimensions}
+
+
+def predict_phase(path: Path, bundle, options) -> dict:
+    from wsi_mamba.workflows.predict import predict_slide
+
+    start = time.perf_counter()
+    result = predict_slide(path, bundle, options)
+    if bundle.encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - start, "tiles": result["tiles"], "score": result["score"]}
+
+
+def measure(phase, *args) -> dict:
+    reset_peak_rss()
+    row = phase(*args)
+    row["peak_rss_mib"] = peak_rss() / 2**20
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slide", type=Path, help="slide to measure (default: a synthetic one in --cache)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp"), help="folder for the synthetic slide")
+    parser.add_argument("--size", type=int, default=20000, help="synthetic slide side in px (default 20000)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic slide seed")
+    parser.add_argument("--model", help="model folder (default: the shipped default model)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the tile encoder runs")
+    parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (as predict)")
+    parser.add_argument("--workers", type=int, default=4, help="tile-reading threads (as predict)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:  # must be set before the process starts
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+
+    from wsi_mamba.workflows.extract import TileOptions
+
+    bundle = load_model(args, parser)
+    bundle.encoder.to(args.device)
+    path = slide_path(args)
+    options = TileOptions(batch_size=args.batch_size, workers=args.workers)
+    warm = np.zeros((min(args.batch_size, 8), bundle.encoder.tile_px, bundle.encoder.tile_px, 3), np.uint8)
+    bundle.encoder.encode(warm)  # first-call costs (allocator, kernels) are not the slide's
+    base_mib = current_rss() / 2**20
+
+    read = measure(read_phase, path, bundle.encoder, options)
+    predict = measure(predict_phase, path, bundle, options)
+    if predict["tiles"] != read["tiles"]:
+        sys.exit(f"error: predict saw {predict['tiles']} tiles, the read phase {read['tiles']}")
+    width, height = read["dimensions"]
+    result = {
+        "slide": str(path),
+        "width": width,
+        "height": height,
+        "model": bundle.name,
+        "encoder": bundle.encoder.name,
+        "tile_px": bundle.encoder.tile_px,
+        "mpp": bundle.encoder.mpp,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "reader_threads": args.workers,
+        "batch_size": args.batch_size,
+        "tiles": read["tiles"],
+        "read_s": read["seconds"],
+        "predict_s": predict["seconds"],
+        "predict_over_read": predict["seconds"] / read["seconds"],
+        "read_tiles_per_s": read["tiles"] / read["seconds"],
+        "predict_tiles_per_s": predict["tiles"] / predict["seconds"],
+        "base_rss_mib": base_mib,
+        "read_peak_rss_mib": read["peak_rss_mib"],
+        "predict_peak_rss_mib": predict["peak_rss_mib"],
+        "score": predict["score"],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    r = result
+    print(
+        f"# model {r['model']} (encoder {r['encoder']}, {r['tile_px']} px tiles at {r['mpp']} µm/px) on "
+        f"{r['device']}, {r['torch_threads']} torch threads, {r['reader_threads']} reader threads, "
+        f"batch {r['batch_size']}; RSS before {r['base_rss_mib']:.0f} MiB; score {r['score']}"
+    )
+    print(
+        "| slide px | tissue tiles | read s | predict s | predict / read | read tiles/s | predict tiles/s "
+        "| read peak RSS MiB | predict peak RSS MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {r['width']} x {r['height']} | {r['tiles']} | {r['read_s']:.1f} | {r['predict_s']:.1f} | "
+        f"{r['predict_over_read']:.2f} | {r['read_tiles_per_s']:.1f} | {r['predict_tiles_per_s']:.1f} | "
+        f"{r['read_peak_rss_mib']:.0f} | {r['predict_peak_rss_mib']:.0f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
