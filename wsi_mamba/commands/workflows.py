@@ -73,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help="CSV of slide labels (image,label or CAMELYON16 reference.csv)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--encoder", help="encoder checkpoint (default: the one the stores were made with)")
+    p.add_argument("--name", help="the model's name in outputs (default: the --out folder's name)")
     p.add_argument("--annotations", help="lesion annotations folder: adds tile supervision")
     p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
@@ -169,7 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = SlideTrainingConfig(
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed
     )
-    path = train_slide_model(args.features, args.labels, args.out, args.encoder, args.annotations, cfg)
+    path = train_slide_model(
+        args.features, args.labels, args.out, args.encoder, args.annotations, cfg, name=args.name
+    )
     meta = json.loads((Path(path) / "model.json").read_text())["training"]
     print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {meta['best_val_auc']:.3f})")
     return 0

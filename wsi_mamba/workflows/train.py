@@ -125,8 +125,10 @@ def train_slide_model(
     annotations_dir: str | Path | None = None,
     cfg: SlideTrainingConfig = SlideTrainingConfig(),
     progress: bool = True,
+    name: str | None = None,
 ) -> Path:
-    """Train on the labelled stores of ``features_dir`` and write the model folder ``out``."""
+    """Train on the labelled stores of ``features_dir`` and write the model folder ``out`` (the model is
+    called ``name``, by default the folder's name)."""
     torch.manual_seed(cfg.seed)
     labels = read_labels(labels_csv)
     stores = list_stores(features_dir)
@@ -214,7 +216,7 @@ def train_slide_model(
     colour_X = np.stack([slide_colour_vector(data[n].colour) for n in names])
     baseline = fit_colour_baseline(colour_X, np.array([labels[n] for n in names]))
     meta = {
-        "name": Path(out).name,
+        "name": name or Path(out).name,
         "threshold": 0.5,
         "version": __version__,
         "training": {
