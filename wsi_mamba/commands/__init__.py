@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import models, slides, workflows
+from . import cohort, models, slides, workflows
 
 # Modules whose ``register(subparsers)`` adds subcommands; add new command modules here.
-COMMAND_MODULES = (slides, models, workflows)
+COMMAND_MODULES = (slides, models, workflows, cohort)
 
 # Errors a user can cause (bad file, bad annotation): the CLI prints them on one line, exit code 1.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (

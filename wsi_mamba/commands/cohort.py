@@ -1,0 +1,76 @@
+"""``wsi-mamba cohort``: a thin wrapper around ``wsi_mamba.workflows.cohort.run_cohort``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .slides import _parser, _positive_float, _positive_int
+
+# Manifest, model and scheduler errors are ValueErrors whose message names the file or address.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``cohort`` subcommand to the CLI."""
+    p = _parser(
+        subparsers,
+        "cohort",
+        "Score a cohort on dask.distributed, one task per slide (a local cluster or --scheduler); "
+        "resumable: complete slides are skipped on a rerun, failed and missing ones redone.",
+        "wsi-mamba cohort slides.csv --out results/ --workers 4\n"
+        "  wsi-mamba cohort data/cohort/testing --out results/ --scheduler tcp://10.0.0.5:8786 --heatmap",
+    )
+    p.add_argument("manifest", help="CSV with a 'slide' (or 'path'/'image') column of slide paths, or a folder")
+    p.add_argument("--out", required=True, help="output folder: slides/NAME.json, failed/NAME.json, cohort.csv")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running dask scheduler (tcp://host:8786)")
+    where.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="worker processes of the local cluster (default: one per GPU, else min(4, CPUs))",
+    )
+    p.add_argument("--model", help="model folder (default: the shipped default model)")
+    p.add_argument("--heatmap", action="store_true", help="also write NAME.heatmap.png and NAME.tiles.geojson")
+    p.add_argument(
+        "--torch-threads",
+        type=_positive_int,
+        help="torch threads per worker (default: CPUs / workers locally; the workers' own with --scheduler)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="tiles per encoder batch (default 64)")
+    p.add_argument("--read-threads", type=_positive_int, default=4, help="tile-reading threads per worker (default 4)")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
+    p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px for slides without one")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+    p.set_defaults(func=cmd_cohort)
+
+
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from ..workflows.cohort import run_cohort
+    from ..workflows.extract import TileOptions
+
+    options = TileOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)
+    summary = run_cohort(
+        args.manifest,
+        args.out,
+        model=args.model,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        heatmap=args.heatmap,
+        progress=not args.no_progress,
+        options=options,
+        torch_threads=args.torch_threads,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(
+            f"{summary.total} slides: {summary.processed} processed, {summary.skipped} already complete, "
+            f"{summary.failed} failed -> {summary.csv}"
+        )
+    for name, error in sorted(summary.failures.items()):
+        print(f"error: {name}: {error}", file=sys.stderr)
+    return 0 if summary.ok else 1

@@ -1,0 +1,501 @@
+"""Cohort inference on dask.distributed: one task per slide, resumable per-slide state, a cohort CSV.
+
+Layout of an output folder::
+
+    slides/NAME.json        the slide's result (written atomically by ``predict_slide``): "done"
+    slides/NAME.heatmap.png, NAME.tiles.geojson   with ``heatmap=True``
+    failed/NAME.json        the error of a slide that failed (removed when the slide later succeeds)
+    cohort.csv              slide, path, score, prediction, tiles, status, error: one row per manifest slide,
+                            sorted by slide name, rewritten atomically as results arrive
+
+A slide is done when ``slides/NAME.json`` is a complete result of the same model; a rerun skips those and
+only those, and redoes failed and missing slides. The CSV holds no timings and no absolute paths (``path``
+is the manifest's own text, or the path relative to a manifest folder), so an interrupted and resumed run
+ends with the same ``cohort.csv`` as an uninterrupted one.
+
+The scheduling side (:func:`run_cohort`) imports ``distributed`` lazily; the task side
+(:func:`predict_task`) runs in the worker processes, which load the model once each and keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..outputs.atomic import TEMP_MARKER, json_safe, write_csv_atomic, write_json_atomic
+from .bundle import ModelBundle, default_model_path, load_bundle
+from .extract import TileOptions, slide_name
+from .inputs import SLIDE_SUFFIXES, find_slides
+
+__all__ = [
+    "CSV_COLUMNS",
+    "CohortSummary",
+    "ManifestEntry",
+    "model_fingerprint",
+    "predict_task",
+    "read_manifest",
+    "run_cohort",
+    "worker_cache_info",
+]
+
+CSV_COLUMNS = ("slide", "path", "score", "prediction", "tiles", "status", "error")
+PATH_COLUMNS = ("path", "slide", "image")  # the first of these in a manifest's header holds the slide paths
+DEFAULT_MAX_WORKERS = 4
+CSV_INTERVAL_S = 1.0  # rewrite cohort.csv at most this often while results arrive (and always at the end)
+
+
+# ---- the manifest --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One slide of a cohort: its name, its path (absolute, for the workers) and the path as the CSV shows it."""
+
+    name: str
+    path: Path
+    shown: str
+
+
+def _pick_path_column(header: list[str]) -> int | None:
+    """Index of the column of slide paths: ``path`` if present, else ``slide``, else ``image``."""
+    lowered = [cell.strip().lower() for cell in header]
+    for key in PATH_COLUMNS:
+        if key in lowered:
+            return lowered.index(key)
+    return None
+
+
+def _read_csv_manifest(path: Path) -> list[ManifestEntry]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text CSV file") from None
+    numbered = [(line, row) for line, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
+    if not numbered:
+        raise ValueError(f"{path}: empty manifest (expected a header with a 'slide' column and one row per slide)")
+    header = numbered[0][1]
+    column = _pick_path_column(header)
+    if column is None:
+        found = ", ".join(repr(cell.strip()) for cell in header)
+        raise ValueError(f"{path}: no 'slide' (or 'path'/'image') column of slide paths in the header ({found})")
+    base = path.parent
+    entries = []
+    for line, row in numbered[1:]:
+        text = row[column].strip() if column < len(row) else ""
+        if not text:
+            raise ValueError(f"{path}:{line}: empty slide path")
+        slide = Path(text).expanduser()
+        entries.append(ManifestEntry(slide_name(slide), (base / slide).absolute(), text))
+    if not entries:
+        raise ValueError(f"{path}: the manifest lists no slides")
+    return entries
+
+
+def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestEntry]:
+    """The slides of a cohort, sorted by name: a CSV with a ``slide`` (or ``path``/``image``) column of paths
+    (relative ones resolve against the CSV's folder), or a folder searched recursively for slide files.
+    ``ValueError`` for a missing manifest, a CSV without such a column, no slides, or two slides of one name."""
+    manifest = Path(manifest)
+    if manifest.is_dir():
+        found = find_slides([manifest])
+        entries = [ManifestEntry(slide_name(p), p.absolute(), p.relative_to(manifest).as_posix()) for p in found]
+    elif manifest.is_file():
+        if manifest.suffix.lower() in SLIDE_SUFFIXES:
+            raise ValueError(f"{manifest}: a slide, not a manifest (give a CSV of slide paths or a folder of slides)")
+        entries = _read_csv_manifest(manifest)
+    else:
+        raise ValueError(f"{manifest}: no such manifest (a CSV of slide paths or a folder of slides)")
+    by_name: dict[str, list[str]] = {}
+    for entry in entries:
+        by_name.setdefault(entry.name, []).append(entry.shown)
+    clashes = {name: shown for name, shown in by_name.items() if len(shown) > 1}
+    if clashes:
+        listed = "; ".join(f"{name}: {', '.join(shown)}" for name, shown in sorted(clashes.items()))
+        raise ValueError(f"{manifest}: several slides share a name, their outputs would collide ({listed})")
+    return sorted(entries, key=lambda e: e.name)
+
+
+# ---- per-slide state -------------------------------------------------------------------------------------
+
+
+def _read_result(path: Path) -> dict | None:
+    """A slide's result JSON, or None when it is missing or not a complete result."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not {"slide", "score", "tiles", "model"} <= data.keys():
+        return None
+    return data
+
+
+def _is_done(result: dict | None, name: str, heatmap: bool) -> bool:
+    """Whether a result counts as done for this run (a scored slide also needs its heatmap when asked)."""
+    if result is None or result.get("slide") != name:
+        return False
+    return not (heatmap and result.get("score") is not None and "heatmap" not in result)
+
+
+def _row(entry: ManifestEntry, status: str, result: dict | None = None, error: str = "") -> list[Any]:
+    """A cohort.csv row (no timings, no absolute paths: equal across interrupted and whole runs)."""
+    result = result or {}
+    score = result.get("score")
+    note = error or (result.get("reason") or "")
+    return [
+        entry.name,
+        entry.shown,
+        "" if score is None else score,
+        result.get("prediction") or "",
+        "" if result.get("tiles") is None else result["tiles"],
+        status,
+        " ".join(str(note).split()),  # one line per slide
+    ]
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary files a killed run left (``*.tmp-PID``); results under final names are whole."""
+    for stale in folder.glob(f"*{TEMP_MARKER}*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def model_fingerprint(model: str | os.PathLike[str] | None) -> str:
+    """A short hash of a model folder's files (names, sizes, modification times): what worker caches key on."""
+    folder = default_model_path() if model is None else Path(model)
+    if folder.is_file():
+        folder = folder.parent
+    digest = hashlib.sha256()
+    for item in sorted(folder.iterdir()):
+        if item.is_file():
+            stat = item.stat()
+            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+# ---- the worker side -------------------------------------------------------------------------------------
+
+_BUNDLES: dict[tuple[str | None, str], ModelBundle] = {}
+_LOCK = threading.Lock()
+_STATS = {"models_loaded": 0, "slides": 0, "torch_threads": None, "device": None}
+
+
+def worker_cache_info() -> dict:
+    """What this process has loaded and run (call it on the workers: ``client.run(worker_cache_info)``)."""
+    with _LOCK:
+        return {**_STATS, "models": sorted(str(model) for model, _ in _BUNDLES)}
+
+
+def _worker_device():
+    """The device for this worker's encoder: CPU without CUDA; else the GPU of a LocalCluster worker's number
+    (worker names 0..N-1, round robin over the visible GPUs), or the current GPU for a named worker (start
+    such workers with ``CUDA_VISIBLE_DEVICES`` set, one per GPU, as ``dask cuda worker`` does)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        name = None
+    if isinstance(name, int):
+        return torch.device("cuda", name % torch.cuda.device_count())
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _worker_bundle(model: str | None, fingerprint: str, torch_threads: int | None) -> ModelBundle:
+    """The model of this worker process, loaded on first use and kept for the next slides (and runs: a
+    worker of an external cluster outlives a run). ``fingerprint`` identifies the folder's content, so a
+    model retrained into the same folder is loaded afresh (and the old one dropped)."""
+    import torch
+
+    with _LOCK:
+        if torch_threads and _STATS["torch_threads"] != torch_threads:
+            torch.set_num_threads(torch_threads)
+            _STATS["torch_threads"] = torch_threads
+        bundle = _BUNDLES.get((model, fingerprint))
+        if bundle is None:
+            for key in [key for key in _BUNDLES if key[0] == model]:
+                del _BUNDLES[key]
+            bundle = load_bundle(model)
+            device = _worker_device()
+            if device.type == "cuda":
+                bundle.encoder.to(device)  # tiles are encoded on the GPU; the slide model stays on the CPU
+            _BUNDLES[(model, fingerprint)] = bundle
+            _STATS["models_loaded"] += 1
+            _STATS["device"] = str(device)
+        return bundle
+
+
+def predict_task(
+    path: str,
+    out_dir: str,
+    model: str | None,
+    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
+    heatmap: bool = False,
+    torch_threads: int | None = None,
+    fingerprint: str = "",
+) -> dict:
+    """One slide on a worker: ``predict_slide`` into ``out_dir`` (which writes ``NAME.json`` atomically)
+    with this process's copy of ``model`` (a folder, None for the default; ``fingerprint`` from
+    :func:`model_fingerprint`). Never raises for a slide's own problem: returns ``{"status": "done",
+    "result": ...}`` or ``{"status": "failed", "error": ...}`` so that the scheduler side records it and the
+    others go on."""
+    from .predict import predict_slide
+
+    try:
+        bundle = _worker_bundle(model, fingerprint, torch_threads)
+        result = predict_slide(path, bundle, options, out_dir, heatmap)
+    except Exception as exc:  # a slide's failure is data: recorded, never fatal to the cohort
+        from ..slide import SlideError
+
+        expected = isinstance(exc, (SlideError, ValueError, OSError))
+        message = str(exc) if expected and str(exc) else f"{type(exc).__name__}: {exc}"
+        return {"status": "failed", "error": message}
+    finally:
+        with _LOCK:
+            _STATS["slides"] += 1
+    return {"status": "done", "result": result}
+
+
+# ---- the scheduler side ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CohortSummary:
+    """What a cohort run did. ``processed`` slides ran in this call (done or failed), ``skipped`` ones were
+    already complete; ``done`` counts every complete slide after the run."""
+
+    out: Path
+    csv: Path
+    total: int
+    processed: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    workers: int = 0
+    dashboard: str | None = None
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(out=str(self.out), csv=str(self.csv))
+        return data
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # a broken CUDA install means CPU workers
+        return 0
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are spawned (they inherit it): Ctrl-C then reaches this process
+    alone, which closes the cluster, instead of printing a KeyboardInterrupt traceback from every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _client(scheduler: str | None, workers: int | None, log: Callable[[str], None]) -> Iterator[tuple[Any, int]]:
+    """A ``distributed.Client`` on an existing scheduler or on a new LocalCluster; yields it with the number
+    of worker processes a LocalCluster started (0 for an existing scheduler)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("cohort runs need dask.distributed: pip install distributed") from None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler)
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"{scheduler}: cannot reach the dask scheduler ({exc})") from None
+        with client:
+            yield client, 0
+        return
+    gpus = _gpu_count()
+    n = workers or (gpus or min(DEFAULT_MAX_WORKERS, _cpu_count()))
+    import logging
+
+    with _workers_ignore_sigint():
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
+        kind = f"{gpus} GPU(s)" if gpus else "CPU"
+        log(f"LocalCluster: {n} worker process(es), 1 task thread each, {kind}")
+        yield client, n
+
+
+class _CohortState:
+    """The rows of cohort.csv and the per-slide files of one run, updated as results arrive."""
+
+    def __init__(self, out: Path, total: int) -> None:
+        self.slides_dir, self.failed_dir = out / "slides", out / "failed"
+        self.summary = CohortSummary(out=out, csv=out / "cohort.csv", total=total)
+        self.rows: dict[str, list[Any]] = {}
+        self.last_write = 0.0
+
+    def write_csv(self, force: bool = True) -> None:
+        """Rewrite cohort.csv (sorted by slide name) atomically; unless ``force``, at most every CSV_INTERVAL_S."""
+        if force or time.monotonic() - self.last_write >= CSV_INTERVAL_S:
+            rows = (self.rows[name] for name in sorted(self.rows))
+            write_csv_atomic(self.summary.csv, CSV_COLUMNS, rows)
+            self.last_write = time.monotonic()
+
+    def record(self, entry: ManifestEntry, outcome: dict) -> None:
+        """Record one finished task: its row, and failed/NAME.json written (failure) or removed (success)."""
+        self.summary.processed += 1
+        failed_file = self.failed_dir / f"{entry.name}.json"
+        result = _read_result(self.slides_dir / f"{entry.name}.json") if outcome["status"] == "done" else None
+        if result is not None:  # read back from the file: proof that the result is there, complete
+            self.rows[entry.name] = _row(entry, "done", result)
+            failed_file.unlink(missing_ok=True)
+            return
+        error = outcome.get("error") or "the task finished but left no complete result file"
+        self.rows[entry.name] = _row(entry, "failed", error=error)
+        self.summary.failures[entry.name] = error
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record = {"slide": entry.name, "path": entry.shown, "error": error, "when": when}
+        write_json_atomic(failed_file, json_safe(record))
+
+
+def run_cohort(
+    manifest: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    heatmap: bool = False,
+    progress: bool = True,
+    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
+    torch_threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CohortSummary:
+    """Score every slide of ``manifest`` (a CSV of slide paths or a folder) into ``out``, one dask task per
+    slide; resumable (complete results are skipped). See the module docstring for the output layout.
+
+    ``scheduler``: address of a running dask scheduler (``tcp://host:8786``), or None for a LocalCluster of
+    ``workers`` processes with one task thread each (default: one per GPU, else min(4, CPUs)). Worker
+    processes load the model once each. ``torch_threads``: torch intra-op threads per worker (default on a
+    LocalCluster: CPUs / workers; on an existing scheduler: left as the workers have it). ``log`` receives
+    the start-up lines (workers, dashboard link); default: stderr when ``progress``.
+    A slide that fails is recorded in ``out/failed/NAME.json`` and the others go on. ``ValueError`` for a bad
+    manifest or model, or when ``out`` holds results of another model."""
+    if scheduler is not None and workers is not None:
+        raise ValueError("give either a scheduler address or a number of workers, not both")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if log is None:
+        log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    started = time.perf_counter()
+    entries = read_manifest(manifest)
+    model_name = load_bundle(model).name  # checked once, before any worker starts; each worker loads its own
+    model_arg = None if model is None else str(Path(model).absolute())
+    fingerprint = model_fingerprint(model)
+
+    state = _CohortState(Path(out), len(entries))
+    for folder in (state.slides_dir, state.failed_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(folder)
+    todo: list[ManifestEntry] = []
+    for entry in entries:
+        result = _read_result(state.slides_dir / f"{entry.name}.json")
+        if result is not None and result.get("model") != model_name:
+            raise ValueError(
+                f"{out}: {entry.name} was scored by model {result.get('model')!r}, not {model_name!r}; "
+                "write this model's results to another --out folder"
+            )
+        if _is_done(result, entry.name, heatmap):
+            state.rows[entry.name] = _row(entry, "done", result)
+            (state.failed_dir / f"{entry.name}.json").unlink(missing_ok=True)
+            state.summary.skipped += 1
+        else:
+            state.rows[entry.name] = _row(entry, "pending")
+            todo.append(entry)
+    state.write_csv()
+
+    if todo:
+        with _client(scheduler, workers, log) as (client, started_workers):
+            if started_workers and torch_threads is None:
+                torch_threads = max(1, _cpu_count() // started_workers)
+            state.summary.workers = started_workers or len(client.nthreads())
+            if scheduler is None and importlib.util.find_spec("bokeh") is None:
+                log("dashboard: none (pip install 'bokeh>=3.1' to get one)")
+            else:  # an external scheduler serves it when bokeh is installed where it runs
+                state.summary.dashboard = client.dashboard_link
+                log(f"dashboard: {state.summary.dashboard}")
+            if scheduler is not None:
+                waiting = "; the tasks wait until workers join" if not state.summary.workers else ""
+                log(f"scheduler {scheduler}: {state.summary.workers} worker(s) connected{waiting}")
+            task = (str(state.slides_dir.absolute()), model_arg, options, heatmap, torch_threads, fingerprint)
+            _run_tasks(client, todo, task, state, progress)
+
+    summary = state.summary
+    summary.done = sum(row[5] == "done" for row in state.rows.values())
+    summary.failed = sum(row[5] == "failed" for row in state.rows.values())
+    summary.seconds = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _run_tasks(client: Any, todo: list[ManifestEntry], task: tuple, state: _CohortState, progress: bool) -> None:
+    """Submit one :func:`predict_task` per slide (``task``: its arguments after the path) and record each
+    result as it arrives (``as_completed``), keeping cohort.csv current."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(predict_task, str(entry.path), *task, key=f"predict-{entry.name}-{run}", pure=False): entry
+        for entry in todo
+    }
+    bar = tqdm(total=len(todo), unit="slide", desc="cohort", file=sys.stderr, disable=None if progress else True)
+    try:
+        with bar:
+            for future in as_completed(futures):
+                entry = futures.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # a worker died, the task was cancelled, ...
+                    outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                future.release()
+                state.record(entry, outcome)
+                bar.update(1)
+                state.write_csv(force=False)
+    finally:  # also when interrupted: the CSV shows every result recorded so far
+        state.write_csv()
