@@ -25,6 +25,7 @@ examples:
   wsi-mamba extract data/cohort/training --out features/
   wsi-mamba train --features features/ --labels labels.csv --out model/
   wsi-mamba evaluate --model model/ --features test-features/ --labels reference.csv --baseline --out eval/
+  wsi-mamba cohort slides.csv --out results/ --workers 4
   wsi-mamba run pipelines/synthetic-camelyon.yaml
   wsi-mamba COMMAND --help
 """
