@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from workflow_fixtures import (
     ENCODER_NAME,
     OTHER_ENCODER_NAME,
@@ -27,13 +26,7 @@ from wsi_mamba.outputs.atomic import TEMP_MARKER
 FAST = ["--batch-size", "8", "--workers", "2"]  # the tile options the shared stores were made with
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes on a shared machine: one thread avoids OpenMP hand-off costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

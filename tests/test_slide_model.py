@@ -24,13 +24,7 @@ from wsi_mamba.models.slide_model import _route, _unroute
 IN_DIM = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small shapes on a shared machine: one thread avoids OpenMP hand-off costs (30x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> SlideMamba:

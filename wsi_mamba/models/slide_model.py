@@ -40,6 +40,7 @@ from selective_scan import selective_scan
 from .layers import LayerNorm2d, Linear2d, Mlp
 from .ss2d import K_ROUTES, SS2D, cross_merge, cross_scan
 from .state import load_into_new_model
+from .vmamba import _init_weights
 
 FORMAT = "wsi-mamba/slide-model"
 FORMAT_VERSION = 1
@@ -371,17 +372,6 @@ class SlideMamba(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> SlideOutput:
         """features (B, in_dim, R, C) float, mask (B, R, C) bool → :class:`SlideOutput`."""
         return self.forward_head(self.forward_features(features, mask), mask)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Linear (incl. Linear2d) trunc-normal std 0.02 and zero bias; LayerNorm 1/0 (SS2D keeps its own init)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 # ------------------------------------------------------------------------------------------- grid input
