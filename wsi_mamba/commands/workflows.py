@@ -212,7 +212,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..slide import SlideError
     from ..workflows.bundle import load_bundle
     from ..workflows.inputs import find_slides
     from ..workflows.predict import predict_slide
@@ -220,12 +219,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     slides = find_slides(args.slides)
     bundle = load_bundle(args.model)
     out = args.out or ("." if args.heatmap else None)
+    options = _tile_options(args)  # once: it also sets torch's thread count
     results, failed = [], 0
     with tqdm(unit="tile", desc="predict", file=sys.stderr, disable=None) as bar:
         for path in slides:
             try:
-                result = predict_slide(path, bundle, _tile_options(args), out, args.heatmap, on_batch=bar.update)
-            except (SlideError, ValueError) as exc:
+                result = predict_slide(path, bundle, options, out, args.heatmap, on_batch=bar.update)
+            except ValueError as exc:  # SlideError included: this slide fails, the others go on
                 failed += 1
                 bar.clear()
                 print(f"error: {exc}", file=sys.stderr)

@@ -199,6 +199,18 @@ def rasterize(annotations: Annotations, dimensions: tuple[int, int], downsample:
 def lesion_fractions(annotations: Annotations, grid: TileGrid, dimensions: tuple[int, int]) -> np.ndarray:
     """Per-tile fraction of lesion (exclusions subtracted) for each tile of ``grid`` on a slide of
     level-0 ``dimensions`` (w, h); the mask is rasterised at 1/32 of a tile side."""
-    downsample = grid.size0 / 32
+    return lesion_fractions_at(annotations, dimensions, grid.x, grid.y, grid.size0)
+
+
+def lesion_fractions_at(
+    annotations: Annotations,
+    dimensions: tuple[int, int],
+    x: np.ndarray,
+    y: np.ndarray,
+    size0: float,
+    cells_per_tile: int = 32,
+) -> np.ndarray:
+    """Lesion fraction of each level-0 square (x, y, size0), the mask rasterised at ``size0 / cells_per_tile``."""
+    downsample = size0 / cells_per_tile
     mask = rasterize(annotations, dimensions, downsample)
-    return region_fractions(mask, downsample, grid.x, grid.y, grid.size0)
+    return region_fractions(mask, downsample, x, y, size0)

@@ -8,17 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..evaluation.colour import slide_colour_vector
 from ..evaluation.froc import SlideDetections, froc, tile_detections
 from ..evaluation.metrics import summarize
 from ..evaluation.roc_plot import write_roc_png
-from ..models.slide_model import grid_tensors
 from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
 from .bundle import ModelBundle, baseline_predict, load_bundle
 from .inputs import find_annotations, read_labels
+from .predict import score_tiles
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
 
 
@@ -26,11 +25,7 @@ def score_features(bundle: ModelBundle, data: SlideFeatures) -> tuple[float | No
     """Slide probability and per-tile probabilities (tile order of the store); None for no tiles."""
     if len(data) == 0:
         return None, np.zeros(0, np.float32)
-    features, mask, (r0, c0) = grid_tensors(data.features, data.rows, data.cols, data.grid_shape)
-    with torch.inference_mode():
-        out = bundle.slide_model(features, mask)
-    tiles = torch.sigmoid(out.tile_logits[0, data.rows - r0, data.cols - c0]).numpy()
-    return float(torch.sigmoid(out.logit[0])), tiles.astype(np.float32)
+    return score_tiles(bundle, data.features, data.rows, data.cols, data.grid_shape)
 
 
 def evaluate(

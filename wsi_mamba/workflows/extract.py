@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..evaluation.colour import COLOUR_STATS, tile_colour_stats
 from ..models.encoder import TileEncoder
-from ..slide import SlideError, open_slide
+from ..slide import open_slide
 from ..slide.base import Slide
 from ..slide.stream import stream_tiles
 from ..slide.tiling import TileGrid, make_tile_grid
@@ -134,6 +134,6 @@ def extract_slides(
         for path in paths:
             try:
                 results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, options, bar)
-            except (ValueError, SlideError) as exc:
+            except ValueError as exc:  # SlideError included: this slide fails, the others go on
                 results[slide_name(path)] = f"failed: {exc}"
     return results

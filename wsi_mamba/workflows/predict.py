@@ -20,16 +20,24 @@ from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
 THUMBNAIL_PX = 1024
 
 
-def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:
-    """Slide probability and per-tile probabilities (grid order) of an encoded slide with tiles. Features are
-    rounded to float16 first, as a feature store keeps them, so predict and extract + evaluate agree."""
-    grid = encoded.grid
-    features = encoded.features.astype(np.float16).astype(np.float32)
-    features, mask, (r0, c0) = grid_tensors(features, grid.rows, grid.cols, grid.shape)
+def score_tiles(
+    bundle: ModelBundle, features: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int]
+) -> tuple[float, np.ndarray]:
+    """Slide probability and per-tile probabilities (in the order of ``features``) of at least one tile.
+    Features are rounded to float16 first, as a feature store keeps them, so predict and extract + evaluate
+    agree (a no-op for features read from a store)."""
+    features = features.astype(np.float16).astype(np.float32)
+    grid_features, mask, (r0, c0) = grid_tensors(features, rows, cols, grid_shape)
     with torch.inference_mode():
-        out = bundle.slide_model(features, mask)
-    tiles = torch.sigmoid(out.tile_logits[0, grid.rows - r0, grid.cols - c0]).numpy().astype(np.float32)
+        out = bundle.slide_model(grid_features, mask)
+    tiles = torch.sigmoid(out.tile_logits[0, rows - r0, cols - c0]).numpy().astype(np.float32)
     return float(torch.sigmoid(out.logit[0])), tiles
+
+
+def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:
+    """Slide probability and per-tile probabilities (grid order) of an encoded slide with tiles."""
+    grid = encoded.grid
+    return score_tiles(bundle, encoded.features, grid.rows, grid.cols, grid.shape)
 
 
 def predict_slide(
@@ -47,7 +55,8 @@ def predict_slide(
     started = time.perf_counter()
     with open_slide(path, mpp=options.slide_mpp) as slide:
         encoded = encode_slide(slide, bundle.encoder, options, on_batch)
-        thumbnail = slide.get_thumbnail(THUMBNAIL_PX) if heatmap and len(encoded.grid) else None
+        drawing = heatmap and out_dir is not None and len(encoded.grid) > 0
+        thumbnail = slide.get_thumbnail(THUMBNAIL_PX) if drawing else None
     result: dict = {
         "slide": name,
         "path": str(path),
@@ -65,7 +74,7 @@ def predict_slide(
         result["score"] = round(score, 6)
         result["prediction"] = "tumor" if score >= bundle.threshold else "normal"
         result["max_tile_score"] = round(float(tile_scores.max()), 6)
-        if out_dir is not None and heatmap:
+        if drawing:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             grid = encoded.grid

@@ -22,8 +22,7 @@ from ..evaluation.metrics import slide_auc
 from ..models.encoder import load_encoder
 from ..models.slide_model import SlideMamba, SlideModelConfig, grid_tensors
 from ..outputs.atomic import write_csv_atomic
-from ..slide.annotations import rasterize
-from ..slide.tiling import region_fractions
+from ..slide.annotations import lesion_fractions_at
 from .bundle import baseline_to_json, save_bundle
 from .inputs import find_annotations, read_labels
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
@@ -66,9 +65,9 @@ def tile_targets(data: SlideFeatures, label: int, annotations_dir: str | Path | 
     if annotations is None:
         return None
     dims = tuple(data.attrs["dimensions"])
-    downsample = data.size0 / 16
-    mask = rasterize(annotations, dims, downsample)  # type: ignore[arg-type]
-    fraction = region_fractions(mask, downsample, data.coords[:, 0], data.coords[:, 1], data.size0)
+    fraction = lesion_fractions_at(
+        annotations, dims, data.coords[:, 0], data.coords[:, 1], data.size0, cells_per_tile=16  # type: ignore[arg-type]
+    )
     return np.where(fraction >= 0.5, 1.0, np.where(fraction == 0, 0.0, -1.0)).astype(np.float32)
 
 
