@@ -134,6 +134,7 @@ def test_predict_heatmap_outputs(data: WorkflowData, tmp_path: Path, capsys: pyt
     assert sorted(p.name for p in out.iterdir()) == [
         "tumor_003.heatmap.png",
         "tumor_003.json",
+        "tumor_003.regions.geojson",
         "tumor_003.tiles.geojson",
     ]
     assert not [p for p in out.iterdir() if TEMP_MARKER in p.name]
@@ -143,6 +144,9 @@ def test_predict_heatmap_outputs(data: WorkflowData, tmp_path: Path, capsys: pyt
     assert (out / "tumor_003.heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     geojson = json.loads((out / "tumor_003.tiles.geojson").read_text())
     assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == result["tiles"]
+    regions = json.loads((out / "tumor_003.regions.geojson").read_text())
+    assert result["regions_geojson"] == str(out / "tumor_003.regions.geojson")
+    assert regions["type"] == "FeatureCollection" and len(regions["features"]) == result["regions"]
 
     plain = tmp_path / "plain"  # --out without --heatmap: the JSON only
     code, _, _ = predict_json(data, [slide], capsys, "--out", str(plain))

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,15 @@ from wsi_mamba.outputs import (
     write_json_atomic,
     write_text_atomic,
     write_tiles_geojson,
+)
+from wsi_mamba.outputs.heatmap import (
+    DEFAULT_ALPHA,
+    DEFAULT_CMAP,
+    TRANSPARENT_BELOW,
+    TUMOR_COLOR,
+    overlay_opacity,
+    tumour_regions_geojson,
+    write_regions_geojson,
 )
 
 
@@ -144,30 +154,65 @@ def _thumbnail(h: int, w: int) -> np.ndarray:
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def test_overlay_opacity_ramp() -> None:
+    scores = np.array([np.nan, 0.0, 0.1, 0.2, 0.6, 1.0, 1.5], np.float32)
+    opacity = overlay_opacity(scores, alpha=0.8, transparent_below=0.2)
+    assert opacity == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.4, 0.8, 0.8])
+    assert np.all(np.diff(overlay_opacity(np.linspace(0, 1, 101))) >= 0)  # never less opaque for a higher score
+    with pytest.raises(ValueError, match="transparent_below"):
+        overlay_opacity(scores, transparent_below=1.0)
+
+
 def test_render_heatmap_exact_mapping() -> None:
     # Slide 1000 x 600 level-0 px, cells of 100: the thumbnail at 1/10 has 10 px per cell.
     thumb = _thumbnail(60, 100)
     grid = np.full((6, 10), np.nan, np.float32)
     grid[1, 2] = 0.95
-    grid[4, 7] = 0.02
+    grid[4, 7] = 0.6
+    grid[0, 0] = 0.02  # below TRANSPARENT_BELOW: not drawn at all
     out = render_heatmap(thumb, grid, (1000, 600), 100.0)
     assert out.shape == thumb.shape and out.dtype == np.uint8
     changed = (out != thumb).any(axis=2)
     covered = np.zeros((60, 100), bool)
     covered[10:20, 20:30] = True
     covered[40:50, 70:80] = True
-    assert np.array_equal(out[~covered], thumb[~covered])  # no tile: the thumbnail exactly
+    assert np.array_equal(out[~covered], thumb[~covered])  # no tile, or a low score: the thumbnail exactly
     assert changed[covered].mean() > 0.9
-    # Each cell is one flat colour blended in: compare against the colormap directly.
-    lut = colormap_lut("inferno")
-    expected_high = np.round(0.55 * thumb[10:20, 20:30] + 0.45 * lut[round(0.95 * 255)].astype(np.float32))
-    assert np.abs(out[10:20, 20:30].astype(int) - expected_high).max() <= 1
-    # alpha = 1: colours only; high and low scores far apart.
-    solid = render_heatmap(thumb, grid, (1000, 600), 100.0, alpha=1.0)
-    high, low = solid[15, 25].astype(int), solid[45, 75].astype(int)
-    assert np.abs(high - low).sum() > 200
-    assert np.array_equal(solid[45, 75], lut[round(0.02 * 255)])
+    # Each cell is one flat colour blended in with its score's opacity: compare against the colormap directly.
+    lut = colormap_lut(DEFAULT_CMAP)
+    for (r, c), score in (((1, 2), 0.95), ((4, 7), 0.6)):
+        a = DEFAULT_ALPHA * (score - TRANSPARENT_BELOW) / (1 - TRANSPARENT_BELOW)
+        cell = thumb[10 * r : 10 * r + 10, 10 * c : 10 * c + 10].astype(np.float32)
+        expected = np.round((1 - a) * cell + a * lut[round(score * 255)].astype(np.float32))
+        assert np.abs(out[10 * r : 10 * r + 10, 10 * c : 10 * c + 10].astype(int) - expected).max() <= 1
+    # alpha = 1, nothing transparent: score 1 is the colour alone, score 0.5 half of it; another colormap.
+    grid[1, 2], grid[4, 7] = 1.0, 0.5
+    solid = render_heatmap(thumb, grid, (1000, 600), 100.0, alpha=1.0, transparent_below=0.0, cmap="inferno")
+    inferno = colormap_lut("inferno")
+    assert (solid[10:20, 20:30] == inferno[255]).all()
+    half = np.round(0.5 * thumb[40:50, 70:80] + 0.5 * inferno[round(0.5 * 255)].astype(np.float32))
+    assert np.abs(solid[40:50, 70:80].astype(int) - half).max() <= 1
     assert np.array_equal(render_heatmap(thumb, grid, (1000, 600), 100.0, alpha=0.0), thumb)
+
+
+def test_heatmap_png_low_scores_leave_the_tissue_visible(tmp_path: Path) -> None:
+    # Pink "tissue" with some texture; one cell scored low (0.1), one at 0.3 (barely tinted), one high (0.95).
+    rng = np.random.default_rng(1)
+    thumb = np.clip(np.array([230, 150, 180]) + rng.normal(0, 12, (60, 300, 3)), 0, 255).astype(np.uint8)
+    grid = np.full((6, 30), np.nan, np.float32)
+    grid[1, 1], grid[4, 8], grid[3, 5] = 0.1, 0.3, 0.95
+    target = tmp_path / "heatmap.png"
+    write_heatmap_png(target, thumb, grid, (3000, 600), 100.0)  # legend below: the heatmap is the top 60 rows
+    with Image.open(target) as im:
+        drawn = np.asarray(im)[:60].astype(int)
+
+    def difference(r: int, c: int) -> float:
+        cell = np.s_[10 * r : 10 * r + 10, 10 * c : 10 * c + 10]
+        return float(np.abs(drawn[cell] - thumb[cell].astype(int)).mean())
+
+    assert difference(1, 1) < 3  # low score: the tissue as it is
+    assert difference(3, 5) > 30  # high score: clearly coloured
+    assert difference(1, 1) <= difference(4, 8) < difference(3, 5)
 
 
 def test_render_heatmap_grid_larger_than_slide() -> None:
@@ -203,32 +248,33 @@ def test_render_heatmap_rejects_bad_input() -> None:
 
 
 def test_write_heatmap_png(tmp_path: Path) -> None:
-    thumb = _thumbnail(120, 200)
-    grid = score_grid([0, 1, 2], [0, 1, 3], [0.0, 0.5, 1.0], (3, 4))
+    thumb = _thumbnail(120, 300)
+    grid = score_grid([0, 1, 2], [0, 1, 3], [0.0, 0.5, 1.0], (3, 6))
     target = tmp_path / "heatmap.png"
-    write_heatmap_png(target, thumb, grid, (2000, 1200), 500.0, title="slide 1: 0.93")
+    write_heatmap_png(target, thumb, grid, (3000, 1200), 500.0, title="slide 1: 0.93")
     with Image.open(target) as im:
         assert im.format == "PNG" and im.mode == "RGB"
         width, height = im.size
         pixels = np.asarray(im)
-    assert width >= 200 and height > 120
+    assert width >= 300 and height > 120
     assert _leftovers(tmp_path) == []
     # Without a title the heatmap sits on top; without a legend either, the PNG is the heatmap itself.
     plain = tmp_path / "plain.png"
-    write_heatmap_png(plain, thumb, grid, (2000, 1200), 500.0, legend=False)
+    write_heatmap_png(plain, thumb, grid, (3000, 1200), 500.0, legend=False)
     with Image.open(plain) as im:
-        assert np.array_equal(np.asarray(im), render_heatmap(thumb, grid, (2000, 1200), 500.0))
+        assert np.array_equal(np.asarray(im), render_heatmap(thumb, grid, (3000, 1200), 500.0))
     bar_only = tmp_path / "legend.png"
-    write_heatmap_png(bar_only, thumb, grid, (2000, 1200), 500.0)
+    write_heatmap_png(bar_only, thumb, grid, (3000, 1200), 500.0)
     with Image.open(bar_only) as im:
         legend = np.asarray(im)
-    assert legend.shape[0] > 120 and legend.shape[1] == 200
-    assert np.array_equal(legend[:120], render_heatmap(thumb, grid, (2000, 1200), 500.0))
-    # The bar runs from the map's 0 colour to its 1 colour.
-    lut = colormap_lut("inferno")
+    assert legend.shape[0] > 120 and legend.shape[1] == 300
+    assert np.array_equal(legend[:120], render_heatmap(thumb, grid, (3000, 1200), 500.0))
+    # The bar: transparent (the grey and white checkerboard) at 0, the map's colour for 1 blended as drawn at 1.
+    lut = colormap_lut(DEFAULT_CMAP).astype(np.float32)
     bar_row = legend[120 + 6 + 6]
-    assert np.abs(bar_row[6].astype(int) - lut[0]).max() <= 2
-    assert np.abs(bar_row[200 - 7].astype(int) - lut[255]).max() <= 2
+    assert set(map(tuple, bar_row[6:30].tolist())) == {(255, 255, 255), (204, 204, 204)}
+    top_colours = [np.round((1 - DEFAULT_ALPHA) * backdrop + DEFAULT_ALPHA * lut[255]) for backdrop in (255.0, 204.0)]
+    assert min(np.abs(bar_row[300 - 7].astype(int) - colour).max() for colour in top_colours) <= 1
     assert pixels.shape[0] > legend.shape[0]  # the title band adds height
 
 
@@ -285,3 +331,108 @@ def test_write_tiles_geojson(tmp_path: Path) -> None:
     write_tiles_geojson(target, x, y, 256.0, scores, threshold=0.99)
     assert json.loads(target.read_text()) == {"type": "FeatureCollection", "features": []}
     assert _leftovers(tmp_path) == []
+
+
+# ---- tumour regions -----------------------------------------------------------------------------------------
+def _tiles(mask: list[str], size0: float = 100.0, high: float = 0.9, low: float = 0.1):
+    """A tile on every cell of the picture ``mask`` ('#' scored ``high``, '.' ``low``), as a TileGrid lays
+    them out: rows, cols, x, y (level-0 top-left, rounded like make_tile_grid) and scores."""
+    cells = np.array([[ch == "#" for ch in line] for line in mask])
+    rows, cols = np.nonzero(np.ones_like(cells))
+    x, y = np.round(cols * size0), np.round(rows * size0)
+    return rows, cols, x, y, np.where(cells[rows, cols], high, low)
+
+
+def _shoelace(ring: list[list[float]]) -> float:
+    return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairwise(ring))
+
+
+def _polygons(feature: dict) -> list[list[list[list[float]]]]:
+    geometry = feature["geometry"]
+    return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+
+
+def test_tumour_regions_l_shape_is_one_polygon() -> None:
+    rows, cols, x, y, scores = _tiles(["....", ".#..", ".#..", ".##."], size0=256.0)
+    scores[(rows == 3) & (cols == 2)] = 0.7
+    collection = json.loads(json.dumps(tumour_regions_geojson(rows, cols, x, y, 256.0, scores), allow_nan=False))
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 1
+    feature = collection["features"][0]
+    assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+    (ring,) = feature["geometry"]["coordinates"]  # no hole
+    assert ring[0] == ring[-1] and len(ring) == 6 + 1  # an L has six corners
+    assert {tuple(p) for p in ring} == {(256, 256), (512, 256), (512, 768), (768, 768), (768, 1024), (256, 1024)}
+    assert _shoelace(ring) == pytest.approx(4 * 256.0**2)  # the tiles' area, outer ring counter-clockwise
+    props = feature["properties"]
+    assert props["objectType"] == "annotation" and props["isLocked"] is False and props["name"] == "region_1"
+    assert props["classification"] == {"name": "Tumor", "color": list(TUMOR_COLOR)}
+    stats = {"max_score": 0.9, "mean_score": (3 * 0.9 + 0.7) / 4, "tiles": 4, "area_px": 4 * 256.0**2}
+    assert {k: props[k] for k in stats} == pytest.approx(stats)
+    assert props["measurements"] == pytest.approx(stats)
+
+
+def test_tumour_regions_separate_groups_and_connectivity() -> None:
+    rows, cols, x, y, scores = _tiles(["##...", "##...", ".....", "...#.", "....#"])
+    scores[(rows == 4) & (cols == 4)] = 0.95
+    features = tumour_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
+    assert len(features) == 2
+    # Highest score first; the diagonal pair (8-connected) is one region of two squares touching at a corner.
+    assert [f["properties"]["max_score"] for f in features] == pytest.approx([0.95, 0.9])
+    assert [f["properties"]["name"] for f in features] == ["region_1", "region_2"]
+    diagonal, square = features
+    assert diagonal["geometry"]["type"] == "MultiPolygon" and len(diagonal["geometry"]["coordinates"]) == 2
+    assert sum(_shoelace(p[0]) for p in _polygons(diagonal)) == pytest.approx(2 * 100.0**2)
+    assert square["geometry"]["type"] == "Polygon" and len(square["geometry"]["coordinates"][0]) == 5
+    assert square["properties"]["area_px"] == pytest.approx(4 * 100.0**2)
+    four = tumour_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=4)["features"]
+    assert len(four) == 3 and all(f["geometry"]["type"] == "Polygon" for f in four)
+    # The threshold decides which tiles count.
+    assert len(tumour_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.92)["features"]) == 1
+
+
+def test_tumour_regions_ring_has_a_hole() -> None:
+    rows, cols, x, y, scores = _tiles([".....", ".###.", ".#.#.", ".###.", "....."])
+    (feature,) = tumour_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
+    assert feature["geometry"]["type"] == "Polygon"
+    outer, hole = feature["geometry"]["coordinates"]
+    assert {tuple(p) for p in outer} == {(100, 100), (400, 100), (400, 400), (100, 400)}
+    assert {tuple(p) for p in hole} == {(200, 200), (300, 200), (300, 300), (200, 300)}
+    assert _shoelace(outer) == pytest.approx(9 * 100.0**2) and _shoelace(hole) == pytest.approx(-(100.0**2))
+    assert feature["properties"]["tiles"] == 8
+    assert feature["properties"]["area_px"] == pytest.approx(_shoelace(outer) + _shoelace(hole))
+
+
+def test_tumour_regions_pinched_hole_and_fractional_tiles() -> None:
+    # The hole at (1, 1) meets the outside only at a corner: it stays a hole touching the outer ring there.
+    size0 = 263.37  # TileGrid sizes need not be whole pixels; x and y are rounded
+    rows, cols, x, y, scores = _tiles(["###", "#.#", "##."], size0=size0)
+    (feature,) = tumour_regions_geojson(rows, cols, x, y, size0, scores)["features"]
+    outer, hole = feature["geometry"]["coordinates"]
+    for ring in (outer, hole):
+        assert ring[0] == ring[-1] and len({tuple(p) for p in ring[:-1]}) == len(ring) - 1  # simple rings
+    assert _shoelace(outer) + _shoelace(hole) == pytest.approx(7 * size0**2, rel=1e-5)
+    assert feature["properties"]["area_px"] == pytest.approx(7 * size0**2)
+
+
+def test_tumour_regions_nothing_above_threshold() -> None:
+    rows, cols, x, y, scores = _tiles(["##", "##"], high=0.4)
+    assert tumour_regions_geojson(rows, cols, x, y, 100.0, scores) == {"type": "FeatureCollection", "features": []}
+    scores[0] = np.nan  # a NaN score is never a region
+    (three,) = tumour_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.0)["features"]
+    assert three["properties"]["tiles"] == 3
+    assert tumour_regions_geojson([], [], [], [], 100.0, [])["features"] == []
+    with pytest.raises(ValueError, match="length"):
+        tumour_regions_geojson([0], [0], [0, 1], [0], 100.0, [0.9])
+    with pytest.raises(ValueError, match="connectivity"):
+        tumour_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=6)
+
+
+def test_write_regions_geojson(tmp_path: Path) -> None:
+    target = tmp_path / "slide.regions.geojson"
+    rows, cols, x, y, scores = _tiles(["#..#", "#...", "..##"])
+    assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores) == 3
+    written = json.loads(target.read_text())
+    assert written == json.loads(json.dumps(tumour_regions_geojson(rows, cols, x, y, 100.0, scores)))
+    assert target.read_text().endswith("]}\n") and _leftovers(tmp_path) == []
+    assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores, threshold=0.99) == 0
+    assert json.loads(target.read_text()) == {"type": "FeatureCollection", "features": []}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMAND_MODULES, EXPECTED_ERRORS
+from .commands._args import UsageError
 
 EXAMPLES = """\
 examples:
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
         return code
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except EXPECTED_ERRORS as exc:  # the message names the file and the problem
         print(f"error: {exc}", file=sys.stderr)
         return 1

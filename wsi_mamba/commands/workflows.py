@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig
+from ._args import UsageError
 from .slides import _parser, _positive_float, _positive_int
 
 # Workflow errors are ValueErrors whose message names the file and the problem.
@@ -54,20 +56,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = _parser(
         subparsers,
         "train-encoder",
-        "Train the tile encoder on annotated tumour and normal tiles of training slides.",
+        "Train the tile encoder: on labelled patches (--patches: PCam HDF5, image folders, CSV), or on annotated "
+        "tumour and normal tiles of training slides.",
+        "wsi-mamba train-encoder --patches pcam/train --out encoder.safetensors\n  "
         "wsi-mamba train-encoder data/cohort/training --labels data/cohort/training/labels.csv "
         "--annotations data/cohort/training/lesion_annotations --out encoder.safetensors",
     )
-    p.add_argument("slides", nargs="+", help="slide files or folders")
-    p.add_argument("--labels", required=True, help="CSV of slide labels (image,label)")
-    p.add_argument("--annotations", required=True, help="folder of lesion annotations (NAME.xml / NAME.geojson)")
+    patch_defaults = PatchTrainingConfig()
+    slide_defaults = EncoderTrainingConfig()
+    p.add_argument("slides", nargs="*", help="slide files or folders (training on slides)")
+    p.add_argument(
+        "--patches", nargs="+", metavar="SRC",
+        help="labelled patches: ROOT/0|1 or normal|tumor image folders, PCam *_x.h5 (+ *_y.h5), CSV path,label",
+    )
+    p.add_argument(
+        "--val-patches", nargs="+", metavar="SRC",
+        help="validation patches for early stopping (default: carved from --patches; never the evaluation set)",
+    )
+    p.add_argument("--labels", help="CSV of slide labels (image,label), training on slides")
+    p.add_argument("--annotations", help="folder of lesion annotations (NAME.xml / NAME.geojson), training on slides")
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.safetensors + .json)")
-    p.add_argument("--model", default="vmamba_pico", help="backbone (registry name, default vmamba_pico)")
-    p.add_argument("--tile-px", type=_positive_int, default=128, help="tile side in pixels (default 128)")
-    p.add_argument("--mpp", type=_positive_float, default=0.5, help="tile resolution in µm/px (default 0.5)")
-    p.add_argument("--epochs", type=_positive_int, default=4)
-    p.add_argument("--max-tiles", type=_positive_int, default=2500, help="tiles per class at most")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--model",
+        help=f"backbone (registry name; default {patch_defaults.model} on patches, {slide_defaults.model} on slides)",
+    )
+    p.add_argument("--patch-mpp", type=_positive_float, help="µm/px of the patches (default PCam's, 0.972)")
+    p.add_argument("--tile-px", type=_positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
+    p.add_argument("--mpp", type=_positive_float, default=slide_defaults.mpp, help="tile µm/px (slides)")
+    p.add_argument("--epochs", type=_positive_int, help=f"default {patch_defaults.epochs} / {slide_defaults.epochs}")
+    p.add_argument("--batch-size", type=_positive_int, default=patch_defaults.batch_size)
+    p.add_argument("--lr", type=_positive_float, default=patch_defaults.lr)
+    p.add_argument("--patience", type=_positive_int, default=patch_defaults.patience, help="early stopping (patches)")
+    p.add_argument("--val-fraction", type=float, default=patch_defaults.val_fraction, help="carved validation part")
+    p.add_argument("--epoch-patches", type=_positive_int, help="class-balanced draws per epoch (patches)")
+    p.add_argument(
+        "--max-tiles", type=_positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
+    )
+    p.add_argument("--seed", type=int, default=patch_defaults.seed)
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=cmd_train_encoder)
 
     p = _parser(
@@ -78,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--features", required=True, help="folder of feature stores (from extract)")
     p.add_argument("--labels", required=True, help="CSV of slide labels (image,label or CAMELYON16 reference.csv)")
-    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--out", required=True, help="model folder to write (a new folder, or a model folder to replace)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model folder --out if there is one")
     p.add_argument("--encoder", help="encoder checkpoint (default: the one the stores were made with)")
     p.add_argument("--name", help="the model's name in outputs (default: the --out folder's name)")
     p.add_argument("--annotations", help="lesion annotations folder: adds tile supervision")
@@ -155,18 +182,52 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
-    from ..workflows.encoder_training import EncoderTrainingConfig, train_encoder
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.patches:
+        return _train_encoder_on_patches(args)
+    if not args.slides or not args.labels or not args.annotations:
+        raise UsageError("train-encoder needs --patches SRC, or slides with --labels and --annotations")
+    from ..workflows.encoder_training import train_encoder
     from ..workflows.inputs import find_slides, read_labels
 
     cfg = EncoderTrainingConfig(
-        model=args.model,
+        model=args.model or EncoderTrainingConfig.model,
         tile_px=args.tile_px,
         mpp=args.mpp,
         max_tiles_per_class=args.max_tiles,
-        epochs=args.epochs,
+        epochs=args.epochs or EncoderTrainingConfig.epochs,
         seed=args.seed,
     )
     path = train_encoder(find_slides(args.slides), read_labels(args.labels), args.annotations, args.out, cfg)
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_encoder_on_patches(args: argparse.Namespace) -> int:
+    from ..data.patches import PCAM_GEOMETRY, PatchGeometry, open_patches
+    from ..workflows.patch_training import train_encoder_on_patches
+
+    if args.slides or args.labels or args.annotations:
+        raise UsageError("train-encoder: give either --patches or slides with --labels/--annotations, not both")
+    geometry = PatchGeometry(PCAM_GEOMETRY.px, args.patch_mpp) if args.patch_mpp else None
+    source = open_patches(args.patches, geometry=geometry)
+    if args.patch_mpp:  # keep each source's own patch size, with the stated resolution
+        source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
+    val_source = open_patches(args.val_patches, geometry=source.geometry) if args.val_patches else None
+    cfg = PatchTrainingConfig(
+        model=args.model or PatchTrainingConfig.model,
+        epochs=args.epochs or PatchTrainingConfig.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        epoch_patches=args.epoch_patches,
+        seed=args.seed,
+    )
+    path = train_encoder_on_patches(source, args.out, cfg, val_source)
     print(f"wrote {path}")
     return 0
 
@@ -177,7 +238,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = SlideTrainingConfig(
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed
     )
-    path = train_slide_model(args.features, args.labels, args.out, args.encoder, args.annotations, cfg, name=args.name)
+    path = train_slide_model(
+        args.features, args.labels, args.out, args.encoder, args.annotations, cfg, name=args.name,
+        overwrite=args.overwrite,
+    )
     meta = json.loads((Path(path) / "model.json").read_text())["training"]
     print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {meta['best_val_auc']:.3f})")
     return 0
@@ -212,24 +276,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..workflows.batch import check_unique_names, slide_failure
     from ..workflows.bundle import load_bundle
     from ..workflows.inputs import find_slides
     from ..workflows.predict import predict_slide
 
     slides = find_slides(args.slides)
-    bundle = load_bundle(args.model)
     out = args.out or ("." if args.heatmap else None)
+    if out is not None:
+        check_unique_names(slides, "results, heatmaps and GeoJSON")
+    bundle = load_bundle(args.model)
     options = _tile_options(args)  # once: it also sets torch's thread count
     results, failed = [], 0
     with tqdm(unit="tile", desc="predict", file=sys.stderr, disable=None) as bar:
         for path in slides:
             try:
                 result = predict_slide(path, bundle, options, out, args.heatmap, on_batch=bar.update)
-            except ValueError as exc:  # SlideError included: this slide fails, the others go on
+            except Exception as exc:  # any per-slide failure (SlideError, OSError, ...): the others go on
                 failed += 1
                 bar.clear()
-                print(f"error: {exc}", file=sys.stderr)
-                results.append({"slide": str(path), "score": None, "error": str(exc)})
+                message = slide_failure(path, exc)
+                print(f"error: {message}", file=sys.stderr)
+                results.append({"slide": str(path), "score": None, "error": message})
                 continue
             results.append(result)
             if not args.json:

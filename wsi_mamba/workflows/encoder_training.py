@@ -25,27 +25,9 @@ from ..models.encoder import TileEncoder, load_encoder
 from ..slide import open_slide
 from ..slide.annotations import lesion_fractions
 from ..slide.tiling import make_tile_grid, read_tile
+from .configs import EncoderTrainingConfig
 from .extract import slide_name
 from .inputs import find_annotations
-
-
-@dataclass(frozen=True)
-class EncoderTrainingConfig:
-    """Hyper-parameters of encoder training (the recipe sets them)."""
-
-    model: str = "vmamba_nano"
-    tile_px: int = 128
-    mpp: float = 0.5
-    tumor_min_fraction: float = 0.5  # tumour tile: at least this much lesion
-    max_tiles_per_class: int = 3000
-    max_normal_per_slide: int = 60
-    val_fraction: float = 0.2  # of the slides, for tile AUC
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    workers: int = 4
 
 
 @dataclass
@@ -144,7 +126,7 @@ def train_encoder(
     labels: dict[str, int],
     annotations_dir: str | Path,
     out: str | Path,
-    cfg: EncoderTrainingConfig = EncoderTrainingConfig(),
+    cfg: EncoderTrainingConfig = EncoderTrainingConfig(),  # noqa: B008 (frozen dataclass)
 ) -> Path:
     """Train the tile encoder and write it as ``out`` (.safetensors + JSON with the tile geometry)."""
     torch.manual_seed(cfg.seed)

@@ -6,11 +6,10 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..data.labels import parse_label
 from ..slide.annotations import Annotations, read_annotations
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
-POSITIVE = {"tumor", "tumour", "1", "true", "yes", "positive", "metastasis"}
-NEGATIVE = {"normal", "0", "false", "no", "negative"}
 
 
 def find_slides(items: Iterable[str | Path]) -> list[Path]:
@@ -29,12 +28,6 @@ def find_slides(items: Iterable[str | Path]) -> list[Path]:
         else:
             raise ValueError(f"{path}: no such file or folder")
     return found
-
-
-def parse_label(value: str) -> int | None:
-    """1 for tumour, 0 for normal, None when the text is neither."""
-    text = value.strip().lower()
-    return 1 if text in POSITIVE else 0 if text in NEGATIVE else None
 
 
 def labels_from_folders(folder: Path) -> dict[str, int]:

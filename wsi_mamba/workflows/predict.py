@@ -12,7 +12,7 @@ import torch
 
 from ..models.slide_model import grid_tensors
 from ..outputs.atomic import json_safe, write_json_atomic
-from ..outputs.heatmap import score_grid, write_heatmap_png, write_tiles_geojson
+from ..outputs.heatmap import score_grid, write_heatmap_png, write_regions_geojson, write_tiles_geojson
 from ..slide import open_slide
 from .bundle import ModelBundle
 from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
@@ -84,6 +84,11 @@ def predict_slide(
             write_tiles_geojson(out / f"{name}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
             result["heatmap"] = str(out / f"{name}.heatmap.png")
             result["geojson"] = str(out / f"{name}.tiles.geojson")
+            regions_path = out / f"{name}.regions.geojson"
+            result["regions"] = write_regions_geojson(
+                regions_path, grid.rows, grid.cols, grid.x, grid.y, grid.size0, tile_scores, bundle.threshold
+            )
+            result["regions_geojson"] = str(regions_path)
     result["seconds"] = round(time.perf_counter() - started, 2)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,99 @@
+"""``wsi-mamba score-patches``: thin wrapper around ``wsi_mamba.workflows.score_patches``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .slides import _parser, _positive_float, _positive_int
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the patch subcommands to the CLI."""
+    p = _parser(
+        subparsers,
+        "score-patches",
+        "Tumour probability of each patch (image files, folders, PCam _x.h5); AUC and accuracy when labels are "
+        "known (folder names 0/1 or normal/tumor, the _y.h5 beside the _x.h5, or --labels).",
+        "wsi-mamba score-patches pcam/valid --out valid-scores.csv",
+    )
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive), PCam *_x.h5 files or path,label CSVs")
+    p.add_argument("--model", help="model folder or encoder checkpoint (default: the shipped default model)")
+    p.add_argument("--labels", help="CSV with path,label columns naming the patches' labels")
+    p.add_argument("--out", help="CSV of per-patch scores; NAME.metrics.json and NAME.roc.png go beside it")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {path, [index], [label], score}")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
+    p.add_argument("--threshold", type=float, help="decision threshold for accuracy (default: the model's, or 0.5)")
+    p.add_argument("--patch-mpp", type=_positive_float, help="µm/px of the patches (default PCam's, 0.972)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="patches per batch (default 128)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=cmd_score_patches)
+
+
+def _model_threshold(model: str | None) -> float:
+    from pathlib import Path
+
+    from ..workflows.bundle import MANIFEST, default_model_path
+
+    folder = default_model_path() if model is None else Path(model)
+    try:
+        value = float(json.loads((folder / MANIFEST).read_text()).get("patch_threshold", 0.5))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.5
+    return value if 0 <= value <= 1 else 0.5
+
+
+def cmd_score_patches(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..data.patches import PatchGeometry, open_patches
+    from ..workflows.score_patches import (
+        load_patch_classifier,
+        patch_metrics,
+        result_rows,
+        score_patch_source,
+        write_patch_outputs,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    source = open_patches(args.paths, labels_csv=args.labels)
+    if args.patch_mpp:
+        source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
+    encoder = load_patch_classifier(args.model)
+    threshold = args.threshold if args.threshold is not None else _model_threshold(args.model)
+    with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
+        result = score_patch_source(source, encoder, args.batch_size, args.tta, on_batch=bar.update)
+    for message in result.errors.values():
+        print(f"error: {message}", file=sys.stderr)
+    metrics = patch_metrics(result, threshold)
+    if metrics is not None:
+        metrics.update(model=args.model or "default", tta=args.tta, unreadable=len(result.errors))
+    if args.out:
+        written = write_patch_outputs(result, args.out, metrics, encoder.name)
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    rows = result_rows(result)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not args.out:
+        for row in rows:
+            where = row["path"] if "index" not in row else f"{row['path']}#{row['index']}"
+            score = "null" if row["score"] is None else f"{row['score']:.4f}"
+            print(f"{where}\t{score}")
+    if metrics is not None:
+        print(
+            f"patch AUC {metrics['auc']:.4f} (95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f}), "
+            f"accuracy {metrics['accuracy_at_threshold']:.4f} at {threshold:g} on {metrics['n']} patches "
+            f"({metrics['n_positive']} tumour)",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    if result.errors:
+        print(f"error: {len(result.errors)} of {len(source)} patches could not be read", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,205 @@
+"""Training the tile encoder on labelled patches (PCam HDF5, image folders, CSV lists).
+
+A VMamba backbone is trained as a tumour-vs-normal patch classifier: class-balanced draws each epoch,
+histology augmentations (:mod:`wsi_mamba.data.augment`), AdamW with a one-cycle schedule, and early stopping
+on the patch AUC of a validation part carved out of the *training* source (stratified, byte-identical
+duplicates kept on one side) or of ``val_source`` when one is given. Held-out evaluation data (PCam's
+``valid`` split) is never seen here. The best epoch's weights are written, with the patch geometry, so
+slides are later tiled at the patches' resolution.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.augment import augment_patches
+from ..data.patches import FilePatches, PatchSource, require_labelled
+from ..evaluation.metrics import slide_auc
+from ..models.checkpoint import save_checkpoint
+from ..models.encoder import TileEncoder, load_encoder
+from ..outputs.atomic import write_csv_atomic
+from .configs import PatchTrainingConfig
+
+
+def duplicate_groups(source: PatchSource) -> np.ndarray:
+    """A group id per patch: byte-identical image files share one (PCam repeats some patches), so a split
+    by group never puts a patch on both sides. Sources not stored as files get one group per patch."""
+    if not isinstance(source, FilePatches):
+        return np.arange(len(source))
+    ids: dict[bytes, int] = {}
+    groups = np.empty(len(source), np.int64)
+    for i, path in enumerate(source.paths):
+        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+        groups[i] = ids.setdefault(digest, len(ids))
+    return groups
+
+
+def carve_validation(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, cap: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of patch indices into (train, validation) by duplicate group; the validation part
+    holds about ``fraction`` of each class, at most ``cap`` patches in all."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for label in (0, 1):
+        members = np.flatnonzero(labels == label)
+        label_groups = rng.permutation(np.unique(groups[members]))
+        want = min(round(len(members) * fraction), cap // 2)
+        chosen = set(label_groups[:want].tolist())
+        val.append(members[np.isin(groups[members], list(chosen))])
+    val_idx = np.sort(np.concatenate(val))
+    in_val = np.zeros(len(labels), bool)
+    in_val[val_idx] = True
+    in_val |= np.isin(groups, groups[val_idx])  # a duplicate of a validation patch never trains
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+
+def balanced_epoch(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices, half of each class (without replacement while a class has enough), shuffled."""
+    picks = []
+    for label, count in ((0, size // 2), (1, size - size // 2)):
+        members = np.flatnonzero(labels == label)
+        picks.append(rng.choice(members, count, replace=count > len(members)))
+    return rng.permutation(np.concatenate(picks))
+
+
+@torch.inference_mode()
+def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Tumour probabilities of (n, px, px, 3) uint8 patches from the encoder's classifier head."""
+    model = encoder.model.eval()
+    out = []
+    for start in range(0, len(patches), batch_size):
+        x = encoder.preprocess(patches[start : start + batch_size])
+        out.append(torch.sigmoid(model(x).squeeze(1).float()).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def train_encoder_on_patches(
+    source: PatchSource,
+    out: str | Path,
+    cfg: PatchTrainingConfig = PatchTrainingConfig(),  # noqa: B008 (frozen dataclass)
+    val_source: PatchSource | None = None,
+    metrics_path: str | Path | None = None,
+) -> Path:
+    """Train a tile encoder on ``source`` and write it to ``out`` (.safetensors + JSON); returns the path.
+    A per-epoch log goes to ``metrics_path`` (default: ``OUT.metrics.csv`` beside the checkpoint)."""
+    require_labelled(source, "training")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_name(out.name + ".safetensors")
+    metrics_path = Path(metrics_path) if metrics_path else out.with_name(out.stem + ".metrics.csv")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if val_source is not None:
+        require_labelled(val_source, "validation")
+        train_idx = np.arange(len(source))
+        val_pick = np.sort(rng.permutation(len(val_source))[: cfg.max_val_patches])
+        val_patches, val_labels = val_source.read(val_pick), val_source.labels[val_pick]
+        val_description = f"{val_source.description} ({len(val_pick)} patches)"
+    else:
+        train_idx, val_idx = carve_validation(
+            source.labels, duplicate_groups(source), cfg.val_fraction, cfg.max_val_patches, cfg.seed
+        )
+        val_patches, val_labels = source.read(val_idx), source.labels[val_idx]
+        val_description = f"{len(val_idx)} patches carved from {source.description} (seed {cfg.seed})"
+    train_labels = source.labels[train_idx]
+    if len(set(train_labels.tolist())) < 2:
+        raise ValueError(f"{source.description}: too few patches to train on after carving validation")
+    geometry = source.geometry
+    encoder = load_encoder(cfg.model, seed=cfg.seed, drop_path_rate=cfg.drop_path_rate)
+    encoder.tile_px, encoder.mpp = geometry.px, geometry.mpp
+    model = encoder.model
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epoch_size = cfg.epoch_patches or len(train_idx)
+    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+    best = {"auc": -1.0, "epoch": 0, "state": None}
+    reader = ThreadPoolExecutor(1)  # the next batch is read while this one trains
+    print(
+        f"training {cfg.model} on {len(train_idx)} patches ({int(train_labels.sum())} tumour) of {source.description};"
+        f" validation: {val_description}",
+        file=sys.stderr,
+    )
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = train_idx[balanced_epoch(train_labels, epoch_size, rng)]
+        batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        pending = reader.submit(source.read, batches[0])
+        losses = []
+        with tqdm(total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", file=sys.stderr) as bar:
+            for k, idx in enumerate(batches):
+                patches = pending.result()
+                if k + 1 < len(batches):
+                    pending = reader.submit(source.read, batches[k + 1])
+                x = augment_patches(torch.from_numpy(patches), generator, cfg.augment)
+                target = torch.from_numpy(source.labels[idx]).float()
+                logit = model(encoder.preprocess(x)).squeeze(1)
+                loss = F.binary_cross_entropy_with_logits(logit, target)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimiser.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        scores = patch_scores(encoder, val_patches)
+        val_auc = slide_auc(val_labels, scores)
+        val_acc = float(((scores >= 0.5) == (val_labels == 1)).mean())
+        row = {
+            "epoch": epoch,
+            "train_loss": round(float(np.mean(losses)), 5),
+            "val_auc": round(val_auc, 5),
+            "val_accuracy": round(val_acc, 5),
+            "lr": float(schedule.get_last_lr()[0]),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        history.append(row)
+        write_csv_atomic(metrics_path, list(row), [list(r.values()) for r in history])
+        improved = val_auc > best["auc"]
+        if improved:
+            best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        print(
+            f"epoch {epoch}: loss {row['train_loss']:.4f}, validation AUC {val_auc:.4f}, accuracy {val_acc:.3f}"
+            f"{' (best)' if improved else ''}, {row['seconds']:.0f} s",
+            file=sys.stderr,
+        )
+        if epoch - best["epoch"] >= cfg.patience:
+            print(f"early stop: no better validation AUC for {cfg.patience} epochs", file=sys.stderr)
+            break
+    reader.shutdown()
+    model.load_state_dict(best["state"])
+    model.eval()
+    metadata = {
+        "name": out.name.removesuffix(".safetensors"),
+        "tile_px": geometry.px,
+        "mpp": geometry.mpp,
+        "training": {
+            "kind": "patches",
+            "source": source.description,
+            "config": asdict(cfg),
+            "patches": {"tumor": int(train_labels.sum()), "normal": int((1 - train_labels).sum())},
+            "validation": val_description,
+            "best_epoch": best["epoch"],
+            "best_val_auc": round(best["auc"], 5),
+            "history": history,
+        },
+    }
+    return save_checkpoint(model, out, metadata=metadata)

@@ -1,0 +1,167 @@
+"""Patch scoring: the tumour probability of each patch from a tile encoder's classifier head, and, when the
+labels are known, the patch AUC with a bootstrap interval, accuracy and a ROC curve."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.augment import dihedral
+from ..data.patches import PatchReadError, PatchSource
+from ..models.encoder import TileEncoder, load_encoder
+from .bundle import MANIFEST, default_model_path
+
+MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
+
+
+@dataclass
+class PatchScores:
+    """Scores of a patch source, in its order; ``score`` is NaN where the patch could not be read."""
+
+    locations: list[tuple[str, int | None]]  # (file, HDF5 row or None)
+    labels: np.ndarray
+    scores: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def labelled(self) -> np.ndarray:
+        """Indices of patches with a known label and a score."""
+        return np.flatnonzero((self.labels >= 0) & np.isfinite(self.scores))
+
+
+def load_patch_classifier(model: str | Path | None = None) -> TileEncoder:
+    """The tile encoder with its tumour head: from a model folder (its ``encoder.safetensors``; None = the
+    shipped default model) or an encoder checkpoint (``.safetensors``)."""
+    path = default_model_path() if model is None else Path(model)
+    if path.is_dir():
+        if not (path / MANIFEST).exists():
+            raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
+        path = path / "encoder.safetensors"
+    encoder = load_encoder(path)
+    if encoder.model.config.num_classes != 1:
+        raise ValueError(f"{path}: the encoder has {encoder.model.config.num_classes} outputs, not one tumour logit")
+    return encoder
+
+
+def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
+    """Warn when the patches' resolution differs from the encoder's (scores are then less trustworthy)."""
+    ratio = source.geometry.mpp / encoder.mpp
+    if abs(ratio - 1) > MPP_TOLERANCE:
+        warnings.warn(
+            f"{source.description}: patches at {source.geometry.mpp:g} µm/px, but {encoder.name} was trained at "
+            f"{encoder.mpp:g} µm/px (set the patches' resolution with --patch-mpp)",
+            stacklevel=2,
+        )
+
+
+@torch.inference_mode()
+def classify(encoder: TileEncoder, patches: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Tumour probabilities of (n, px, px, 3) uint8 patches (resized to the encoder's tile size); with
+    ``tta`` the mean over the 8 dihedral transforms."""
+    x = torch.from_numpy(np.ascontiguousarray(patches))
+    views = [dihedral(x, torch.full((len(x),), k)) for k in range(8)] if tta else [x]
+    probabilities = []
+    model = encoder.model.eval()
+    for view in views:
+        batch = encoder.preprocess(view)
+        if batch.shape[-1] != encoder.tile_px:
+            batch = F.interpolate(batch, size=(encoder.tile_px,) * 2, mode="bilinear", antialias=True)
+        with torch.autocast("cuda", torch.bfloat16, enabled=batch.is_cuda):
+            probabilities.append(torch.sigmoid(model(batch).squeeze(1).float()).cpu())
+    return torch.stack(probabilities).mean(0).numpy()
+
+
+def _read_batch(source: PatchSource, indices: np.ndarray, errors: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``indices``; a patch that cannot be read is recorded in ``errors`` and left out."""
+    try:
+        return indices, source.read(indices)
+    except PatchReadError:
+        good, arrays = [], []
+        for i in indices:
+            try:
+                arrays.append(source.read_one(int(i)))
+                good.append(i)
+            except PatchReadError as exc:
+                errors[int(i)] = str(exc)
+        px = source.geometry.px
+        return np.asarray(good, np.int64), np.stack(arrays) if arrays else np.zeros((0, px, px, 3), np.uint8)
+
+
+def score_patch_source(
+    source: PatchSource,
+    encoder: TileEncoder,
+    batch_size: int = 128,
+    tta: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> PatchScores:
+    """Score every patch of ``source``; unreadable patches get NaN and an entry in ``errors``."""
+    check_geometry(source, encoder)
+    scores = np.full(len(source), np.nan, np.float32)
+    errors: dict[int, str] = {}
+    for start in range(0, len(source), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(source)))
+        good, patches = _read_batch(source, indices, errors)
+        if len(good):
+            scores[good] = classify(encoder, patches, tta)
+        if on_batch is not None:
+            on_batch(len(indices))
+    locations = [source.location(i) for i in range(len(source))]
+    return PatchScores(locations, source.labels.copy(), scores, errors)
+
+
+def patch_metrics(result: PatchScores, threshold: float = 0.5, n_boot: int = 2000) -> dict | None:
+    """AUC (95 % stratified bootstrap interval), accuracy at ``threshold`` and at Youden's threshold of the
+    labelled, scored patches; None when fewer than two classes are labelled."""
+    from ..evaluation.metrics import summarize
+
+    keep = result.labelled()
+    labels, scores = result.labels[keep], result.scores[keep]
+    if len(set(labels.tolist())) < 2:
+        return None
+    summary = summarize(labels, scores, n_boot=n_boot)
+    summary["threshold"] = threshold
+    summary["accuracy_at_threshold"] = float(np.mean((scores >= threshold) == (labels == 1)))
+    return summary
+
+
+def result_rows(result: PatchScores) -> list[dict]:
+    """One dict per patch: ``path``, ``index`` (HDF5 patches), ``label`` (when known), ``score`` or ``error``."""
+    rows = []
+    for i, (path, row_in_file) in enumerate(result.locations):
+        row: dict = {"path": path} if row_in_file is None else {"path": path, "index": row_in_file}
+        if result.labels[i] >= 0:
+            row["label"] = int(result.labels[i])
+        score = float(result.scores[i])
+        row["score"] = None if math.isnan(score) else round(score, 6)
+        if i in result.errors:
+            row["error"] = result.errors[i]
+        rows.append(row)
+    return rows
+
+
+def write_patch_outputs(result: PatchScores, out_csv: str | Path, metrics: dict | None, title: str) -> list[Path]:
+    """``out_csv`` (path, index, label, score, error), and with metrics ``NAME.metrics.json`` and
+    ``NAME.roc.png`` beside it; each written atomically. Returns the files written."""
+    from ..evaluation.roc_plot import write_roc_png
+    from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
+
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    header = ["path", "index", "label", "score", "error"]
+    rows = result_rows(result)
+    write_csv_atomic(out_csv, header, ([r.get(k, "") if r.get(k) is not None else "" for k in header] for r in rows))
+    written = [out_csv]
+    if metrics is not None:
+        stem = out_csv.with_suffix("")
+        metrics_file, roc_file = Path(f"{stem}.metrics.json"), Path(f"{stem}.roc.png")
+        write_json_atomic(metrics_file, json_safe(metrics))
+        keep = result.labelled()
+        write_roc_png({title: (result.labels[keep], result.scores[keep])}, roc_file, title="patch ROC")
+        written += [metrics_file, roc_file]
+    return written
