@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from rss import current_rss, peak_rss, reset_peak_rss, run_isolated
 
-from selective_scan import selective_scan, triton_available
+from wsi_mamba_scan import selective_scan, triton_available
 
 DIRECTIONS = 4  # VMamba's four scan routes: grouped B and C, G = 4
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selective_scan import selective_scan_ref
+from wsi_mamba_scan import selective_scan_ref
 
 OPTIONS = ("D", "z", "delta_bias", "delta_softplus", "return_last_state")
 # Option patterns rotated over the shape grid: all on, all off, and each one off in turn.

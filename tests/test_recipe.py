@@ -82,6 +82,12 @@ def test_cli_dry_run_and_errors(tmp_path: Path, capsys) -> None:
     assert "no step named missing" in capsys.readouterr().err
 
 
+def test_cli_runs_each_step_through_its_own_entry_point(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path, "steps:\n  - name: look\n    run: info missing.svs\n")
+    assert main(["run", str(path), "--workdir", str(tmp_path / "w")]) == 1  # the step's exit code
+    assert "missing.svs: no such file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["synthetic-camelyon.yaml", "camelyon16.yaml"])
 def test_shipped_recipes_parse_into_known_commands(name: str) -> None:
     from wsi_mamba.cli import build_parser
@@ -91,3 +97,12 @@ def test_shipped_recipes_parse_into_known_commands(name: str) -> None:
     for step in recipe.steps:
         args = parser.parse_args(step.argv)  # every step is a valid wsi-mamba command line
         assert args.command == step.argv[0]
+
+
+def test_variables_may_use_each_other_but_not_in_a_cycle(tmp_path: Path) -> None:
+    text = 'vars:\n  root: /d\n  train: ${root}/train\nsteps:\n  - run: train-encoder --patches ${train}\n'
+    assert load_recipe(_write(tmp_path, text)).steps[0].argv[-1] == "/d/train"
+    assert load_recipe(_write(tmp_path, text), {"root": "/e"}).steps[0].argv[-1] == "/e/train"
+    cyclic = 'vars:\n  a: ${b}\n  b: ${a}\nsteps:\n  - run: info x\n'
+    with pytest.raises(ValueError, match="cycle"):
+        load_recipe(_write(tmp_path, cyclic))

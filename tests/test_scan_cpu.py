@@ -8,8 +8,8 @@ import pytest
 import torch
 from scan_cases import OPTION_PATTERNS, OPTIONS, assert_matches_reference, make_case
 
-import selective_scan.cpu as cpu
-from selective_scan import resolve_backend, selective_scan, selective_scan_ref
+import wsi_mamba_scan.cpu as cpu
+from wsi_mamba_scan import resolve_backend, selective_scan, selective_scan_ref
 
 LENGTHS = (1, 7, 64, 1000, 4099)
 STATES = (1, 4, 16)

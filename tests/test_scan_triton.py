@@ -23,8 +23,8 @@ from scan_cases import (
     rel_err,
 )
 
-from selective_scan import selective_scan, triton_scan
-from selective_scan.triton_scan import check_triton_device
+from wsi_mamba_scan import selective_scan, triton_scan
+from wsi_mamba_scan.triton_scan import check_triton_device
 
 pytestmark = pytest.mark.triton
 
@@ -193,7 +193,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from selective_scan import triton_scan as ts
+from wsi_mamba_scan import triton_scan as ts
 
 ptrs = ("u", "delta", "B", "C", "D", "z", "bias", "y", "dout", "du", "ddelta", "dz")
 for dtype, dstate, flags in (("bf16", 16, True), ("fp16", 1, True), ("fp32", 4, False)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selective_scan import selective_scan
+from wsi_mamba_scan import interface, reference, selective_scan, selective_scan_ref
 
 
 def good(batch=2, dim=8, length=10, dstate=4, groups=2) -> dict[str, torch.Tensor]:
@@ -53,3 +53,21 @@ def test_cpu_takes_large_state() -> None:
 def test_unknown_backend() -> None:
     with pytest.raises(ValueError, match="backend is 'cuda'"):
         selective_scan(**good(), backend="cuda")
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "cpu"])
+def test_inputs_are_validated_once(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = interface.check_scan_args
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["backend"])
+        return real(*args, **kwargs)
+
+    for module in (interface, reference):
+        monkeypatch.setattr(module, "check_scan_args", counting)
+    selective_scan(**good(), backend=backend)
+    assert calls == [backend]
+    calls.clear()
+    selective_scan_ref(**good())
+    assert calls == ["reference"]

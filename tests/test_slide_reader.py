@@ -19,6 +19,7 @@ from slide_fixtures import (
 )
 
 from wsi_mamba.slide import SlideError, choose_backend, open_slide
+from wsi_mamba.slide.base import set_max_pixels
 
 
 def open_quiet(path: Path, **kwargs):
@@ -77,6 +78,22 @@ def test_outside_the_image_is_white(tmp_path: Path) -> None:
             assert region.shape == (100, 50, 3)
             assert (region[70:, :] == 255).all() and (region[:, 24:] == 255).all()
             assert (s.read_region((-20, -10), 0, (10, 5)) == 255).all()
+
+
+@pytest.mark.parametrize("backend", ["tifffile", "openslide"])
+def test_both_backends_check_regions_alike(tmp_path: Path, backend: str) -> None:
+    with open_slide(write_pyramid(tmp_path / "p.tif"), backend=backend) as s:
+        with pytest.raises(SlideError, match=r"negative region size \(-1, 5\)"):
+            s.read_region((0, 0), 0, (-1, 5))
+        with pytest.raises(SlideError, match=r"level 3 out of range"):
+            s.read_region((0, 0), 3, (5, 5))
+        assert s.read_region((0, 0), 0, (0, 5)).shape == (5, 0, 3)
+        set_max_pixels(1000)
+        try:
+            with pytest.raises(SlideError, match="a region of level 0 is 100 x 100 px"):
+                s.read_region((0, 0), 0, (100, 100))
+        finally:
+            set_max_pixels(None)
 
 
 def test_best_level_and_thumbnail(tmp_path: Path) -> None:

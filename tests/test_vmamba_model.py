@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from wsi_mamba.models import create_model
+from wsi_mamba.models import VMambaConfig, create_model
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,15 @@ def test_reference_and_cpu_backends_agree(nano: torch.nn.Module) -> None:
         nano.set_scan_backend("cpu")
         out = nano(x)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+
+def test_unknown_scan_backend_is_refused(nano: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="scan backend is 'cuda', expected one of auto, reference, cpu, triton"):
+        nano.set_scan_backend("cuda")
+    assert {m.scan_backend for m in nano.modules() if hasattr(m, "scan_backend")} == {"cpu"}
+    with pytest.raises(ValueError, match="scan_backend is 'cuda'"):
+        VMambaConfig(scan_backend="cuda")
 
 
 def test_grad_checkpointing_gives_same_gradients() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selective_scan import selective_scan_ref
 from wsi_mamba.models import SS2D, cross_merge, cross_scan
+from wsi_mamba_scan import selective_scan_ref
 
 
 def test_cross_scan_routes() -> None:

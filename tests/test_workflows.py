@@ -242,12 +242,12 @@ def test_extract_resumes_after_a_crash_mid_slide(data: WorkflowData, tmp_path: P
 
     def crashing_encode(tiles: np.ndarray) -> np.ndarray:
         calls.append(len(tiles))
-        if len(calls) > 1:
-            raise RuntimeError("simulated crash")
+        if len(calls) > 1:  # an interruption (a per-slide Exception would be recorded and the batch go on)
+            raise KeyboardInterrupt("simulated crash")
         return real_encode(tiles)
 
     encoder.encode = crashing_encode  # type: ignore[method-assign]
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
         extract_slides(slides, out, encoder, TILE_OPTIONS, progress=False)
     n_tiles = len(read_store(store_path(data.features, slides[1].stem)))
     assert calls == [TILE_OPTIONS.batch_size, min(TILE_OPTIONS.batch_size, n_tiles - TILE_OPTIONS.batch_size)]
@@ -274,11 +274,11 @@ def test_extract_redoes_partial_and_damaged_stores(
     def write_then_crash(path: Path, store_data) -> Path:
         write_store(path, store_data)
         path.rename(path.with_name(path.name + PARTIAL))
-        raise RuntimeError("simulated crash before the rename")
+        raise KeyboardInterrupt("simulated crash before the rename")  # not a per-slide failure: it stops the run
 
     with monkeypatch.context() as patch:
         patch.setattr(extract_module, "write_store", write_then_crash)
-        with pytest.raises(RuntimeError, match="simulated crash"):
+        with pytest.raises(KeyboardInterrupt, match="simulated crash"):
             extract_slides(slides[:1], out, encoder, TILE_OPTIONS, progress=False)
     assert is_complete(out / f"{names[0]}.zarr{PARTIAL}") and not (out / f"{names[0]}.zarr").exists()
     # 1: a bogus partial folder

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"wsi-mamba {__version__}")
+    parser.set_defaults(dispatch=main)  # `wsi-mamba run` runs each recipe step through it (commands never import cli)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)

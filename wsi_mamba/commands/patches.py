@@ -34,11 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _model_threshold(model: str | None) -> float:
-    from pathlib import Path
 
-    from ..workflows.bundle import MANIFEST, default_model_path
+    from ..workflows.bundle import MANIFEST, model_path
 
-    folder = default_model_path() if model is None else Path(model)
+    folder = model_path(model)
     try:
         value = float(json.loads((folder / MANIFEST).read_text()).get("patch_threshold", 0.5))
     except (OSError, ValueError, TypeError, AttributeError):

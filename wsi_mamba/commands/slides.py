@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from ..slide import AnnotationError, SlideError, open_slide
+from ..slide.base import set_max_pixels
 
 EXPECTED_ERRORS = (SlideError, AnnotationError)
 
@@ -44,6 +45,19 @@ def _parser(
     )
 
 
+MAX_SYNTH_SIZE = 200_000  # the largest real slides are about this wide
+
+
+def max_pixels_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: the decoding limit (levels, regions, file tiles, associated images)."""
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        help="decode no image bigger than this many pixels (default 500000000): a guard against files whose "
+        "tags claim absurd sizes",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the slide subcommands to the CLI."""
     p = _parser(
@@ -55,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("slide", help="slide file (or DICOM folder)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", choices=("tifffile", "openslide"), help="force a backend")
+    max_pixels_argument(p)
     p.set_defaults(func=cmd_info)
 
     p = _parser(
@@ -71,18 +86,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="preview PNG to write")
     p.add_argument("--max-size", type=_positive_int, default=1024, help="preview's longer side (px)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    max_pixels_argument(p)
     p.set_defaults(func=cmd_tiles)
 
     p = _parser(
         subparsers,
         "synth",
-        "Write a synthetic CAMELYON16-style cohort (pyramidal TIFFs, XML, CSV).",
-        "wsi-mamba synth data/synth --slides 6 --seed 0 --size 8192",
+        "Write a synthetic CAMELYON16-style cohort (pyramidal TIFFs, XML, CSV): procedural tissue, or real "
+        "tissue mosaicked from labelled patches with --from-patches.",
+        "wsi-mamba synth data/synth --slides 6 --seed 0 --size 8192\n"
+        "  wsi-mamba synth data/pcam-cohort --from-patches ../shared/data/pcam/valid --slides 40 --test-fraction 1",
     )
     p.add_argument("out", help="output folder")
     p.add_argument("--slides", type=_positive_int, default=6, help="number of slides (a third for testing/)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    p.add_argument("--size", type=_positive_int, default=8192, help="level-0 width in pixels (default 8192)")
+    p.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="level-0 width in pixels (default 8192); with --from-patches the longest side's upper bound "
+        "(default 60 patches, 5760 px at 96 px)",
+    )
     p.add_argument("--flavour", choices=("mixed", "svs", "tiff"), default="mixed", help="file flavour")
     p.add_argument(
         "--test-fraction",
@@ -90,17 +114,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="fraction of the slides for testing/ (default a third; 1 = a held-out test cohort)",
     )
+    p.add_argument(
+        "--from-patches",
+        metavar="DIR",
+        help="real tissue: build every slide from the labelled patches in DIR (0/ and 1/, or normal/ and tumor/)",
+    )
     p.set_defaults(func=cmd_synth)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    set_max_pixels(args.max_pixels)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with open_slide(args.slide, backend=args.backend) as slide:
             info = slide.describe()
     info["warnings"] = [str(w.message) for w in caught]
     if args.json:
-        print(json.dumps(info, indent=2))
+        from ..outputs.atomic import json_safe
+
+        print(json.dumps(json_safe(info), indent=2, allow_nan=False))  # strict JSON: no Infinity / NaN
         return 0
     mpp = f"{info['mpp']:.4g} µm/px" if info["mpp"] else "unknown"
     print(f"{info['path']}\n  backend: {info['backend']}   vendor: {info['vendor']}")
@@ -123,6 +155,7 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     from ..slide.tiling import make_tile_grid
     from ..slide.tissue import detect_tissue
 
+    set_max_pixels(args.max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing mpp is reported by make_tile_grid as an error
         slide = open_slide(args.slide, mpp=args.slide_mpp)
@@ -160,8 +193,14 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.size is not None and args.size > MAX_SYNTH_SIZE:
+        raise ValueError(f"--size {args.size} is larger than any real slide: at most {MAX_SYNTH_SIZE} px")
+
+    if args.from_patches:
+        return _synth_from_patches(args)
     from ..slide.synthetic import plan_cohort, tile_count, write_cohort
 
+    args.size = args.size or 8192
     plan = plan_cohort(args.out, args.slides, args.seed, args.size, args.flavour, args.test_fraction)
     total = sum(tile_count(p.spec.width, p.spec.height, p.flavour) for p in plan)
     with tqdm(total=total, unit="tile", desc=f"{args.slides} slides", file=sys.stderr) as bar:
@@ -169,4 +208,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
             args.out, args.slides, args.seed, args.size, args.flavour, tick=bar.update, test_fraction=args.test_fraction
         )
     print(f"wrote {len(plan)} slides to {args.out}")
+    return 0
+
+
+def _synth_from_patches(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data.patches import open_patches
+    from ..synth.from_patches import plan_patch_cohort, write_patch_cohort
+
+    source = open_patches(args.from_patches)
+    max_cells = args.size // source.geometry.px if args.size else 60
+    options = dict(flavour=args.flavour, test_fraction=args.test_fraction, max_cells=max_cells)
+    plan = plan_patch_cohort(args.out, source, args.slides, args.seed, **options)  # input errors before the bar
+    with tqdm(total=args.slides, unit="slide", desc=f"{args.slides} slides", file=sys.stderr) as bar:
+        write_patch_cohort(args.out, source, args.slides, args.seed, **options, tick=bar.update, plan=plan)
+    print(f"wrote {len(plan)} slides of real tissue from {args.from_patches} to {args.out}")
     return 0

@@ -7,9 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..slide.base import set_max_pixels
 from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig
 from ._args import UsageError
-from .slides import _parser, _positive_float, _positive_int
+from .slides import _parser, _positive_float, _positive_int, max_pixels_argument
 
 # Workflow errors are ValueErrors whose message names the file and the problem.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
@@ -20,6 +21,7 @@ def _tile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, default=4, help="tile-reading threads (default 4)")
     p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
     p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px for slides without one")
+    max_pixels_argument(p)
     p.add_argument(
         "--threads", type=_positive_int, help="torch CPU threads (default: torch's; 1 is often faster on 2 cores)"
     )
@@ -32,6 +34,7 @@ def _tile_options(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_max_pixels(args.max_pixels)
     return TileOptions(args.min_tissue, args.batch_size, args.workers, args.slide_mpp)
 
 
@@ -321,10 +324,5 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
         overrides[name] = value
     recipe = load_recipe(args.recipe, overrides, args.workdir)
-
-    def run_command(argv) -> int:
-        from ..cli import main  # the same entry point as the console script, in this process
-
-        return main(list(argv))
-
-    return run_recipe(recipe, run_command, args.only, args.dry_run, log=lambda line: print(line, flush=True))
+    # args.dispatch is the CLI's entry point (set by cli.build_parser): each step runs in this process
+    return run_recipe(recipe, args.dispatch, args.only, args.dry_run, log=lambda line: print(line, flush=True))

@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from .state import load_into_new_model
+from .validation import check_float, check_int
 from .vmamba import VSSM, VMambaConfig
 
 FORMAT = "wsi-mamba/vmamba"
@@ -53,13 +54,29 @@ def read_checkpoint_metadata(path: str | Path) -> dict:
         raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} config")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("metadata", {}), dict):
+        raise ValueError(f"{meta_file}: 'config' and 'metadata' must be JSON objects")
+    extra = meta.get("metadata", {})
+    try:  # the tile geometry an encoder's metadata may set
+        if "tile_px" in extra:
+            check_int("metadata", "tile_px", extra["tile_px"], 8, 8192)
+        if "mpp" in extra:
+            check_float("metadata", "mpp", extra["mpp"], 0.05, 100)
+        if "name" in extra and not isinstance(extra["name"], str):
+            raise ValueError(f"metadata: name must be a string, got {extra['name']!r}")
+    except ValueError as exc:
+        raise ValueError(f"{meta_file}: {exc}") from None
     return meta
 
 
 def load_checkpoint(path: str | Path, **overrides) -> VSSM:
-    """Rebuild the model from the JSON beside ``path`` (fields overridable, e.g. ``scan_backend``) and load it."""
+    """Rebuild the model from the JSON beside ``path`` (fields overridable, e.g. ``scan_backend``) and load it;
+    the config is checked (types, bounds) before anything is built."""
     meta = read_checkpoint_metadata(path)
-    config = VMambaConfig.from_dict({**meta["config"], **overrides})
+    try:
+        config = VMambaConfig.from_dict({**meta["config"], **overrides})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{config_path(path)}: {exc}") from None
     return load_into_new_model(lambda: VSSM(config), read_safetensors(path))
 
 

@@ -35,16 +35,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from selective_scan import selective_scan
+from wsi_mamba_scan import SCAN_BACKENDS, selective_scan
 
 from .layers import LayerNorm2d, Linear2d, Mlp
 from .ss2d import K_ROUTES, SS2D, cross_merge, cross_scan
 from .state import load_into_new_model
+from .validation import check_float, check_int
 from .vmamba import _init_weights
 
 FORMAT = "wsi-mamba/slide-model"
 FORMAT_VERSION = 1
-SCAN_BACKENDS = ("auto", "reference", "cpu", "triton")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -65,15 +65,18 @@ class SlideModelConfig:
     scan_backend: str = "auto"  # passed to selective_scan
 
     def __post_init__(self) -> None:
-        for name in ("in_dim", "dim", "d_state", "attn_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SlideModelConfig: {name} must be >= 1, got {getattr(self, name)}")
-        if int(self.depth) < 0:
-            raise ValueError(f"SlideModelConfig: depth must be >= 0, got {self.depth}")
-        if self.ssm_ratio <= 0 or self.mlp_ratio <= 0 or int(self.ssm_ratio * self.dim) < 1:
+        """Types and bounds of every field (a config read from a file is checked before anything is built)."""
+        owner = "SlideModelConfig"
+        bounds = {"in_dim": (1, 65_536), "dim": (1, 4096), "depth": (0, 64), "d_state": (1, 256), "attn_dim": (1, 4096)}
+        for name, (low, high) in bounds.items():
+            object.__setattr__(self, name, check_int(owner, name, getattr(self, name), low, high))
+        for name in ("ssm_ratio", "mlp_ratio"):
+            object.__setattr__(self, name, check_float(owner, name, getattr(self, name), 0, 16, low_open=True))
+        if int(self.ssm_ratio * self.dim) < 1:
             raise ValueError("SlideModelConfig: ssm_ratio and mlp_ratio must be > 0 (and d_inner >= 1)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SlideModelConfig: dropout must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "dropout", check_float(owner, "dropout", self.dropout, 0, 1, high_open=True))
+        if not isinstance(self.scan_backend, str):
+            raise ValueError(f"SlideModelConfig: scan_backend must be a string, got {self.scan_backend!r}")
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(
                 f"SlideModelConfig: scan_backend is {self.scan_backend!r}, expected one of {', '.join(SCAN_BACKENDS)}"

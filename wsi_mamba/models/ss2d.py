@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from selective_scan import selective_scan
+from wsi_mamba_scan import selective_scan
 
 from .layers import LayerNorm2d, Linear2d
 

@@ -14,10 +14,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from wsi_mamba_scan import SCAN_BACKENDS
+
 from .layers import DropPath, LayerNorm2d, Mlp
 from .registry import register_model
 from .ss2d import SS2D
+from .validation import check_bool, check_float, check_int
 
+MAX_STAGES = 8
+MAX_STAGE_DEPTH = 128  # blocks per stage (official models have at most 27)
+MAX_DIM = 16_384  # channel width of any stage
 
 @dataclass(frozen=True)
 class VMambaConfig:
@@ -38,11 +44,35 @@ class VMambaConfig:
     grad_checkpointing: bool = False  # use_checkpoint
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        if len(self.depths) < 1 or min(self.depths) < 0:
-            raise ValueError(f"depths must be non-negative stage depths, got {self.depths}")
-        if self.ssm_ratio <= 0 or self.mlp_ratio <= 0:
-            raise ValueError("ssm_ratio and mlp_ratio must be > 0 (blocks without SS2D or MLP are not supported)")
+        """Types and bounds of every field (a config read from a file is checked before anything is built)."""
+        owner = "VMamba config"
+        if not isinstance(self.depths, (list, tuple)) or not 1 <= len(self.depths) <= MAX_STAGES:
+            raise ValueError(f"{owner}: depths must be a list of 1-{MAX_STAGES} stage depths, got {self.depths!r}")
+        depths = tuple(check_int(owner, "depths", d, 0, MAX_STAGE_DEPTH) for d in self.depths)
+        object.__setattr__(self, "depths", depths)
+        ints = {"embed_dim": MAX_DIM, "in_chans": 64, "num_classes": 100_000, "d_state": 256, "d_conv": 31}
+        for name, high in ints.items():
+            low = 0 if name == "num_classes" else 1
+            object.__setattr__(self, name, check_int(owner, name, getattr(self, name), low, high))
+        if self.embed_dim * 2 ** (len(depths) - 1) > MAX_DIM:
+            raise ValueError(
+                f"{owner}: the last stage would be {self.embed_dim * 2 ** (len(depths) - 1)} wide "
+                f"(embed_dim doubled per stage), at most {MAX_DIM}"
+            )
+        # ratios must be > 0: blocks without SS2D or MLP are not supported
+        for name in ("ssm_ratio", "mlp_ratio"):
+            object.__setattr__(self, name, check_float(owner, name, getattr(self, name), 0, 16, low_open=True))
+        if self.dt_rank != "auto":
+            object.__setattr__(self, "dt_rank", check_int(owner, "dt_rank", self.dt_rank, 1, MAX_DIM))
+        rate = check_float(owner, "drop_path_rate", self.drop_path_rate, 0, 1, high_open=True)
+        object.__setattr__(self, "drop_path_rate", rate)
+        check_bool(owner, "conv_bias", self.conv_bias)
+        if not isinstance(self.scan_backend, str):
+            raise ValueError(f"{owner}: scan_backend must be a string, got {self.scan_backend!r}")
+        if self.scan_backend not in SCAN_BACKENDS:
+            names = ", ".join(SCAN_BACKENDS)
+            raise ValueError(f"{owner}: scan_backend is {self.scan_backend!r}, expected one of {names}")
+        check_bool(owner, "grad_checkpointing", self.grad_checkpointing)
 
     @property
     def dims(self) -> list[int]:
@@ -55,6 +85,8 @@ class VMambaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VMambaConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"VMamba config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -150,6 +182,8 @@ class VSSM(nn.Module):
 
     def set_scan_backend(self, backend: str) -> None:
         """Select the selective-scan backend of every SS2D ("auto", "reference", "cpu", "triton")."""
+        if backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan backend is {backend!r}, expected one of {', '.join(SCAN_BACKENDS)}")
         for module in self.modules():
             if isinstance(module, SS2D):
                 module.scan_backend = backend

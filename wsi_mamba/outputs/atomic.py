@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
@@ -27,8 +28,10 @@ import numpy as np
 
 __all__ = [
     "TEMP_MARKER",
+    "atomic_folder",
     "atomic_path",
     "json_safe",
+    "replace_folder",
     "write_csv_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -75,6 +78,52 @@ def atomic_path(path: str | PathLike[str], fsync: bool = True) -> Iterator[Path]
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+def replace_folder(new: str | PathLike[str], target: str | PathLike[str]) -> None:
+    """Put the complete folder ``new`` at ``target``, keeping a previous ``target`` until ``new`` is in place.
+
+    The previous folder is renamed aside (``<name>.old.tmp-<pid>``), ``new`` renamed onto ``target``, and only
+    then is the previous one deleted; if the second rename fails the previous folder is put back. Both folders
+    must be siblings (same file system)."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(f"{target.name}.old{TEMP_MARKER}{os.getpid()}")
+    moved = False
+    if target.exists() or target.is_symlink():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(target, old)
+        moved = True
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if moved and not target.exists():
+            os.rename(old, target)
+        raise
+    if moved:
+        if old.is_symlink() or not old.is_dir():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` (``<name>.tmp-<pid>``); when the block exits cleanly it
+    replaces ``path`` by :func:`replace_folder` (the previous folder stays until the new one is in place). On
+    an exception the temporary folder is removed and ``path`` is left as it was. Hold the output's lock
+    (:func:`wsi_mamba.outputs.lock.output_lock`) around it when other processes may write the same path."""
+    target = Path(path)
+    tmp = target.with_name(f"{target.name}{TEMP_MARKER}{os.getpid()}")
+    if tmp.exists():  # a left-over of an earlier process with our PID
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from abc import ABC, abstractmethod
 from functools import cached_property
@@ -18,6 +19,53 @@ from .errors import SlideError
 # Levels bigger than this many pixels are downscaled band by band rather than read whole.
 _MAX_WHOLE_LEVEL_PX = 64 * 1024 * 1024
 _BAND_ROWS = 2048
+_MAX_BAND_PX = 16 * 1024 * 1024
+
+
+DEFAULT_MAX_PIXELS = 500_000_000
+"""Default decoding limit: no level, region, tile or associated image bigger than this is decoded."""
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def get_max_pixels() -> int:
+    """The decoding limit in pixels (process-wide; the CLI's ``--max-pixels`` sets it)."""
+    return _max_pixels
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Set the decoding limit (None restores :data:`DEFAULT_MAX_PIXELS`)."""
+    global _max_pixels
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise ValueError(f"max_pixels must be a positive integer, got {limit!r}")
+    _max_pixels = DEFAULT_MAX_PIXELS if limit is None else int(limit)
+
+
+def check_pixels(path: Path, what: str, width: int, height: int) -> None:
+    """``SlideError`` (one line) when decoding ``what`` of ``width`` x ``height`` px would exceed the limit:
+    checked before any pixel is decoded, so a file whose tags claim 10^6 x 10^6 px costs nothing."""
+    limit = get_max_pixels()
+    pixels = int(width) * int(height)
+    if pixels > limit:
+        raise SlideError(
+            path,
+            f"{what} is {int(width)} x {int(height)} px ({_amount(pixels)}), over the decoding limit of "
+            f"{_amount(limit)} (raise it with --max-pixels if the file is genuine)",
+        )
+
+
+def _amount(pixels: int) -> str:
+    return f"{pixels / 1e6:,.0f} megapixels" if pixels >= 10_000_000 else f"{pixels:,} px"
+
+
+MPP_RANGE = (0.05, 20.0)
+"""Plausible microns per pixel for microscopy (a 100x objective to a low-power overview)."""
+
+
+def objective_power_ok(value: float | None) -> bool | None:
+    """None when unknown, else whether ``value`` is a plausible objective magnification (finite, 0 < x ≤ 1000)."""
+    if value is None:
+        return None
+    return isinstance(value, numbers.Real) and math.isfinite(value) and 0 < value <= 1000
 
 
 def level_downsamples(dimensions: list[tuple[int, int]]) -> tuple[float, ...]:
@@ -60,6 +108,7 @@ class _LevelArray:
             return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)[
                 (slice(None), slice(None), *key[2:])
             ]
+        check_pixels(self._slide.path, f"a chunk of level {self._level}", x1 - x0, y1 - y0)
         tile = self._slide._read_level(self._level, x0, y0, x1 - x0, y1 - y0)
         return tile[(slice(None), slice(None), *key[2:])]
 
@@ -79,14 +128,33 @@ class Slide(ABC):
     native_mpp: float | None = None
 
     def _init_mpp(self, mpp: float | None) -> None:
-        """Apply a caller's mpp override; warn when the slide has none and none was given."""
+        """Apply a caller's mpp override; warn when the slide has none and none was given. A resolution in the
+        file outside :data:`MPP_RANGE` (inf, 1e-300, a 72-dpi screen default) is not a microscope's: it is
+        treated as missing, with one warning."""
+        low, high = MPP_RANGE
+        native = self.native_mpp
+        implausible = native is not None and not (math.isfinite(native) and low <= native <= high)
+        if implausible:
+            self.native_mpp = None
+            if mpp is None:
+                warnings.warn(
+                    f"{self.path}: the file's resolution ({native:g} µm/px) is not a microscope's (expected "
+                    f"{low:g}-{high:g} µm/px): ignored; pass mpp= (--slide-mpp) to set it",
+                    stacklevel=3,
+                )
+        if objective_power_ok(self.objective_power) is False:
+            self.objective_power = None
         if mpp is not None:
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise SlideError(self.path, f"mpp must be a positive number, got {mpp!r}")
+            if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not (
+                math.isfinite(mpp) and low <= mpp <= high
+            ):
+                raise SlideError(
+                    self.path, f"mpp must be a positive number within {low:g}-{high:g} µm/px, got {mpp!r}"
+                )
             self.mpp: float | None = float(mpp)
         else:
             self.mpp = self.native_mpp
-            if self.mpp is None:
+            if self.mpp is None and not implausible:
                 warnings.warn(
                     f"{self.path}: no microns-per-pixel in the file; pass mpp= to set it",
                     stacklevel=3,
@@ -141,15 +209,22 @@ class Slide(ABC):
         if not 0 <= level < self.level_count:
             raise SlideError(self.path, f"level {level} out of range (0..{self.level_count - 1})")
 
+    def _check_region(self, level: int, size: tuple[int, int]) -> tuple[int, int]:
+        """``size`` as ints (w, h) after the checks every backend's ``read_region`` makes: level in range, no
+        negative size, under the decoding limit (``SlideError`` otherwise)."""
+        self._check_level(level)
+        w, h = int(size[0]), int(size[1])
+        if w < 0 or h < 0:
+            raise SlideError(self.path, f"negative region size {size}")
+        check_pixels(self.path, f"a region of level {level}", w, h)
+        return w, h
+
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """Pixels of ``size`` (w, h) at ``level`` from level-0 ``location`` (x, y): (h, w, 3) uint8 RGB.
 
         Outside the image is white, as OpenSlide's transparent pixels composited on white.
         """
-        self._check_level(level)
-        w, h = int(size[0]), int(size[1])
-        if w < 0 or h < 0:
-            raise SlideError(self.path, f"negative region size {size}")
+        w, h = self._check_region(level, size)
         ds = self.level_downsamples[level]
         lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
         return self._read_level_padded(level, lx, ly, w, h)
@@ -179,14 +254,17 @@ class Slide(ABC):
         self._check_level(level)
         lw, lh = self.level_dimensions[level]
         out_w, out_h = size or (lw, lh)
+        check_pixels(self.path, f"level {level}", lw, lh)
+        check_pixels(self.path, f"the resized level {level}", out_w, out_h)
         if lw * lh <= _MAX_WHOLE_LEVEL_PX:
             pixels = self._read_level(level, 0, 0, lw, lh)
             return resize_rgb(pixels, (out_w, out_h))
         out = np.empty((out_h, out_w, 3), np.uint8)
-        for y in range(0, lh, _BAND_ROWS):
-            oy0, oy1 = round(y * out_h / lh), round(min(y + _BAND_ROWS, lh) * out_h / lh)
+        rows = max(1, min(_BAND_ROWS, _MAX_BAND_PX // max(lw, 1)))  # bands of bounded size, whatever the width
+        for y in range(0, lh, rows):
+            oy0, oy1 = round(y * out_h / lh), round(min(y + rows, lh) * out_h / lh)
             if oy1 > oy0:
-                band = self._read_level(level, 0, y, lw, min(_BAND_ROWS, lh - y))
+                band = self._read_level(level, 0, y, lw, min(rows, lh - y))
                 out[oy0:oy1] = resize_rgb(band, (out_w, oy1 - oy0))
         return out
 

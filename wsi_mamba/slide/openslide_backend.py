@@ -9,7 +9,7 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from .base import Slide
+from .base import Slide, check_pixels
 from .errors import SlideError
 
 _CHUNK = 512  # OpenSlide hides its tiles for some formats: chunk dask arrays on this size
@@ -78,10 +78,11 @@ class OpenSlideSlide(Slide):
             ) from exc
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        self._check_level(level)
-        if size[0] <= 0 or size[1] <= 0:
-            return np.full((max(size[1], 0), max(size[0], 0), 3), 255, np.uint8)
-        return self._openslide_read((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
+        """As :meth:`Slide.read_region` (same checks), read by OpenSlide from the level-0 location."""
+        w, h = self._check_region(level, size)
+        if w == 0 or h == 0:
+            return np.full((h, w, 3), 255, np.uint8)
+        return self._openslide_read((int(location[0]), int(location[1])), level, (w, h))
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -97,7 +98,15 @@ class OpenSlideSlide(Slide):
 
     def _associated_images(self) -> dict[str, np.ndarray]:
         images = {}
+        props = self._osr.properties
         for name in list(self._osr.associated_images):
+            width = _float_or_none(props.get(f"openslide.associated.{name}.width")) or 0
+            height = _float_or_none(props.get(f"openslide.associated.{name}.height")) or 0
+            try:
+                check_pixels(self.path, f"associated image {name!r}", int(width), int(height))
+            except SlideError as exc:
+                warnings.warn(f"{exc}: not decoded", stacklevel=2)
+                continue
             try:
                 images[name] = rgba_to_rgb(self._osr.associated_images[name])
             except openslide.OpenSlideError as exc:

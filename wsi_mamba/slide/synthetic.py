@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tifffile
@@ -26,19 +27,36 @@ __all__ = [
     "MPP",
     "CohortSlide",
     "Lesion",
+    "Renderer",
+    "SlideLike",
     "SlideSpec",
     "lesion_annotations",
     "make_spec",
     "plan_cohort",
     "render",
+    "slide_layout",
     "tile_count",
     "write_cohort",
     "write_slide",
 ]
 
-APP_MAG = 40
+APP_MAG = 40  # at MPP; other resolutions get the objective power in proportion (0.972 µm/px: 10x)
 TILE = 256
 FLAVOURS = ("svs", "tiff")
+COMPRESSIONS = {"jpeg": "jpeg", "lossless": "zlib"}
+
+
+class SlideLike(Protocol):
+    """What the writer needs of a slide description (``SlideSpec`` or another generator's)."""
+
+    width: int
+    height: int
+    mpp: float
+    seed: int
+
+
+Renderer = Callable[[SlideLike, float, float, int, int, float], np.ndarray]
+"""``render(spec, x0, y0, width, height, downsample)`` → (height, width, 3) uint8, as :func:`render`."""
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -54,7 +72,7 @@ def _levels(width: int, height: int, factor: int) -> list[tuple[int, int, int]]:
 
 
 def _tiles(
-    spec: SlideSpec, width: int, height: int, ds: int, tick: Callable[[], None] | None
+    spec: SlideLike, width: int, height: int, ds: int, tick: Callable[[], None] | None, renderer: Renderer = render
 ) -> Iterator[np.ndarray]:
     """Tiles of one level in row-major order, rendered on a few threads with a bounded look-ahead."""
     origins = ((tx * ds, ty * ds) for ty in range(0, height, TILE) for tx in range(0, width, TILE))
@@ -62,7 +80,7 @@ def _tiles(
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[Future[np.ndarray]] = deque()
         for x, y in origins:
-            pending.append(pool.submit(render, spec, x, y, TILE, TILE, ds))
+            pending.append(pool.submit(renderer, spec, x, y, TILE, TILE, ds))
             if len(pending) >= 2 * workers:
                 yield _done(pending.popleft(), tick)
         while pending:
@@ -86,24 +104,30 @@ def tile_count(width: int, height: int, flavour: str) -> int:
 
 
 def write_slide(
-    spec: SlideSpec,
+    spec: SlideLike,
     path: str | os.PathLike[str],
     flavour: str = "tiff",
     quality: int = 85,
     tick: Callable[[], None] | None = None,
+    renderer: Renderer = render,
+    compression: str = "jpeg",
 ) -> Path:
     """Write ``spec`` as a JPEG-tiled pyramidal TIFF: flavour "svs" (Aperio layout and description, 4×
-    levels, thumbnail/label/macro) or "tiff" (generic, resolution tags, 2× levels). Atomic (temp + rename)."""
+    levels, thumbnail/label/macro) or "tiff" (generic, resolution tags, 2× levels). Atomic (temp + rename).
+    ``renderer`` gives the pixels (default: the procedural :func:`render`); ``compression="lossless"``
+    writes deflate tiles instead of JPEG."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}, got {compression!r}")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     w0, h0 = spec.width, spec.height
     levels = _levels(w0, h0, 4 if flavour == "svs" else 2)
     common = dict(
         photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": quality},
+        compression=COMPRESSIONS[compression],
+        compressionargs={"level": quality if compression == "jpeg" else 6},
         metadata=None,
     )
     tiled = dict(common, tile=(TILE, TILE), dtype=np.uint8)
@@ -118,7 +142,7 @@ def write_slide(
                 if flavour == "svs":
                     description = (
                         f"{header}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
-                        f"|AppMag = {APP_MAG}|MPP = {spec.mpp}"
+                        f"|AppMag = {max(1, round(APP_MAG * MPP / spec.mpp))}|MPP = {spec.mpp}"
                         if index == 0
                         else f"{header}\r\n{w0}x{h0} -> {w}x{h}"
                     )
@@ -126,16 +150,16 @@ def write_slide(
                 else:
                     description, subfiletype = None, (1 if index else 0)
                 tw.write(
-                    _tiles(spec, w, h, ds, tick),
+                    _tiles(spec, w, h, ds, tick, renderer),
                     shape=(h, w, 3),
                     description=description,
                     subfiletype=subfiletype,
                     **tiled,
                 )
                 if flavour == "svs" and index == 0:
-                    _write_thumbnail(tw, spec, header, common)
+                    _write_thumbnail(tw, spec, header, common, renderer)
             if flavour == "svs":
-                _write_label_macro(tw, spec, header, common)
+                _write_label_macro(tw, spec, header, common, renderer)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -143,18 +167,22 @@ def write_slide(
     return path
 
 
-def _write_thumbnail(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, common: dict) -> None:
+def _write_thumbnail(
+    tw: tifffile.TiffWriter, spec: SlideLike, header: str, common: dict, renderer: Renderer = render
+) -> None:
     ds = max(spec.width, spec.height) / 768
     w, h = max(1, round(spec.width / ds)), max(1, round(spec.height / ds))
     tw.write(
-        render(spec, 0, 0, w, h, ds),
+        renderer(spec, 0, 0, w, h, ds),
         description=f"{header}\r\n{spec.width}x{spec.height} -> {w}x{h}",
         rowsperstrip=16,
         **common,
     )
 
 
-def _write_label_macro(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, common: dict) -> None:
+def _write_label_macro(
+    tw: tifffile.TiffWriter, spec: SlideLike, header: str, common: dict, renderer: Renderer = render
+) -> None:
     rng = np.random.default_rng(spec.seed)
     label = np.full((300, 300, 3), 250, np.uint8)
     label[40:260, 40:260] = np.where(rng.random((220, 1, 1)) < 0.5, 20, 250).astype(np.uint8)  # a barcode
@@ -170,7 +198,7 @@ def _write_label_macro(tw: tifffile.TiffWriter, spec: SlideSpec, header: str, co
     ds = max(spec.width, spec.height) / 600
     macro = np.full((400, 1000, 3), 240, np.uint8)
     w, h = min(600, round(spec.width / ds)), min(400, round(spec.height / ds))
-    macro[:h, 380 : 380 + w] = render(spec, 0, 0, w, h, ds)
+    macro[:h, 380 : 380 + w] = renderer(spec, 0, 0, w, h, ds)
     macro[:, :300] = 230
     tw.write(macro, description=f"{header}\r\nmacro 1000x400", subfiletype=9, rowsperstrip=16, **common)
 
@@ -195,6 +223,32 @@ class CohortSlide:
     flavour: str
 
 
+def slide_layout(
+    out: str | os.PathLike[str], slides: int, test_fraction: float | None = None
+) -> list[tuple[str, str, Path, bool]]:
+    """CAMELYON16 layout as (split, name, path, tumor) per slide: the last ``test_fraction`` of the slides
+    (default a third, rounded down) go to testing/images, the rest to training/normal and training/tumor;
+    normal and tumor alternate (odd indices are tumor)."""
+    out = Path(out)
+    if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    n_test = slides // 3 if test_fraction is None else round(slides * test_fraction)
+    layout = []
+    counters = {"normal": 0, "tumor": 0, "test": 0}
+    for index in range(slides):
+        tumor = index % 2 == 1
+        if index >= slides - n_test:
+            counters["test"] += 1
+            name = f"test_{counters['test']:03d}"
+            layout.append(("testing", name, out / "testing" / "images" / f"{name}.tif", tumor))
+        else:
+            group = "tumor" if tumor else "normal"
+            counters[group] += 1
+            name = f"{group}_{counters[group]:03d}"
+            layout.append(("training", name, out / "training" / group / f"{name}.tif", tumor))
+    return layout
+
+
 def plan_cohort(
     out: str | os.PathLike[str],
     slides: int,
@@ -205,27 +259,13 @@ def plan_cohort(
 ) -> list[CohortSlide]:
     """CAMELYON16 layout: the last ``test_fraction`` of the slides (default a third, rounded down) go to
     testing/, the rest to training/normal and training/tumor; normal and tumor alternate."""
-    out = Path(out)
-    if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
-    n_test = slides // 3 if test_fraction is None else round(slides * test_fraction)
     plan = []
-    counters = {"normal": 0, "tumor": 0, "test": 0}
     rng = np.random.default_rng(seed)
-    for index in range(slides):
-        tumor = index % 2 == 1
+    for index, (split, name, path, tumor) in enumerate(slide_layout(out, slides, test_fraction)):
         height = int(size * rng.uniform(0.7, 1.0)) // 16 * 16
         spec = make_spec(seed, index, size, max(height, 16), tumor)
         kind = flavour if flavour != "mixed" else FLAVOURS[index % 2 if index < 2 else int(rng.integers(2))]
-        if index >= slides - n_test:
-            counters["test"] += 1
-            name = f"test_{counters['test']:03d}"
-            plan.append(CohortSlide("testing", name, out / "testing" / "images" / f"{name}.tif", spec, kind))
-        else:
-            group = "tumor" if tumor else "normal"
-            counters[group] += 1
-            name = f"{group}_{counters[group]:03d}"
-            plan.append(CohortSlide("training", name, out / "training" / group / f"{name}.tif", spec, kind))
+        plan.append(CohortSlide(split, name, path, spec, kind))
     return plan
 
 

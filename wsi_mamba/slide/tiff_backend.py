@@ -13,7 +13,7 @@ import tifffile
 import zarr
 from tifffile import RESUNIT, TIFF
 
-from .base import Slide, to_rgb_uint8
+from .base import Slide, check_pixels, to_rgb_uint8
 from .errors import SlideError
 from .tile_cache import TileCache
 
@@ -205,9 +205,16 @@ class TiffSlide(Slide):
         th, tw = self._tiles[level]
         ty0, ty1 = y // th, (y + h - 1) // th
         tx0, tx1 = x // tw, (x + w - 1) // tw
+        lw, lh = self.level_dimensions[level]
+        # what decoding costs: whole file tiles (or strips), however small the region asked for
+        check_pixels(
+            self.path,
+            f"decoding ({w}, {h}) px at ({x}, {y}) of level {level} (file tiles of {tw} x {th} px)",
+            (tx1 - tx0 + 1) * min(tw, lw),
+            (ty1 - ty0 + 1) * min(th, lh),
+        )
         if (ty1 - ty0 + 1) * (tx1 - tx0 + 1) > MAX_CACHED_TILES_PER_READ:
             return self._read_uncached(level, x, y, w, h)
-        lw, lh = self.level_dimensions[level]
         out = np.empty((h, w, 3), np.uint8)
         for ty in range(ty0, ty1 + 1):
             for tx in range(tx0, tx1 + 1):
@@ -252,6 +259,12 @@ class TiffSlide(Slide):
     def _associated_images(self) -> dict[str, np.ndarray]:
         images = {}
         for name, series in self._associated:
+            shape = dict(zip(series.axes, series.shape, strict=False))
+            try:
+                check_pixels(self.path, f"associated image {name!r}", shape.get("X", 0), shape.get("Y", 0))
+            except SlideError as exc:
+                warnings.warn(f"{exc}: not decoded", stacklevel=2)
+                continue
             try:
                 images[name] = to_rgb_uint8(series.asarray())
             except Exception as exc:

@@ -10,9 +10,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .base import Slide, resize_rgb
+from .base import Slide, check_pixels, get_max_pixels, resize_rgb
 from .errors import SlideError
 from .tissue import TissueMask, TissueParams, detect_tissue
+
+PIXELS_PER_GRID_CELL = 50
+"""A tile grid may have at most max_pixels / 50 cells (10 million by default: about 0.5 GB of grid arrays)."""
 
 
 class Tile(NamedTuple):
@@ -107,6 +110,15 @@ def make_tile_grid(
     shape = (math.ceil(h0 / size0), math.ceil(w0 / size0))
     level = slide.best_level_for_downsample(ds)
     read_px = max(1, round(size0 / slide.level_downsamples[level]))
+    cells_limit = max(1, get_max_pixels() // PIXELS_PER_GRID_CELL)
+    if shape[0] * shape[1] > cells_limit:
+        raise SlideError(
+            slide.path,
+            f"a grid of {shape[0]} x {shape[1]} tiles ({tile_px} px at {target_mpp:g} µm/px on a {w0} x {h0} px "
+            f"slide at {slide.mpp:g} µm/px) is over the limit of {cells_limit:,} tiles: check --mpp and --tile "
+            "(or raise --max-pixels)",
+        )
+    check_pixels(slide.path, f"each tile read ({tile_px} px at {target_mpp:g} µm/px)", read_px, read_px)
     rows, cols = np.divmod(np.arange(shape[0] * shape[1], dtype=np.int64), shape[1])
     x = np.round(cols * size0).astype(np.int64)
     y = np.round(rows * size0).astype(np.int64)

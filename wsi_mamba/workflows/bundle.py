@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,12 +24,15 @@ import numpy as np
 from ..models.checkpoint import config_path
 from ..models.encoder import TileEncoder, load_encoder
 from ..models.slide_model import SlideMamba, load_slide_model, save_slide_model
-from ..outputs.atomic import json_safe, write_json_atomic
+from ..models.validation import check_float
+from ..outputs.atomic import atomic_folder, json_safe, write_json_atomic
+from ..outputs.lock import output_lock
 
 FORMAT = "wsi-mamba/model"
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
-DEFAULT_MODEL = "default_model"
+SHIPPED_MODELS = "shipped_models"  # package folder of the model folders that ship with wsi-mamba
+DEFAULT_MODEL = "synthetic-camelyon"
 
 
 @dataclass
@@ -51,9 +55,58 @@ class ModelBundle:
         return float(self.meta.get("threshold", 0.5))
 
 
+def shipped_models() -> dict[str, Path]:
+    """The model folders inside the package, by name (``pcam-camelyon``, ``synthetic-camelyon``)."""
+    root = Path(str(resources.files("wsi_mamba") / SHIPPED_MODELS))
+    return {p.name: p for p in sorted(root.iterdir()) if (p / MANIFEST).is_file()} if root.is_dir() else {}
+
+
 def default_model_path() -> Path:
-    """The model folder shipped inside the package (trained by pipelines/synthetic-camelyon.yaml)."""
-    return Path(str(resources.files("wsi_mamba") / DEFAULT_MODEL))
+    """The shipped default model folder (see ``pipelines/`` for the recipe of each shipped model)."""
+    return Path(str(resources.files("wsi_mamba") / SHIPPED_MODELS / DEFAULT_MODEL))
+
+
+def model_path(spec: str | Path | None) -> Path:
+    """A model folder from ``--model``: None is the default model; the name of a shipped model (when no file or
+    folder of that name exists here) is that model; anything else is a path."""
+    if spec is None:
+        return default_model_path()
+    path = Path(spec)
+    if not path.exists() and str(spec) in shipped_models():
+        return shipped_models()[str(spec)]
+    return path
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """True for a folder whose ``model.json`` is a manifest of our format (what ``train`` writes)."""
+    manifest = Path(path) / MANIFEST
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_model_output(out: str | Path, inputs: Sequence[str | Path | None] = (), overwrite: bool = False) -> Path:
+    """Refuse (``ValueError``, one line) a model-folder destination that would destroy what ``train`` did not
+    create: something that exists and is not a model folder, a folder that is or holds one of ``inputs``, or an
+    existing model folder unless ``overwrite``."""
+    out = Path(out)
+    target = out.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).resolve()
+        if source == target or target in source.parents:
+            raise ValueError(f"--out {out} is or contains an input of this command ({item}): choose another folder")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or not is_model_folder(out):
+            raise ValueError(
+                f"--out {out} exists and is not a wsi-mamba model folder: choose a new folder (nothing was changed)"
+            )
+        if not overwrite:
+            raise ValueError(f"--out {out} already holds a model: pass --overwrite to replace it")
+    return out
 
 
 def save_bundle(
@@ -62,37 +115,76 @@ def save_bundle(
     slide_model: SlideMamba,
     meta: dict,
     baseline: dict | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write a model folder (built under ``out.partial`` and renamed, so ``out`` is always whole)."""
+    """Write a model folder: built whole in a temporary sibling (``write_extra(folder)`` adds files to it), then
+    swapped in, the previous model kept until the new one is complete. Holds the folder's lock; refuses a
+    destination :func:`check_model_output` refuses (an existing model folder is replaced only with
+    ``overwrite``)."""
     if encoder.source is None:
         raise ValueError("the encoder has no checkpoint file: train or load one before saving a model")
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    shutil.copyfile(encoder.source, partial / "encoder.safetensors")
-    shutil.copyfile(config_path(encoder.source), partial / "encoder.json")
-    save_slide_model(slide_model, partial / "slide_model.safetensors", metadata={"encoder_hash": encoder.hash})
-    if baseline is not None:
-        write_json_atomic(partial / "baseline.json", json_safe(baseline))
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **encoder.identity(),
-        **meta,
-    }
-    write_json_atomic(partial / MANIFEST, json_safe(manifest))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        check_model_output(out, inputs, overwrite)
+        with atomic_folder(out) as partial:
+            shutil.copyfile(encoder.source, partial / "encoder.safetensors")
+            shutil.copyfile(config_path(encoder.source), partial / "encoder.json")
+            save_slide_model(
+                slide_model, partial / "slide_model.safetensors", metadata={"encoder_hash": encoder.hash}
+            )
+            if baseline is not None:
+                write_json_atomic(partial / "baseline.json", json_safe(baseline))
+            if write_extra is not None:
+                write_extra(partial)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                **encoder.identity(),
+                **meta,
+            }
+            write_json_atomic(partial / MANIFEST, json_safe(manifest))
     return out
+
+
+MAX_BASELINE_FEATURES = 10_000
+
+
+def check_manifest(meta: dict) -> None:
+    """Types and ranges of the ``model.json`` fields the readers use; ``ValueError`` (one line) otherwise."""
+    threshold = meta.get("threshold", 0.5)
+    check_float("model", "threshold", threshold, 0.0, 1.0)
+    for key in ("name", "encoder", "encoder_hash"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ValueError(f"{key} must be a string, got {meta[key]!r}")
+
+
+def check_baseline(baseline: object) -> None:
+    """A colour baseline as :func:`baseline_to_json` writes it: equal-length lists of finite numbers and a
+    finite intercept, nonzero scales; ``ValueError`` (one line) otherwise."""
+    if not isinstance(baseline, dict):
+        raise ValueError(f"expected a JSON object, got {type(baseline).__name__}")
+    lengths = set()
+    for key in ("mean", "scale", "coef"):
+        values = baseline.get(key)
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BASELINE_FEATURES:
+            raise ValueError(f"{key} must be a list of 1-{MAX_BASELINE_FEATURES} numbers")
+        for value in values:
+            check_float("baseline", key, value, -1e12, 1e12)
+        lengths.add(len(values))
+    if len(lengths) != 1:
+        raise ValueError("mean, scale and coef must have the same length")
+    if any(v == 0 for v in baseline["scale"]):
+        raise ValueError("scale must not hold zeros")
+    check_float("baseline", "intercept", baseline.get("intercept"), -1e12, 1e12)
 
 
 def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> ModelBundle:
     """Load a model folder (or its ``model.json``); None loads the shipped default model. ``ValueError``
     naming the path for anything that is not a complete model folder (pickles included: never unpickled)."""
-    path = default_model_path() if path is None else Path(path)
+    path = model_path(path)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
     if not path.exists():
@@ -108,6 +200,20 @@ def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> M
         raise ValueError(f"{manifest}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{manifest}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    try:
+        check_manifest(meta)
+    except ValueError as exc:
+        raise ValueError(f"{manifest}: {exc}") from None
+    baseline_file = path / "baseline.json"
+    try:
+        baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{baseline_file}: not valid JSON ({exc})") from None
+    if baseline is not None:
+        try:
+            check_baseline(baseline)
+        except ValueError as exc:
+            raise ValueError(f"{baseline_file}: {exc}") from None
     encoder = load_encoder(path / "encoder.safetensors", scan_backend=scan_backend)
     if encoder.hash != meta.get("encoder_hash"):
         raise ValueError(
@@ -116,11 +222,6 @@ def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> M
         )
     encoder.name = str(meta.get("encoder", encoder.name))
     slide_model, _ = load_slide_model(path / "slide_model.safetensors", scan_backend=scan_backend)
-    baseline_file = path / "baseline.json"
-    try:
-        baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{baseline_file}: not valid JSON ({exc})") from None
     return ModelBundle(path, encoder, slide_model.eval(), meta, baseline)
 
 

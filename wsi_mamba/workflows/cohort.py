@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs.atomic import TEMP_MARKER, json_safe, write_csv_atomic, write_json_atomic
-from .bundle import ModelBundle, default_model_path, load_bundle
+from .bundle import ModelBundle, load_bundle, model_path
 from .extract import TileOptions, slide_name
 from .inputs import SLIDE_SUFFIXES, find_slides
 
@@ -176,7 +176,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 def model_fingerprint(model: str | os.PathLike[str] | None) -> str:
     """A short hash of a model folder's files (names, sizes, modification times): what worker caches key on."""
-    folder = default_model_path() if model is None else Path(model)
+    folder = model_path(model)
     if folder.is_file():
         folder = folder.parent
     digest = hashlib.sha256()

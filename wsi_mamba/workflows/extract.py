@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,22 @@ from tqdm import tqdm
 from .. import __version__
 from ..evaluation.colour import COLOUR_STATS, tile_colour_stats
 from ..models.encoder import TileEncoder
+from ..outputs.lock import output_lock
 from ..slide import open_slide
 from ..slide.base import Slide
 from ..slide.stream import stream_tiles
 from ..slide.tiling import TileGrid, make_tile_grid
 from ..slide.tissue import TissueMask, detect_tissue
-from .store import SlideFeatures, check_same_encoder, is_complete, read_attrs, store_path, write_store
+from .batch import describe_failure, slide_name
+from .store import (
+    SlideFeatures,
+    check_same_encoder,
+    is_complete,
+    read_attrs,
+    store_path,
+    verify_store,
+    write_store,
+)
 
 
 @dataclass(frozen=True)
@@ -45,12 +56,6 @@ class EncodedSlide:
     features: np.ndarray  # (n, D) float32
     colour: np.ndarray  # (n, K) float32
     dimensions: tuple[int, int]
-
-
-def slide_name(path: str | Path) -> str:
-    """The name a slide goes by in stores, labels and outputs: its file name without the extension."""
-    path = Path(path)
-    return path.name if path.is_dir() else path.stem
 
 
 def encode_slide(
@@ -103,14 +108,18 @@ def extract_slide(path: Path, out_dir: Path, encoder: TileEncoder, options: Tile
     """Extract one slide unless a complete store from the same encoder is there; returns "done" or "skipped"."""
     name = slide_name(path)
     target = store_path(out_dir, name)
-    if is_complete(target):
-        check_same_encoder({name: read_attrs(target)}, (encoder.name, encoder.hash), "this extraction")
-        return "skipped"
-    with open_slide(path, mpp=options.slide_mpp) as slide:
-        if bar is not None:
-            bar.set_postfix_str(name)
-        encoded = encode_slide(slide, encoder, options, on_batch=bar.update if bar is not None else None)
-    write_store(target, to_store_data(name, path, encoded, encoder))
+    with output_lock(target):  # another process extracting this slide into this folder: one line, not a race
+        if is_complete(target):
+            check_same_encoder({name: read_attrs(target)}, (encoder.name, encoder.hash), "this extraction")
+            damaged = verify_store(target)
+            if damaged is None:
+                return "skipped"
+            warnings.warn(f"extracting {name} again: {damaged}", stacklevel=2)
+        with open_slide(path, mpp=options.slide_mpp) as slide:
+            if bar is not None:
+                bar.set_postfix_str(name)
+            encoded = encode_slide(slide, encoder, options, on_batch=bar.update if bar is not None else None)
+        write_store(target, to_store_data(name, path, encoded, encoder))
     return "done"
 
 
@@ -134,6 +143,6 @@ def extract_slides(
         for path in paths:
             try:
                 results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, options, bar)
-            except ValueError as exc:  # SlideError included: this slide fails, the others go on
-                results[slide_name(path)] = f"failed: {exc}"
+            except Exception as exc:  # any per-slide failure (SlideError, OSError, ...): the others go on
+                results[slide_name(path)] = f"failed: {describe_failure(exc)}"
     return results

@@ -4,6 +4,7 @@ optional heatmap PNG and QuPath GeoJSON of the scored tiles."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..outputs.atomic import json_safe, write_json_atomic
 from ..outputs.heatmap import score_grid, write_heatmap_png, write_regions_geojson, write_tiles_geojson
 from ..slide import open_slide
 from .bundle import ModelBundle
+from .domain import domain_warnings
 from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
 
 THUMBNAIL_PX = 1024
@@ -55,6 +57,7 @@ def predict_slide(
     started = time.perf_counter()
     with open_slide(path, mpp=options.slide_mpp) as slide:
         encoded = encode_slide(slide, bundle.encoder, options, on_batch)
+        slide_mpp = slide.mpp
         drawing = heatmap and out_dir is not None and len(encoded.grid) > 0
         thumbnail = slide.get_thumbnail(THUMBNAIL_PX) if drawing else None
     result: dict = {
@@ -74,6 +77,15 @@ def predict_slide(
         result["score"] = round(score, 6)
         result["prediction"] = "tumor" if score >= bundle.threshold else "normal"
         result["max_tile_score"] = round(float(tile_scores.max()), 6)
+        result["warnings"] = domain_warnings(
+            bundle.meta.get("domain"), encoded.features, encoded.colour, slide_mpp, bundle.encoder.mpp
+        )
+        if result["warnings"]:
+            warnings.warn(
+                f"{path}: out of domain for model {bundle.name}: {'; '.join(result['warnings'])} "
+                "(the score is less trustworthy)",
+                stacklevel=2,
+            )
         if drawing:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -45,13 +45,32 @@ def _substitute(text: str, variables: dict[str, str], where: str) -> str:
         raise ValueError(f"{where}: {exc}") from None
 
 
+def _resolve_variables(variables: dict[str, str], where: str) -> dict[str, str]:
+    """Variables may use each other (``train: ${data}/train``); a cycle is an error naming the file."""
+    resolved = dict(variables)
+    for _ in range(len(resolved) + 1):
+        updated = {k: _substitute(v, resolved, where) for k, v in resolved.items()}
+        if updated == resolved:
+            placeholders = [f"${{{name}}}" for name in resolved]
+            if not any(p in value for p in placeholders for value in resolved.values()):
+                return resolved
+            break
+        resolved = updated
+    raise ValueError(f"{where}: variables refer to each other in a cycle")
+
+
 def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, workdir: str | Path | None = None) -> Recipe:
     """Parse and check a recipe; ``ValueError`` naming the file and the problem."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ValueError(f"{path}: YAML aliases (*name) are not allowed in recipes: write the values out")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ValueError(f"{path}: recipe not found") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
@@ -61,6 +80,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, workd
     if unknown:
         raise ValueError(f"{path}: --set of variables the recipe does not define: {', '.join(unknown)}")
     variables.update(overrides or {})
+    variables = _resolve_variables(variables, str(path))
     steps = []
     for index, raw in enumerate(data["steps"], start=1):
         where = f"{path}: step {index}"
@@ -73,8 +93,13 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, workd
             if isinstance(run, str)
             else [_substitute(str(a), variables, where) for a in run]
         )
-        creates = raw.get("creates")
-        steps.append(Step(name, argv, _substitute(str(creates), variables, where) if creates else None))
+        if argv and argv[0] == "run":
+            raise ValueError(f"{where}: a recipe step cannot run a recipe ('run'): list its steps here instead")
+        creates = _substitute(str(raw["creates"]), variables, where) if raw.get("creates") else None
+        escapes = creates is not None and Path(os.path.normpath(creates)).parts[:1] == ("..",)
+        if creates is not None and (Path(creates).is_absolute() or escapes):
+            raise ValueError(f"{where}: creates {creates!r} must be a path inside the workdir")
+        steps.append(Step(name, argv, creates))
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: step names must be unique")

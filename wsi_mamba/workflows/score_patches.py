@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..data.augment import dihedral
 from ..data.patches import PatchReadError, PatchSource
 from ..models.encoder import TileEncoder, load_encoder
-from .bundle import MANIFEST, default_model_path
+from .bundle import MANIFEST, model_path
 
 MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
 
@@ -38,7 +38,7 @@ class PatchScores:
 def load_patch_classifier(model: str | Path | None = None) -> TileEncoder:
     """The tile encoder with its tumour head: from a model folder (its ``encoder.safetensors``; None = the
     shipped default model) or an encoder checkpoint (``.safetensors``)."""
-    path = default_model_path() if model is None else Path(model)
+    path = model_path(model)
     if path.is_dir():
         if not (path / MANIFEST).exists():
             raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")

@@ -2,19 +2,26 @@
 
 Layout of ``NAME.zarr``: arrays ``features`` (n, D) float16, ``coords`` (n, 2) level-0 x, y, ``grid`` (n, 2)
 row, col, ``colour`` (n, K) float32 tile colour statistics (the baseline's input), ``tissue_mask`` (h, w)
-bool; attrs: encoder, encoder_hash, tile_px, mpp, size0, grid_shape, slide, dimensions, version, complete.
-A store is written as ``NAME.zarr.partial`` and renamed when complete, so a store under its final name is
-always whole; a left-over ``.partial`` is redone.
+bool; attrs: encoder, encoder_hash, tile_px, mpp, size0, grid_shape, slide, dimensions, version, complete,
+and ``arrays``: each array's shape, dtype and SHA-256 of its content, checked on every read (a missing chunk,
+which zarr would read as zeros, or a damaged one is an error naming the slide).
+A store is written as ``NAME.zarr.partial`` under the lock ``NAME.zarr.lock`` and swapped in when complete
+(a previous store stays until then), so a store under its final name is always whole; a left-over
+``.partial`` is redone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+from ..outputs.atomic import replace_folder
+from ..outputs.lock import output_lock
 
 FORMAT = "wsi-mamba/features"
 FORMAT_VERSION = 1
@@ -63,24 +70,49 @@ class SlideFeatures:
         return len(self.features)
 
 
+ARRAYS = ("features", "coords", "grid", "colour", "tissue_mask")
+
+
+def _digest(array: np.ndarray) -> dict:
+    """Shape, dtype and SHA-256 of an array's content (what a read must give back)."""
+    array = np.ascontiguousarray(array)
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": hashlib.sha256(array.data).hexdigest()}
+
+
 def write_store(path: Path, data: SlideFeatures) -> Path:
-    """Write ``data`` to ``path`` atomically (``.partial`` first, renamed when complete)."""
+    """Write ``data`` to ``path`` atomically: under the store's lock, built as ``.partial`` and swapped in
+    when complete (never delete-then-rename: the previous store stays until the new one is in place)."""
     partial = path.with_name(path.name + PARTIAL)
-    if partial.exists():
-        shutil.rmtree(partial)
-    group = zarr.open_group(str(partial), mode="w")
+    arrays = {
+        "features": data.features.astype(np.float16),
+        "coords": data.coords.astype(np.int64),
+        "grid": data.grid.astype(np.int32),
+        "colour": data.colour.astype(np.float32),
+        "tissue_mask": data.tissue_mask.astype(bool),
+    }
     n = len(data.features)
     chunk = (max(1, min(n, 4096)),)
-    group.create_array("features", data=data.features.astype(np.float16), chunks=chunk + data.features.shape[1:])
-    group.create_array("coords", data=data.coords.astype(np.int64), chunks=(*chunk, 2))
-    group.create_array("grid", data=data.grid.astype(np.int32), chunks=(*chunk, 2))
-    group.create_array("colour", data=data.colour.astype(np.float32), chunks=chunk + data.colour.shape[1:])
-    group.create_array("tissue_mask", data=data.tissue_mask.astype(bool))
-    group.attrs.update({**data.attrs, "format": FORMAT, "format_version": FORMAT_VERSION, "n_tiles": n})
-    group.attrs["complete"] = True
-    if path.exists():
-        shutil.rmtree(path)
-    partial.rename(path)
+    with output_lock(path):
+        if partial.exists():  # a crashed writer's left-over (the lock says no one writes it now)
+            shutil.rmtree(partial)
+        group = zarr.open_group(str(partial), mode="w")
+        for key, array in arrays.items():
+            chunks = None if key == "tissue_mask" else chunk + array.shape[1:]
+            if chunks is None:
+                group.create_array(key, data=array)
+            else:
+                group.create_array(key, data=array, chunks=chunks)
+        group.attrs.update(
+            {
+                **data.attrs,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n_tiles": n,
+                "arrays": {key: _digest(array) for key, array in arrays.items()},
+            }
+        )
+        group.attrs["complete"] = True
+        replace_folder(partial, path)
     return path
 
 
@@ -105,27 +137,82 @@ def read_attrs(path: Path) -> dict:
     return attrs
 
 
+def _read_array(group: zarr.Group, key: str, path: Path, expected: dict | None) -> np.ndarray:
+    """One array of a store, checked against its recorded digest; ``ValueError`` naming the slide otherwise."""
+    name = path.name[: -len(SUFFIX)]
+    try:
+        array = np.asarray(group[key][:])
+    except Exception as exc:  # a missing array, an undecodable chunk
+        raise ValueError(
+            f"{path}: feature store of slide {name} is damaged: {key} cannot be read "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); re-run extract"
+        ) from None
+    if expected is not None and _digest(array) != expected:
+        raise ValueError(
+            f"{path}: feature store of slide {name} is damaged: {key} differs from what was written "
+            "(a missing or altered chunk); re-run extract"
+        )
+    return array
+
+
 def read_store(path: str | Path) -> SlideFeatures:
-    """Load a complete store."""
+    """Load a complete store, every array checked against the digest recorded when it was written (stores
+    written before digests existed are read unchecked)."""
     path = Path(path)
     attrs = read_attrs(path)
-    group = zarr.open_group(str(path), mode="r")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise ValueError(f"{path}: not a feature store ({type(exc).__name__})") from None
+    digests = attrs.get("arrays") if isinstance(attrs.get("arrays"), dict) else {}
+    arrays = {key: _read_array(group, key, path, digests.get(key)) for key in ARRAYS}
     return SlideFeatures(
         name=path.name[: -len(SUFFIX)],
-        features=np.asarray(group["features"][:], np.float32),
-        coords=np.asarray(group["coords"][:]),
-        grid=np.asarray(group["grid"][:]),
-        colour=np.asarray(group["colour"][:]),
-        tissue_mask=np.asarray(group["tissue_mask"][:]),
+        features=arrays["features"].astype(np.float32),
+        coords=arrays["coords"],
+        grid=arrays["grid"],
+        colour=arrays["colour"],
+        tissue_mask=arrays["tissue_mask"],
         attrs=attrs,
     )
 
 
-def list_stores(features_dir: str | Path) -> dict[str, Path]:
-    """Complete stores under ``features_dir`` by slide name; ``ValueError`` when the folder is missing."""
+def verify_store(path: str | Path) -> str | None:
+    """None for a complete store whose arrays match their digests, else why not (one line)."""
+    try:
+        read_store(path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def incomplete_stores(features_dir: str | Path) -> dict[str, Path]:
+    """Stores under ``features_dir`` that are not complete (damaged, unmarked, or an interrupted ``.partial``)
+    by slide name."""
+    features_dir = Path(features_dir)
+    found = {}
+    for p in sorted(features_dir.glob(f"*{SUFFIX}{PARTIAL}")):
+        found[p.name[: -len(SUFFIX + PARTIAL)]] = p
+    for p in sorted(features_dir.glob(f"*{SUFFIX}")):
+        if not is_complete(p):
+            found[p.name[: -len(SUFFIX)]] = p
+    return found
+
+
+def list_stores(features_dir: str | Path, strict: bool = True) -> dict[str, Path]:
+    """Complete stores under ``features_dir`` by slide name; ``ValueError`` when the folder is missing and,
+    when ``strict``, when it holds incomplete or damaged stores (listed: nothing is silently left out)."""
     features_dir = Path(features_dir)
     if not features_dir.is_dir():
         raise ValueError(f"{features_dir}: features folder not found")
+    if strict:
+        bad = incomplete_stores(features_dir)
+        if bad:
+            shown = ", ".join(p.name for p in list(bad.values())[:5]) + (", ..." if len(bad) > 5 else "")
+            raise ValueError(
+                f"{features_dir}: {len(bad)} incomplete or damaged feature store(s) ({shown}): re-run extract "
+                "to finish them, or delete them"
+            )
     return {p.name[: -len(SUFFIX)]: p for p in sorted(features_dir.glob(f"*{SUFFIX}")) if is_complete(p)}
 
 

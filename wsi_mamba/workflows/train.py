@@ -22,8 +22,10 @@ from ..evaluation.metrics import slide_auc
 from ..models.encoder import load_encoder
 from ..models.slide_model import SlideMamba, SlideModelConfig, grid_tensors
 from ..outputs.atomic import write_csv_atomic
+from ..outputs.lock import output_lock
 from ..slide.annotations import lesion_fractions_at
-from .bundle import baseline_to_json, save_bundle
+from .bundle import baseline_to_json, check_model_output, save_bundle
+from .domain import domain_statistics
 from .inputs import find_annotations, read_labels
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
 
@@ -125,9 +127,27 @@ def train_slide_model(
     cfg: SlideTrainingConfig = SlideTrainingConfig(),
     progress: bool = True,
     name: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train on the labelled stores of ``features_dir`` and write the model folder ``out`` (the model is
-    called ``name``, by default the folder's name)."""
+    called ``name``, by default the folder's name). ``out`` is checked before training (see
+    ``check_model_output``: an existing model folder is replaced only with ``overwrite``) and locked meanwhile."""
+    check_model_output(out, (features_dir, labels_csv, annotations_dir), overwrite)
+    with output_lock(out):
+        return _train(features_dir, labels_csv, out, encoder_path, annotations_dir, cfg, progress, name, overwrite)
+
+
+def _train(
+    features_dir: str | Path,
+    labels_csv: str | Path,
+    out: str | Path,
+    encoder_path: str | Path | None,
+    annotations_dir: str | Path | None,
+    cfg: SlideTrainingConfig,
+    progress: bool,
+    name: str | None,
+    overwrite: bool,
+) -> Path:
     torch.manual_seed(cfg.seed)
     labels = read_labels(labels_csv)
     stores = list_stores(features_dir)
@@ -218,6 +238,7 @@ def train_slide_model(
         "name": name or Path(out).name,
         "threshold": 0.5,
         "version": __version__,
+        "domain": domain_statistics([data[n].features for n in names], [data[n].colour for n in names]),
         "training": {
             "config": asdict(cfg),
             "features": str(features_dir),
@@ -230,6 +251,15 @@ def train_slide_model(
             "seconds": round(time.time() - started, 1),
         },
     }
-    path = save_bundle(out, encoder, model, meta, baseline_to_json(baseline))
-    write_csv_atomic(path / "metrics.csv", list(log[0]), [list(r.values()) for r in log])
-    return path
+    return save_bundle(
+        out,
+        encoder,
+        model,
+        meta,
+        baseline_to_json(baseline),
+        overwrite=overwrite,
+        inputs=(features_dir, labels_csv, annotations_dir),
+        write_extra=lambda folder: write_csv_atomic(
+            folder / "metrics.csv", list(log[0]), [list(r.values()) for r in log]
+        ),
+    )

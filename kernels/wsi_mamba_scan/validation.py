@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-BACKENDS = ("auto", "reference", "cpu", "triton")
+SCAN_BACKENDS = ("auto", "reference", "cpu", "triton")
 TRITON_MAX_STATE = 16
 
 
@@ -91,8 +91,8 @@ def check_scan_args(
     backend: str = "auto",
 ) -> ScanArgs:
     """Validate shapes, dtypes, devices and backend; raise ``ValueError`` naming the bad argument."""
-    if backend not in BACKENDS:
-        raise ValueError(f"selective_scan: backend is {backend!r}, expected one of {', '.join(BACKENDS)}")
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"selective_scan: backend is {backend!r}, expected one of {', '.join(SCAN_BACKENDS)}")
     _check_float("u", u)
     if u.dim() != 3:
         raise _fail("u", u, "3 dimensions (batch, dim, L)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .validation import check_scan_args, compute_dtype, expand_groups
+from .validation import ScanArgs, check_scan_args, compute_dtype, expand_groups
 
 
 def selective_scan_ref(
@@ -29,7 +29,13 @@ def selective_scan_ref(
     when asked, the last state ``(batch, dim, N)`` in the compute dtype. Differentiable by autograd.
     """
     args = check_scan_args(u, delta, A, B, C, D, z, delta_bias, backend="reference")
-    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    y, state = scan_reference(args, delta_softplus)
+    return (y, state) if return_last_state else y
+
+
+def scan_reference(args: ScanArgs, delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence on validated ``args`` (no checks of its own): ``(y in u.dtype, last state)``."""
+    dtype = compute_dtype(args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias)
     dim = args.dim
     u_c, dt = args.u.to(dtype), args.delta.to(dtype)
     if args.delta_bias is not None:
@@ -52,5 +58,4 @@ def selective_scan_ref(
         y = y + u_c * args.D.to(dtype)[:, None]
     if args.z is not None:
         y = y * F.silu(args.z.to(dtype))
-    y = y.to(u.dtype)
-    return (y, state) if return_last_state else y
+    return y.to(args.u.dtype), state

@@ -1,0 +1,156 @@
+"""The project's import graph has no cycle, and the command modules never import the CLI.
+
+Static: every module's source is parsed, nothing is imported. Imports anywhere in a module count (top level
+and inside functions), except under ``if TYPE_CHECKING:``; only edges between project modules are kept.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pkgutil
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+PACKAGES = ("wsi_mamba", "wsi_mamba_scan")
+
+
+def project_modules() -> dict[str, tuple[Path, bool]]:
+    """Every module of :data:`PACKAGES`: name -> (source file, is a package)."""
+    found: dict[str, tuple[Path, bool]] = {}
+
+    def walk(name: str, folder: Path) -> None:
+        found[name] = (folder / "__init__.py", True)
+        for info in pkgutil.iter_modules([str(folder)]):
+            child = f"{name}.{info.name}"
+            if info.ispkg:
+                walk(child, folder / info.name)
+            else:
+                found[child] = (folder / f"{info.name}.py", False)
+
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations, f"{package} is not installed as a package"
+        walk(package, Path(next(iter(spec.submodule_search_locations))))
+    return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:`` (never executed)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+
+
+def imports_of(name: str, source: Path, is_package: bool, modules: set[str]) -> set[str]:
+    """Project modules that ``name`` imports: ``from pkg import sub`` edges to ``pkg.sub`` when that is a
+    module (to ``pkg``'s ``__init__`` otherwise); relative imports are resolved against ``name``'s package."""
+    package = name if is_package else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in _runtime_nodes(ast.parse(source.read_text(encoding="utf-8"), str(source))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                targets.add(sub if sub in modules else base)
+    return {target for target in targets if target in modules and target != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(name, path, is_pkg, set(modules)) for name, (path, is_pkg) in modules.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan), as a closed path."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return [_shortest_cycle(graph, component, min(component)) for component in components]
+
+
+def _shortest_cycle(graph: dict[str, set[str]], component: set[str], start: str) -> list[str]:
+    """Breadth-first inside ``component`` from ``start`` back to itself: ``[start, ..., start]``."""
+    parents: dict[str, str] = {}
+    queue = deque([start])
+    while start not in parents:
+        node = queue.popleft()
+        for nxt in sorted(graph[node] & component):
+            if nxt not in parents:
+                parents[nxt] = node
+                queue.append(nxt)
+    path = [start]
+    while (prev := parents[path[-1]]) != start:
+        path.append(prev)
+    return [start, *reversed(path[1:]), start]
+
+
+def test_find_cycles_reports_a_closed_path() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"d"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_relative_imports_resolve(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("from . import b, helper\nfrom ..c import x\ndef f():\n    import p.d\n")
+    modules = {"p", "p.q", "p.q.a", "p.q.b", "p.c", "p.d"}
+    assert imports_of("p.q.a", source, False, modules) == {"p.q.b", "p.q", "p.c", "p.d"}
+
+
+def test_no_import_cycle() -> None:
+    graph = import_graph()
+    assert "wsi_mamba.cli" in graph and "wsi_mamba_scan.interface" in graph
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+@pytest.mark.parametrize("forbidden", ["wsi_mamba.cli", "wsi_mamba.__main__"])
+def test_commands_never_import_the_cli(forbidden: str) -> None:
+    graph = import_graph()
+    commands = [name for name in graph if name == "wsi_mamba.commands" or name.startswith("wsi_mamba.commands.")]
+    assert len(commands) > 1
+    offenders = [name for name in commands if forbidden in graph[name]]
+    assert not offenders, f"{', '.join(offenders)} import {forbidden}"
