@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the tile encoder runs")
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (as predict)")
-    parser.add_argument("--workers", type=int, default=4, help="tile-reading threads (as predict)")
+    parser.add_argument("--read-threads", type=int, default=4, help="tile-reading threads (as predict)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:  # must be set before the process starts
@@ -127,12 +127,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
 
-    from wsi_mamba.workflows.extract import TileOptions
+    from wsi_mamba.workflows.configs import TileOptions
 
     bundle = load_model(args, parser)
     bundle.encoder.to(args.device)
     path = slide_path(args)
-    options = TileOptions(batch_size=args.batch_size, workers=args.workers)
+    options = TileOptions(batch_size=args.batch_size, workers=args.read_threads)
     warm = np.zeros((min(args.batch_size, 8), bundle.encoder.tile_px, bundle.encoder.tile_px, 3), np.uint8)
     bundle.encoder.encode(warm)  # first-call costs (allocator, kernels) are not the slide's
     base_mib = current_rss() / 2**20
@@ -152,7 +152,7 @@ def main() -> None:
         "mpp": bundle.encoder.mpp,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
-        "reader_threads": args.workers,
+        "reader_threads": args.read_threads,
         "batch_size": args.batch_size,
         "tiles": read["tiles"],
         "read_s": read["seconds"],

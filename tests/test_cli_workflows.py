@@ -23,7 +23,7 @@ from wsi_mamba.cli import main
 from wsi_mamba.models.encoder import load_encoder
 from wsi_mamba.outputs.atomic import TEMP_MARKER
 
-FAST = ["--batch-size", "8", "--workers", "2"]  # the tile options the shared stores were made with
+FAST = ["--batch-size", "8", "--read-threads", "2"]  # the tile options the shared stores were made with
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

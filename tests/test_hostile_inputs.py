@@ -221,7 +221,7 @@ def test_extract_store_locked_by_another_process_and_damaged_store_redone(
     out.mkdir()
     locked = lock_path(out / f"{slides[0].stem}.zarr")
     locked.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
-    argv = ["extract", *slides, "--encoder", data.encoder, "--out", out, "--batch-size", "8", "--workers", "2"]
+    argv = ["extract", *slides, "--encoder", data.encoder, "--out", out, "--batch-size", "8", "--read-threads", "2"]
     code, stdout, _ = run([*argv, "--json"], capsys)
     assert code == 1
     results = json.loads(stdout)
@@ -294,16 +294,19 @@ def test_tampered_model_folder_is_one_line(
 # ----------------------------------------------------------------------------------- 4. batches survive
 
 
-FAST = ["--batch-size", "8", "--workers", "2"]
+FAST = ["--batch-size", "8", "--read-threads", "2"]
 
 
 def test_predict_records_any_per_slide_failure_and_goes_on(
     data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good = data.slide("test_001")
-    long_name = tmp_path / ("x" * 246 + ".tif")  # NAME.json.tmp-PID is longer than a file name may be: OSError
-    long_name.write_bytes(good.read_bytes())
-    odd = {tmp_path / "zero.tif": ZeroDivisionError("float division by zero"), tmp_path / "memory.tif": MemoryError()}
+    io_error = tmp_path / "io.tif"  # (a 250-character name no longer fails: see test_predict_out_with_a_250_...)
+    odd = {
+        io_error: OSError(5, "Input/output error"),
+        tmp_path / "zero.tif": ZeroDivisionError("float division by zero"),
+        tmp_path / "memory.tif": MemoryError(),
+    }
     for path in odd:
         path.write_bytes(good.read_bytes())
     real = predict_module.predict_slide
@@ -315,14 +318,14 @@ def test_predict_records_any_per_slide_failure_and_goes_on(
 
     monkeypatch.setattr(predict_module, "predict_slide", predict_or_raise)
     out = tmp_path / "out"
-    slides = [long_name, tmp_path / "zero.tif", good, tmp_path / "memory.tif"]
+    slides = [io_error, tmp_path / "zero.tif", good, tmp_path / "memory.tif"]
     code, stdout, err = run(["predict", *slides, "--model", data.model, "--out", out, "--json", *FAST], capsys)
     assert code == 1 and "Traceback" not in err
     results = json.loads(stdout)
     assert [r["slide"] for r in results][2] == "test_001" and results[2]["score"] is not None
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 3
-    assert errors[0].startswith(f"error: {long_name}: OSError: ") and "too long" in errors[0]
+    assert errors[0] == f"error: {io_error}: OSError: [Errno 5] Input/output error"
     assert errors[1] == f"error: {tmp_path / 'zero.tif'}: ZeroDivisionError: float division by zero"
     assert errors[2] == f"error: {tmp_path / 'memory.tif'}: MemoryError"
     assert [r.get("error") for r in results] == [e.removeprefix("error: ") for e in errors[:2]] + [None, errors[2][7:]]
@@ -379,6 +382,42 @@ def write_aperio(path: Path, mpp: str, appmag: str = "20", size: int = 512) -> P
         tw.write(image, tile=(128, 128), photometric="rgb", description=description, metadata=None)
         tw.write(image[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1, metadata=None)
     return path
+
+
+def write_aperio_tiled_second_page(path: Path) -> Path:
+    """An SVS as tools other than Aperio's write it: levels on pages 0, 1 and 3 (all tiled), a stripped
+    thumbnail on page 2, then a label and a macro."""
+    image = gradient_image(512, 384)
+    header = "Aperio Image Library v12.0.0\r\n"
+    tiled = dict(tile=(128, 128), photometric="rgb", compression="jpeg", metadata=None)
+    stripped = dict(photometric="rgb", compression="jpeg", metadata=None, rowsperstrip=16)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, description=f"{header}512x384 [0,0 512x384] (128x128) JPEG/RGB|AppMag = 20|MPP = 0.5", **tiled)
+        tw.write(image[::2, ::2], description=f"{header}512x384 -> 256x192", **tiled)
+        tw.write(image[::4, ::4], description=f"{header}512x384 -> 128x96 - thumbnail", **stripped)
+        tw.write(image[::4, ::4], description=f"{header}512x384 -> 128x96", **tiled)
+        tw.write(image[:100, :100], description=f"{header}label 100x100", subfiletype=1, **stripped)
+        tw.write(image[:120, :200], description=f"{header}macro 200x120", subfiletype=9, **stripped)
+    return path
+
+
+def test_aperio_tiled_pages_are_levels_as_in_openslide(tmp_path: Path) -> None:
+    path = write_aperio_tiled_second_page(tmp_path / "tiled-second-page.svs")
+    with tifffile.TiffFile(path) as tf:  # what tifffile alone makes of it: page 1 is the "thumbnail"
+        assert tf.is_svs and len(tf.series[0].levels) == 1
+    described = {}
+    for backend in ("tifffile", "openslide"):
+        with open_slide(path, backend=backend) as slide:
+            info = slide.describe()
+            described[backend] = (info["levels"], info["associated_images"], info["mpp"])
+            assert slide.level_count == 3
+            region = slide.read_region((64, 32), 1, (100, 80)).astype(int)  # at level-0 (64, 32)
+            expected = gradient_image(512, 384)[::2, ::2][16:96, 32:132].astype(int)
+            assert np.abs(region - expected).mean() < 8  # JPEG
+    assert described["tifffile"] == described["openslide"]
+    levels, associated, mpp = described["tifffile"]
+    assert [level["dimensions"] for level in levels] == [[512, 384], [256, 192], [128, 96]]
+    assert associated == {"label": [100, 100], "macro": [200, 120]} and mpp == 0.5
 
 
 def strict_json(text: str) -> object:
@@ -607,3 +646,332 @@ def test_non_utf8_recipe_names_the_file(tmp_path: Path, capsys: pytest.CaptureFi
     code, _, err = run(["run", recipe, "--dry-run"], capsys)
     assert code == 1
     assert_one_error(err, f"{recipe}: not UTF-8 text")
+
+
+# ----------------------------------------------------------------------------------- 8. atomic writes
+
+
+def fail_replace(monkeypatch: pytest.MonkeyPatch, *suffixes: str) -> list[tuple[str, str]]:
+    """Make ``os.replace`` onto a name ending in one of ``suffixes`` fail as a full disk would (every other
+    rename goes through); returns the (source, target) names of every rename tried."""
+    real = os.replace
+    tried: list[tuple[str, str]] = []
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        tried.append((os.fspath(src), os.fspath(dst)))
+        if os.fspath(dst).endswith(suffixes):
+            raise OSError(28, "No space left on device", os.fspath(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return tried
+
+
+def assert_no_temp_files(folder: Path) -> None:
+    assert not [p for p in folder.rglob(f"*{TEMP_MARKER}*")], sorted(folder.rglob("*"))
+
+
+def assert_pid_temp_names(tried: list[tuple[str, str]]) -> None:
+    """Every rename went from ``<target>.tmp-<our pid>`` to the target."""
+    assert tried and all(src == f"{dst}{TEMP_MARKER}{os.getpid()}" for src, dst in tried), tried
+
+
+def test_tiles_preview_is_written_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slide = write_pyramid(tmp_path / "slide.tif", 512, 384, levels=2)
+    preview = tmp_path / "preview.png"
+    preview.write_bytes(b"previous preview")
+    before = snapshot(tmp_path)
+    argv = ["tiles", slide, "--tile", "64", "--out", preview]
+    with monkeypatch.context() as patch:
+        tried = fail_replace(patch, ".png")
+        code, stdout, err = run(argv, capsys)
+    assert code == 1 and stdout == ""
+    assert_one_error(err, f"error: {preview}: No space left on device")
+    assert snapshot(tmp_path) == before  # the previous preview intact, no temp file left
+    assert_pid_temp_names(tried)
+
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0 and preview.read_bytes().startswith(b"\x89PNG")
+    assert_no_temp_files(tmp_path)
+    jpeg = tmp_path / "preview.jpg"
+    assert run([*argv[:-1], jpeg], capsys)[0] == 0 and jpeg.read_bytes().startswith(b"\xff\xd8")
+
+    before = snapshot(tmp_path)
+    for out, message in ((slide, "is the input slide"), (tmp_path, "is a folder")):
+        code, _, err = run([*argv[:-1], out], capsys)
+        assert code == 1
+        assert_one_error(err, f"--out {out} {message}")
+    assert snapshot(tmp_path) == before
+
+
+def test_synth_csv_and_xml_are_written_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "cohort"
+    argv = ["synth", out, "--slides", "3", "--seed", "1", "--size", "256", "--flavour", "tiff"]
+    assert run(argv, capsys)[0] == 0
+    written = [out / "training" / "labels.csv", out / "testing" / "reference.csv"]
+    written += sorted(out.rglob("*.xml"))
+    assert len(written) > 2
+    for path in written:
+        path.write_text("previous\n")
+    before = snapshot(tmp_path)
+    with monkeypatch.context() as patch:  # slides are done: only the CSVs and XMLs are written again
+        tried = fail_replace(patch, ".csv", ".xml")
+        code, _, err = run(argv, capsys)
+    assert code == 1
+    assert_one_error(err, "No space left on device")
+    assert snapshot(tmp_path) == before
+    assert_pid_temp_names(tried)
+    assert run(argv, capsys)[0] == 0
+    assert all(path.read_text() != "previous\n" for path in written)
+    assert_no_temp_files(tmp_path)
+
+
+def test_geojson_and_asap_writers_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_mamba.slide.annotations import Annotations, Polygon, read_annotations, write_asap_xml, write_geojson
+
+    annotations = Annotations(lesions=[Polygon(np.array([(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)]), "a")])
+    for writer, name in ((write_geojson, "a.geojson"), (write_asap_xml, "a.xml")):
+        path = tmp_path / name
+        path.write_text("previous")
+        with monkeypatch.context() as patch:
+            tried = fail_replace(patch, name)
+            with pytest.raises(OSError, match="No space left"):
+                writer(annotations, path)
+        assert path.read_text() == "previous"
+        assert_pid_temp_names(tried)
+        writer(annotations, path)
+        assert len(read_annotations(path).lesions) == 1
+    assert_no_temp_files(tmp_path)
+
+
+def test_checkpoint_writer_uses_pid_temp_names_and_keeps_the_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_mamba.models.checkpoint import config_path, save_checkpoint
+    from wsi_mamba.models.vmamba import VSSM, VMambaConfig
+
+    model = VSSM(VMambaConfig(embed_dim=8, depths=(1, 1), num_classes=2))
+    path = tmp_path / "enc.safetensors"
+    with monkeypatch.context() as patch:
+        tried = fail_replace(patch)  # nothing fails: record the renames
+        save_checkpoint(model, path, {"name": "first"})
+    assert_pid_temp_names(tried) and [dst for _, dst in tried] == [str(config_path(path)), str(path)]
+    before = snapshot(tmp_path)
+    for failing in (".json", ".safetensors"):
+        with monkeypatch.context() as patch:
+            fail_replace(patch, failing)
+            with pytest.raises(OSError):
+                save_checkpoint(model, path, {"name": "second"})
+        if failing == ".json":  # neither file replaced
+            assert snapshot(tmp_path) == before
+        assert path.read_bytes() and json.loads(config_path(path).read_text())
+    assert_no_temp_files(tmp_path)
+
+
+def test_cohort_keeps_slides_named_like_temp_files_and_locks_its_folder(
+    data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_mamba.workflows.bundle import load_bundle
+
+    images = tmp_path / "images"
+    images.mkdir()
+    name = "x.tmp-1"  # a slide whose name looks like a temporary file
+    shutil.copyfile(data.slide("test_001"), images / f"{name}.tif")
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    (out / "failed").mkdir()
+    result = {"slide": name, "score": 0.5, "tiles": 3, "model": load_bundle(data.model).name}
+    (out / "slides" / f"{name}.json").write_text(json.dumps(result))
+    stale = [out / "slides" / f"{name}.json.tmp-99", out / "failed" / f"{name}.json.tmp-7", out / "cohort.csv.tmp-5"]
+    foreign = [out / "slides" / "notes.tmp-3", out / "slides" / f"{name}.json.tmp-x", out / "other.csv.tmp-5"]
+    for path in stale + foreign:
+        path.write_text("left over")
+    argv = ["cohort", images, "--out", out, "--model", data.model, "--no-progress"]
+
+    holder = {"pid": os.getppid(), "host": socket.gethostname()}  # a live process that is not us
+    lock_path(out).write_text(json.dumps(holder))
+    before = snapshot(tmp_path)
+    code, stdout, err = run(argv, capsys)
+    assert code == 1 and stdout == ""
+    assert_one_error(err, f"{out}: being written by process {os.getppid()}")
+    assert snapshot(tmp_path) == before
+    lock_path(out).unlink()
+
+    for _ in range(2):  # done, and stays done: neither deleted nor redone
+        code, stdout, err = run(argv, capsys)
+        assert code == 0, err
+        assert stdout.startswith("1 slides: 0 processed, 1 already complete, 0 failed")
+        assert json.loads((out / "slides" / f"{name}.json").read_text()) == result
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in foreign)
+    assert not lock_path(out).exists()
+
+
+# ----------------------------------------------------------------------------------- 9. corrupt tiles
+
+
+def write_copy_with_small_tiles(source: Path, path: Path) -> Path:
+    """The pixels of ``source`` (0.243 µm/px) as a JPEG-tiled pyramid of downsamples 1, 2, 4, 8 with 32 px file
+    tiles on level 2: tissue is found on level 3, tiles of 64 px at 1 µm/px are read from level 2."""
+    with open_slide(source) as slide:
+        image, mpp = slide.read_level(0), slide.mpp
+    options = dict(photometric="rgb", compression="jpeg", metadata=None, resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(path) as tw:
+        for k, (step, tile) in enumerate(((1, 128), (2, 64), (4, 32), (8, 32))):
+            res = 1e4 / (mpp * step)
+            level = image[::step, ::step]
+            tw.write(level, tile=(tile, tile), subfiletype=1 if k else 0, resolution=(res, res), **options)
+    return path
+
+
+def corrupt_file_tiles(path: Path, page: int, which: list[int]) -> None:
+    """Overwrite the data of file tiles ``which`` of ``page`` with random bytes."""
+    with tifffile.TiffFile(path) as tf:
+        spans = [(tf.pages[page].dataoffsets[i], tf.pages[page].databytecounts[i]) for i in which]
+    rng = np.random.default_rng(0)
+    with open(path, "r+b") as f:
+        for offset, count in spans:
+            f.seek(offset)
+            f.write(rng.integers(0, 256, count, dtype=np.uint8).tobytes())
+
+
+def test_corrupt_tile_is_a_warning_left_out_and_counted(
+    data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_mamba.slide.tiling import make_tile_grid
+    from wsi_mamba.slide.tissue import detect_tissue
+    from wsi_mamba.workflows.store import read_attrs, store_path
+
+    path = write_copy_with_small_tiles(data.slide("test_001"), tmp_path / "damaged.tif")
+    with open_slide(path) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        across = -(-slide.level_dimensions[2][0] // 32)
+    assert grid.level == 2 and grid.read_px >= 63 and len(grid) >= 8
+    # the file tile of level 2 that lies inside grid tile 0 (and in no other tile)
+    lx, ly = int(grid.x[0]) // 4, int(grid.y[0]) // 4
+    tx, ty = -(-lx // 32), -(-ly // 32)
+    assert (tx + 1) * 32 <= lx + grid.read_px and (ty + 1) * 32 <= ly + grid.read_px
+    corrupt_file_tiles(path, 2, [ty * across + tx])
+
+    with pytest.warns(UserWarning) as caught:
+        code, stdout, err = run(["predict", path, "--model", data.model, "--json", *FAST], capsys)
+    assert code == 0 and "Traceback" not in err and "error:" not in err, err
+    result = strict_json(stdout)[0]
+    assert result["corrupt_tiles"] == 1 and result["tiles"] == len(grid) - 1 and result["score"] is not None
+    lines = [str(w.message) for w in caught if "cannot decode" in str(w.message)]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}: tile 0 (level 2, level-0 x={int(grid.x[0])}, y={int(grid.y[0])}): ")
+    assert lines[0].endswith("; left out as background")
+
+    out = tmp_path / "features"
+    with pytest.warns(UserWarning, match="cannot decode"):
+        code, stdout, err = run(["extract", path, "--encoder", data.encoder, "--out", out, *FAST], capsys)
+    assert code == 0, err
+    attrs = read_attrs(store_path(out, "damaged"))
+    assert attrs["corrupt_tiles"] == 1
+    coords = read_store(store_path(out, "damaged")).coords.tolist()
+    assert len(coords) == len(grid) - 1 and [int(grid.x[0]), int(grid.y[0])] not in coords
+
+
+def test_slide_with_many_corrupt_tiles_fails_and_the_batch_goes_on(
+    data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_copy_with_small_tiles(data.slide("test_001"), tmp_path / "ruined.tif")
+    with tifffile.TiffFile(path) as tf:
+        count = len(tf.pages[2].dataoffsets)
+    corrupt_file_tiles(path, 2, list(range(count)))
+    good = data.slide("test_002")
+    code, stdout, err = run(["predict", path, good, "--model", data.model, "--json", *FAST], capsys)
+    assert code == 1
+    results = strict_json(stdout)
+    assert results[0]["score"] is None and results[1]["score"] is not None
+    assert_one_error(err, str(path), "tiles cannot be decoded (first: tile 0 (level 2")
+
+
+# ----------------------------------------------------------------------------------- 10. recipe workdir, configs
+
+
+def test_recipe_workdir_is_relative_to_the_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_mamba.workflows.recipe import load_recipe
+
+    recipe = tmp_path / "pipelines" / "recipe.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("workdir: ../data/run\nsteps:\n  - run: info x.tif\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_recipe(recipe).workdir.resolve() == tmp_path / "data" / "run"
+    code, _, err = run(["run", recipe, "--dry-run"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "data" / "run").is_dir() and not any(elsewhere.iterdir())
+    code, _, err = run(["run", recipe, "--dry-run", "--workdir", "mine"], capsys)  # the command line's: cwd
+    assert code == 0, err
+    assert (elsewhere / "mine").is_dir()
+
+    root = Path(__file__).resolve().parents[1]
+    for shipped in sorted((root / "pipelines").glob("*.yaml")):  # same folders as before, from anywhere
+        workdir = load_recipe(shipped).workdir.resolve()
+        assert workdir.parent == root / "data", shipped
+    pcam = load_recipe(root / "pipelines" / "pcam-camelyon.yaml")
+    assert pcam.steps[0].argv[2] == "../../../shared/data/pcam/train"  # still relative to the same workdir
+    assert (pcam.workdir.resolve() / "../../../shared/data/pcam").resolve() == root.parent / "shared" / "data" / "pcam"
+
+
+def test_official_config_including_itself_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsi_mamba.models.official import config_from_official
+
+    (tmp_path / "self.yaml").write_text("BASE: ['self.yaml']\nMODEL:\n  NUM_CLASSES: 2\n")
+    (tmp_path / "a.yaml").write_text("BASE: ['', 'b.yaml']\n")
+    (tmp_path / "b.yaml").write_text("BASE: ['a.yaml']\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    cases = {
+        "self.yaml": "BASE includes form a cycle (self.yaml -> self.yaml)",
+        "a.yaml": "BASE includes form a cycle (a.yaml -> b.yaml -> a.yaml)",
+        "list.yaml": "not an official config",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ValueError) as caught:
+            config_from_official(tmp_path / name)
+        assert message in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------- 11. long names
+
+
+def test_output_stem_is_clipped_unique_and_stable() -> None:
+    from wsi_mamba.workflows.batch import MAX_STEM_BYTES, output_stem
+
+    assert output_stem("slide_001") == "slide_001"
+    long_a, long_b = "é" * 200 + "a", "é" * 200 + "b"
+    stems = {output_stem(long_a), output_stem(long_b)}
+    assert len(stems) == 2 and all(len(s.encode()) <= MAX_STEM_BYTES for s in stems)
+    assert output_stem(long_a) == output_stem(long_a) and output_stem(long_a).startswith("é" * 80)
+
+
+def test_predict_out_with_a_250_character_slide_name(
+    data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_mamba.workflows.batch import output_stem
+
+    name = "s" * 246
+    long = tmp_path / f"{name}.tif"
+    shutil.copyfile(data.slide("test_001"), long)
+    good = data.slide("test_002")
+    out = tmp_path / "out"
+    argv = ["predict", good, long, "--model", data.model, "--out", out, "--heatmap", "--json", *FAST]
+    for _ in range(2):  # a rerun replaces the same files
+        code, stdout, err = run(argv, capsys)
+        assert code == 0 and "error:" not in err, err
+        results = strict_json(stdout)
+        assert [r["slide"] for r in results] == ["test_002", name] and all(r["score"] is not None for r in results)
+    stem = output_stem(name)
+    assert len(stem) < len(name)
+    expected = {f"{n}{suffix}" for n in ("test_002", stem) for suffix in (".json", ".heatmap.png", ".tiles.geojson")}
+    assert expected <= {p.name for p in out.iterdir()}
+    assert json.loads((out / f"{stem}.json").read_text())["slide"] == name
+    assert_no_temp_files(out)

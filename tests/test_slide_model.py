@@ -19,7 +19,8 @@ from wsi_mamba.models import (
     load_slide_model,
     save_slide_model,
 )
-from wsi_mamba.models.slide_model import _route, _unroute
+from wsi_mamba.models.ss2d import route as _route
+from wsi_mamba.models.ss2d import unroute as _unroute
 
 IN_DIM = 6
 

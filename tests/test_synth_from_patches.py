@@ -19,6 +19,9 @@ from wsi_mamba.slide.annotations import rasterize, read_asap_xml
 from wsi_mamba.slide.tiling import make_tile_grid
 from wsi_mamba.synth.from_patches import (
     MANIFEST,
+    _clean_cells,
+    _diameter_um,
+    _outline,
     apply_dihedral,
     lesion_class,
     plan_patch_cohort,
@@ -232,6 +235,26 @@ def test_lesion_size_classes_balanced() -> None:
         assert {"macro": largest >= 2000, "micro": 200 <= largest < 2000, "itc": 0 < largest < 200,
                 "none": largest == 0}[spec.metastasis]
         assert 150 <= len(spec.cells) <= 1500
+
+
+def test_lesion_outline() -> None:
+    """A lesion is one simple polygon around its cells: corner-only neighbours dropped, holes filled, convex
+    corners cut by a quarter cell (concave ones kept)."""
+    mask = np.array([[1, 0, 0, 0], [0, 1, 1, 1], [0, 1, 0, 1], [0, 1, 1, 1]], bool)
+    cleaned = _clean_cells(mask)
+    expected = np.zeros((4, 4), bool)
+    expected[1:, 1:] = True
+    np.testing.assert_array_equal(cleaned, expected)
+    r, c = np.mgrid[:4, :4]
+    centres = np.stack([(c.ravel() + 0.5) * PX, (r.ravel() + 0.5) * PX], axis=1)
+    for cells in (cleaned, np.array([[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)):
+        polygon = _outline(np.argwhere(cells), PX)
+        np.testing.assert_array_equal(MplPath(polygon).contains_points(centres).reshape(4, 4), cells)
+    assert len(_outline(np.argwhere(cleaned), PX)) == 8  # a square: 4 cut corners
+    assert len(_outline(np.array([[1, 1], [2, 1], [2, 2]]), PX)) == 11  # an L: 5 cut corners, 1 concave
+    assert _diameter_um(_outline(np.array([[0, 0], [0, 1]]), PX), MPP) < 200 <= _diameter_um(
+        _outline(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), PX), MPP
+    )
 
 
 class _FakeSource:

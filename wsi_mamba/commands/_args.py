@@ -1,7 +1,115 @@
-"""Argument helpers shared by the command modules."""
+"""Argument helpers shared by the command modules: the parser of a subcommand, value types, the options several
+commands declare (tile reading, the decoding limit) and deprecated option names.
+
+Defaults come from the library's dataclasses (``wsi_mamba.workflows.configs``), never literals here.
+"""
 
 from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..workflows.configs import TileOptions
+
+TILE_DEFAULTS = TileOptions()
 
 
 class UsageError(ValueError):
     """A command given a combination of arguments it cannot use: one line, exit code 2."""
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def command_parser(
+    subparsers: argparse._SubParsersAction, name: str, help: str, example: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: ``help`` as its description and ``example`` under it."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option name kept for a release: stores like the new one (``dest``) after a one-line warning on
+    stderr naming the replacement. Hidden from ``--help``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated, use {self.replacement} (same meaning)",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def max_pixels_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: the decoding limit (levels, regions, file tiles, associated images)."""
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        help="decode no image bigger than this many pixels (default 500000000): a guard against files whose "
+        "tags claim absurd sizes",
+    )
+
+
+def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> None:
+    """The :class:`~wsi_mamba.workflows.configs.TileOptions` options: ``--batch-size``, ``--read-threads``,
+    ``--min-tissue``, ``--slide-mpp``. ``workers_alias`` adds ``--workers``, the old name of
+    ``--read-threads`` (deprecated: ``--workers`` means worker processes, as in ``cohort``)."""
+    d = TILE_DEFAULTS
+    help_batch = f"tiles per encoder batch (default {d.batch_size})"
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=help_batch)
+    p.add_argument(
+        "--read-threads", type=positive_int, default=d.workers, help=f"tile-reading threads (default {d.workers})"
+    )
+    if workers_alias:
+        p.add_argument(
+            "--workers", dest="read_threads", type=positive_int, action=DeprecatedAlias, replacement="--read-threads"
+        )
+    p.add_argument(
+        "--min-tissue",
+        type=float,
+        default=d.min_tissue,
+        help=f"keep tiles with this tissue fraction (default {d.min_tissue})",
+    )
+    p.add_argument("--slide-mpp", type=positive_float, default=d.slide_mpp, help="level-0 µm/px for slides without one")
+
+
+def tile_options(args: argparse.Namespace) -> TileOptions:
+    """The :class:`TileOptions` of the options :func:`tile_arguments` added."""
+    return TileOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)

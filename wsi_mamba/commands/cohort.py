@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .slides import _parser, _positive_float, _positive_int
+from ._args import command_parser, positive_int, tile_arguments, tile_options
 
 # Manifest, model and scheduler errors are ValueErrors whose message names the file or address.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
@@ -14,7 +14,7 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``cohort`` subcommand to the CLI."""
-    p = _parser(
+    p = command_parser(
         subparsers,
         "cohort",
         "Score a cohort on dask.distributed, one task per slide (a local cluster or --scheduler); "
@@ -28,20 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running dask scheduler (tcp://host:8786)")
     where.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         help="worker processes of the local cluster (default: one per GPU, else min(4, CPUs))",
     )
     p.add_argument("--model", help="model folder (default: the shipped default model)")
     p.add_argument("--heatmap", action="store_true", help="also write NAME.heatmap.png and NAME.tiles.geojson")
     p.add_argument(
         "--torch-threads",
-        type=_positive_int,
+        type=positive_int,
         help="torch threads per worker (default: CPUs / workers locally; the workers' own with --scheduler)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="tiles per encoder batch (default 64)")
-    p.add_argument("--read-threads", type=_positive_int, default=4, help="tile-reading threads per worker (default 4)")
-    p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
-    p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px for slides without one")
+    tile_arguments(p)  # --read-threads: per worker process
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(func=cmd_cohort)
@@ -49,9 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_cohort(args: argparse.Namespace) -> int:
     from ..workflows.cohort import run_cohort
-    from ..workflows.extract import TileOptions
 
-    options = TileOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)
+    options = tile_options(args)
     summary = run_cohort(
         args.manifest,
         args.out,

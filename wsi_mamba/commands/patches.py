@@ -6,14 +6,14 @@ import argparse
 import json
 import sys
 
-from .slides import _parser, _positive_float, _positive_int
+from ._args import command_parser, positive_float, positive_int
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the patch subcommands to the CLI."""
-    p = _parser(
+    p = command_parser(
         subparsers,
         "score-patches",
         "Tumour probability of each patch (image files, folders, PCam _x.h5); AUC and accuracy when labels are "
@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, [index], [label], score}")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     p.add_argument("--threshold", type=float, help="decision threshold for accuracy (default: the model's, or 0.5)")
-    p.add_argument("--patch-mpp", type=_positive_float, help="µm/px of the patches (default PCam's, 0.972)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="patches per batch (default 128)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default 128)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=cmd_score_patches)
 
 

@@ -9,58 +9,17 @@ import warnings
 
 from ..slide import AnnotationError, SlideError, open_slide
 from ..slide.base import set_max_pixels
+from ._args import command_parser, max_pixels_argument, positive_float, positive_int
 
 EXPECTED_ERRORS = (SlideError, AnnotationError)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _parser(
-    subparsers: argparse._SubParsersAction, name: str, help: str, example: str
-) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
-        name,
-        help=help,
-        description=help,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 MAX_SYNTH_SIZE = 200_000  # the largest real slides are about this wide
 
 
-def max_pixels_argument(p: argparse.ArgumentParser) -> None:
-    """``--max-pixels``: the decoding limit (levels, regions, file tiles, associated images)."""
-    p.add_argument(
-        "--max-pixels",
-        type=_positive_int,
-        help="decode no image bigger than this many pixels (default 500000000): a guard against files whose "
-        "tags claim absurd sizes",
-    )
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the slide subcommands to the CLI."""
-    p = _parser(
+    p = command_parser(
         subparsers,
         "info",
         "Show a slide's backend, vendor, levels, mpp and associated images.",
@@ -72,24 +31,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     max_pixels_argument(p)
     p.set_defaults(func=cmd_info)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "tiles",
         "Tile a slide at a resolution and draw the grid on its thumbnail.",
         "wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png",
     )
     p.add_argument("slide", help="slide file (or DICOM folder)")
-    p.add_argument("--mpp", type=_positive_float, default=0.5, help="tile resolution in µm/px (default 0.5)")
-    p.add_argument("--tile", type=_positive_int, default=256, help="tile side in pixels (default 256)")
+    p.add_argument("--mpp", type=positive_float, default=0.5, help="tile resolution in µm/px (default 0.5)")
+    p.add_argument("--tile", type=positive_int, default=256, help="tile side in pixels (default 256)")
     p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
-    p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px when the file has none")
+    p.add_argument("--slide-mpp", type=positive_float, help="level-0 µm/px when the file has none")
     p.add_argument("--out", help="preview PNG to write")
-    p.add_argument("--max-size", type=_positive_int, default=1024, help="preview's longer side (px)")
+    p.add_argument("--max-size", type=positive_int, default=1024, help="preview's longer side (px)")
     p.add_argument("--json", action="store_true", help="print JSON")
     max_pixels_argument(p)
     p.set_defaults(func=cmd_tiles)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "synth",
         "Write a synthetic CAMELYON16-style cohort (pyramidal TIFFs, XML, CSV): procedural tissue, or real "
@@ -98,11 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  wsi-mamba synth data/pcam-cohort --from-patches ../shared/data/pcam/valid --slides 40 --test-fraction 1",
     )
     p.add_argument("out", help="output folder")
-    p.add_argument("--slides", type=_positive_int, default=6, help="number of slides (a third for testing/)")
+    p.add_argument("--slides", type=positive_int, default=6, help="number of slides (a third for testing/)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument(
         "--size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="level-0 width in pixels (default 8192); with --from-patches the longest side's upper bound "
         "(default 60 patches, 5760 px at 96 px)",
@@ -150,12 +109,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_image_out(out: str, slide: str) -> None:
+    """Refuse (``ValueError``, one line) an image ``--out`` that is the slide itself or an existing folder."""
+    from pathlib import Path
+
+    target = Path(out)
+    if target.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the image file to write (nothing was changed)")
+    if target.exists() and Path(slide).exists() and target.samefile(slide):
+        raise ValueError(f"--out {out} is the input slide (nothing was changed)")
+
+
 def cmd_tiles(args: argparse.Namespace) -> int:
-    from ..slide.preview import render_preview
+    from ..slide.preview import render_preview, save_image_atomic
     from ..slide.tiling import make_tile_grid
     from ..slide.tissue import detect_tissue
 
     set_max_pixels(args.max_pixels)
+    if args.out:
+        _check_image_out(args.out, args.slide)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing mpp is reported by make_tile_grid as an error
         slide = open_slide(args.slide, mpp=args.slide_mpp)
@@ -165,7 +137,7 @@ def cmd_tiles(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")
             grid = make_tile_grid(slide, args.tile, args.mpp, args.min_tissue, tissue=tissue)
         if args.out:
-            render_preview(slide, grid, tissue, args.max_size).save(args.out)
+            save_image_atomic(render_preview(slide, grid, tissue, args.max_size), args.out)
     summary = {
         "slide": str(args.slide),
         "tiles": len(grid),

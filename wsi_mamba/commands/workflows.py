@@ -8,39 +8,43 @@ import sys
 from pathlib import Path
 
 from ..slide.base import set_max_pixels
-from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig
-from ._args import UsageError
-from .slides import _parser, _positive_float, _positive_int, max_pixels_argument
+from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig, TileOptions
+from ._args import (
+    UsageError,
+    command_parser,
+    max_pixels_argument,
+    positive_float,
+    positive_int,
+    tile_arguments,
+    tile_options,
+)
 
 # Workflow errors are ValueErrors whose message names the file and the problem.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
 
 
 def _tile_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="tiles per encoder batch (default 64)")
-    p.add_argument("--workers", type=_positive_int, default=4, help="tile-reading threads (default 4)")
-    p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
-    p.add_argument("--slide-mpp", type=_positive_float, help="level-0 µm/px for slides without one")
+    """The tile options of ``extract`` and ``predict``: the shared ones, the decoding limit, torch threads."""
+    tile_arguments(p, workers_alias=True)
     max_pixels_argument(p)
     p.add_argument(
-        "--threads", type=_positive_int, help="torch CPU threads (default: torch's; 1 is often faster on 2 cores)"
+        "--threads", type=positive_int, help="torch CPU threads (default: torch's; 1 is often faster on 2 cores)"
     )
 
 
-def _tile_options(args: argparse.Namespace):
+def _tile_options(args: argparse.Namespace) -> TileOptions:
+    """The tile options, after setting torch's thread count and the decoding limit from ``args``."""
     import torch
-
-    from ..workflows.extract import TileOptions
 
     if args.threads:
         torch.set_num_threads(args.threads)
     set_max_pixels(args.max_pixels)
-    return TileOptions(args.min_tissue, args.batch_size, args.workers, args.slide_mpp)
+    return tile_options(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the workflow subcommands to the CLI."""
-    p = _parser(
+    p = command_parser(
         subparsers,
         "extract",
         "Encode the tissue tiles of slides into one feature store (zarr) per slide; resumable.",
@@ -56,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print per-slide results as JSON")
     p.set_defaults(func=cmd_extract)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "train-encoder",
         "Train the tile encoder: on labelled patches (--patches: PCam HDF5, image folders, CSV), or on annotated "
@@ -83,23 +87,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         help=f"backbone (registry name; default {patch_defaults.model} on patches, {slide_defaults.model} on slides)",
     )
-    p.add_argument("--patch-mpp", type=_positive_float, help="µm/px of the patches (default PCam's, 0.972)")
-    p.add_argument("--tile-px", type=_positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
-    p.add_argument("--mpp", type=_positive_float, default=slide_defaults.mpp, help="tile µm/px (slides)")
-    p.add_argument("--epochs", type=_positive_int, help=f"default {patch_defaults.epochs} / {slide_defaults.epochs}")
-    p.add_argument("--batch-size", type=_positive_int, default=patch_defaults.batch_size)
-    p.add_argument("--lr", type=_positive_float, default=patch_defaults.lr)
-    p.add_argument("--patience", type=_positive_int, default=patch_defaults.patience, help="early stopping (patches)")
+    p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
+    p.add_argument("--tile-px", type=positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
+    p.add_argument("--mpp", type=positive_float, default=slide_defaults.mpp, help="tile µm/px (slides)")
+    p.add_argument("--epochs", type=positive_int, help=f"default {patch_defaults.epochs} / {slide_defaults.epochs}")
+    p.add_argument("--batch-size", type=positive_int, default=patch_defaults.batch_size)
+    p.add_argument("--lr", type=positive_float, default=patch_defaults.lr)
+    p.add_argument("--patience", type=positive_int, default=patch_defaults.patience, help="early stopping (patches)")
     p.add_argument("--val-fraction", type=float, default=patch_defaults.val_fraction, help="carved validation part")
-    p.add_argument("--epoch-patches", type=_positive_int, help="class-balanced draws per epoch (patches)")
+    p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
     p.add_argument(
-        "--max-tiles", type=_positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
+        "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
     )
     p.add_argument("--seed", type=int, default=patch_defaults.seed)
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=cmd_train_encoder)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "train",
         "Train the slide model on feature stores and slide labels; writes a model folder.",
@@ -112,14 +116,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", help="encoder checkpoint (default: the one the stores were made with)")
     p.add_argument("--name", help="the model's name in outputs (default: the --out folder's name)")
     p.add_argument("--annotations", help="lesion annotations folder: adds tile supervision")
-    p.add_argument("--epochs", type=_positive_int, default=40)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
-    p.add_argument("--patience", type=_positive_int, default=10, help="early-stopping patience (epochs)")
-    p.add_argument("--val-fraction", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=0)
+    train_defaults = SlideTrainingConfig()
+    p.add_argument("--epochs", type=positive_int, default=train_defaults.epochs)
+    p.add_argument("--lr", type=positive_float, default=train_defaults.lr)
+    p.add_argument(
+        "--patience", type=positive_int, default=train_defaults.patience, help="early-stopping patience (epochs)"
+    )
+    p.add_argument("--val-fraction", type=float, default=train_defaults.val_fraction)
+    p.add_argument("--seed", type=int, default=train_defaults.seed)
     p.set_defaults(func=cmd_train)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "evaluate",
         "Slide AUC (95%% bootstrap interval), accuracy, ROC curve and per-slide CSV; FROC with annotations.",
@@ -131,11 +138,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", help="lesion annotations folder: adds the lesion-level FROC")
     p.add_argument("--baseline", action="store_true", help="also report the colour-statistics baseline")
     p.add_argument("--out", required=True, help="folder for metrics.json, per_slide.csv, roc.png")
-    p.add_argument("--bootstrap", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "predict",
         "Metastasis probability of each slide (features on the fly); optional heatmap and GeoJSON.",
@@ -149,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
     p.set_defaults(func=cmd_predict)
 
-    p = _parser(
+    p = command_parser(
         subparsers,
         "run",
         "Run a recipe (YAML list of wsi-mamba commands); finished steps are skipped on a rerun.",
@@ -236,7 +243,7 @@ def _train_encoder_on_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..workflows.train import SlideTrainingConfig, train_slide_model
+    from ..workflows.train import train_slide_model
 
     cfg = SlideTrainingConfig(
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed
@@ -269,6 +276,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"accuracy {m['accuracy_at_0.5']:.3f} at 0.5, {m['accuracy_at_youden']:.3f} at Youden "
                 f"{m['youden_threshold']:.3f}"
             )
+    for cls, rates in metrics.get("by_lesion_class", {}).items():
+        what = "false-positive rate" if "false_positive_rate" in rates else "sensitivity"
+        value = rates.get("false_positive_rate", rates.get("sensitivity"))
+        print(f"  {cls}: {rates['slides']} slides, {what} {value:.3f} at {rates['threshold']:g}")
     if "froc" in metrics:
         score = metrics["froc"]["score"]
         print(f"FROC score {score:.3f}" if score is not None else f"FROC: {metrics['froc']['reason']}")

@@ -2,16 +2,12 @@
 checkpoint I/O."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .grid import grid_tensors
 from .official import config_from_official, load_official
 from .registry import create_model, list_models, register_model
-from .slide_model import (
-    SlideMamba,
-    SlideModelConfig,
-    SlideOutput,
-    grid_tensors,
-    load_slide_model,
-    save_slide_model,
-)
+from .slide_model import SlideMamba, SlideOutput
+from .slide_model_config import SlideModelConfig
+from .slide_model_io import load_slide_model, save_slide_model
 from .ss2d import SS2D, cross_merge, cross_scan
 from .vmamba import CONFIGS, VSSM, VMambaConfig, VSSBlock, build_vmamba
 

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+from ..outputs.artefact import ArtefactFormat
+from ..outputs.atomic import json_safe
 from .state import load_into_new_model
 from .validation import check_float, check_int
 from .vmamba import VSSM, VMambaConfig
 
-FORMAT = "wsi-mamba/vmamba"
-FORMAT_VERSION = 1
+FORMAT = ArtefactFormat("wsi-mamba/vmamba", 1)
+FORMAT_VERSION = FORMAT.version
 
 
 def config_path(path: str | Path) -> Path:
     """The JSON file that goes with a ``.safetensors`` checkpoint."""
     return Path(path).with_suffix(".json")
+
+
+def tensor_writer(model: nn.Module, fmt: ArtefactFormat) -> Callable[[Path], None]:
+    """A function that writes ``model``'s state dict (on the CPU, contiguous) as safetensors to a given path,
+    tagged with ``fmt``'s name (for :meth:`ArtefactFormat.write_pair`)."""
+    state: dict[str, torch.Tensor] = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return lambda tmp: save_file(state, str(tmp), metadata={"format": fmt.name})
 
 
 def save_checkpoint(model: VSSM, path: str | Path, metadata: dict | None = None) -> Path:
@@ -28,18 +38,10 @@ def save_checkpoint(model: VSSM, path: str | Path, metadata: dict | None = None)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "VSSM", "config": model.config.to_dict()}
+    body = {"model": "VSSM", "config": model.config.to_dict()}
     if metadata:
-        meta["metadata"] = metadata
-    # Both files go to temporary names first; the tensors are renamed last, so a checkpoint file under its
-    # final name always has its config beside it.
-    tmp_tensors, tmp_meta = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".json.tmp")
-    save_file(state, str(tmp_tensors), metadata={"format": FORMAT})
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp_meta, config_path(path))
-    os.replace(tmp_tensors, path)
-    return path
+        body["metadata"] = json_safe(metadata)  # a NaN (e.g. an undefined validation AUC) is stored as null
+    return FORMAT.write_pair(path, config_path(path), body, tensor_writer(model, FORMAT))
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict:
@@ -48,12 +50,7 @@ def read_checkpoint_metadata(path: str | Path) -> dict:
     meta_file = config_path(path)
     if not meta_file.exists():
         raise ValueError(f"{path}: no model config {meta_file.name} beside the checkpoint")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} config")
+    meta = FORMAT.read(meta_file)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("metadata", {}), dict):
         raise ValueError(f"{meta_file}: 'config' and 'metadata' must be JSON objects")
     extra = meta.get("metadata", {})

@@ -47,12 +47,32 @@ REQUIRED = {
 }
 
 
-def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
+MAX_BASE_DEPTH = 16  # official configs include one or two levels of BASE files
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """An official config with its ``BASE`` includes merged in (resolved beside the file). ``ValueError``
+    naming the file for an include cycle (a config that includes itself, directly or through others), an
+    unreadable file or one that is not a YAML mapping."""
+    key = path.resolve()
+    if key in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(key) :], key))
+        raise ValueError(f"{path}: BASE includes form a cycle ({cycle})")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise ValueError(f"{path}: BASE includes nested more than {MAX_BASE_DEPTH} deep")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a valid YAML config ({str(exc).splitlines()[0]})") from None
+    bases = (data.get("BASE") or []) if isinstance(data, dict) else None
+    if not isinstance(bases, list):
+        raise ValueError(f"{path}: not an official config (a YAML mapping whose BASE is a list of files)")
     merged: dict = {}
-    for base in data.get("BASE") or []:  # official "BASE: ['']" includes, resolved beside the file
+    for base in bases:  # official "BASE: ['']" includes, resolved beside the file
         if base:
-            merged = _merge(merged, _read_yaml(path.parent / base))
+            merged = _merge(merged, _read_yaml(path.parent / str(base), (*chain, key)))
     return _merge(merged, data)
 
 

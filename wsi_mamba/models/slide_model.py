@@ -20,84 +20,26 @@ background around the tissue (``grid_tensors(..., crop=False)``) changes nothing
 
 Because the classifier is affine and the attention sums to 1, ``logit == Σ attention · tile_logits``.
 A sample with no tissue at all gets attention 0, tile logits 0 and logit 0 (no NaN).
+
+Beside this module: the config (``slide_model_config.py``), the grid input (``grid.py``), checkpoint I/O
+(``slide_model_io.py``); the scan routes and input projections are SS2D's (``ss2d.py``).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from wsi_mamba_scan import SCAN_BACKENDS, selective_scan
 
 from .layers import LayerNorm2d, Linear2d, Mlp
-from .ss2d import K_ROUTES, SS2D, cross_merge, cross_scan
-from .state import load_into_new_model
-from .validation import check_float, check_int
+from .slide_model_config import SlideModelConfig
+from .ss2d import K_ROUTES, SS2D, cross_merge, cross_scan, route, unroute
 from .vmamba import _init_weights
-
-FORMAT = "wsi-mamba/slide-model"
-FORMAT_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True)
-class SlideModelConfig:
-    """Everything that defines a :class:`SlideMamba` (stored in the checkpoint's JSON)."""
-
-    in_dim: int  # tile feature size
-    dim: int = 64  # token width
-    depth: int = 2  # number of masked VSS blocks
-    d_state: int = 4  # SSM state size N
-    ssm_ratio: float = 1.0  # d_inner = int(ssm_ratio * dim)
-    mlp_ratio: float = 2.0
-    attn_dim: int = 64  # hidden size of the gated attention
-    dropout: float = 0.1  # after the input projection, on residual branches and in the attention
-    scan_backend: str = "auto"  # passed to selective_scan
-
-    def __post_init__(self) -> None:
-        """Types and bounds of every field (a config read from a file is checked before anything is built)."""
-        owner = "SlideModelConfig"
-        bounds = {"in_dim": (1, 65_536), "dim": (1, 4096), "depth": (0, 64), "d_state": (1, 256), "attn_dim": (1, 4096)}
-        for name, (low, high) in bounds.items():
-            object.__setattr__(self, name, check_int(owner, name, getattr(self, name), low, high))
-        for name in ("ssm_ratio", "mlp_ratio"):
-            object.__setattr__(self, name, check_float(owner, name, getattr(self, name), 0, 16, low_open=True))
-        if int(self.ssm_ratio * self.dim) < 1:
-            raise ValueError("SlideModelConfig: ssm_ratio and mlp_ratio must be > 0 (and d_inner >= 1)")
-        object.__setattr__(self, "dropout", check_float(owner, "dropout", self.dropout, 0, 1, high_open=True))
-        if not isinstance(self.scan_backend, str):
-            raise ValueError(f"SlideModelConfig: scan_backend must be a string, got {self.scan_backend!r}")
-        if self.scan_backend not in SCAN_BACKENDS:
-            raise ValueError(
-                f"SlideModelConfig: scan_backend is {self.scan_backend!r}, expected one of {', '.join(SCAN_BACKENDS)}"
-            )
-
-    def to_dict(self) -> dict:
-        """Plain JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SlideModelConfig:
-        """Inverse of :meth:`to_dict`; unknown or missing fields → ``ValueError`` naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"SlideModelConfig: expected a dict, got {type(data).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown slide model config fields: {unknown}")
-        if "in_dim" not in data:
-            raise ValueError("slide model config lacks the required field 'in_dim'")
-        return cls(**data)
 
 
 @dataclass
@@ -114,21 +56,6 @@ class SlideOutput:
 
 
 # --------------------------------------------------------------------------------------------- modules
-
-
-def _route(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Route ``k`` of :func:`cross_scan` alone: (B, C, H, W) → (B, C, H·W)."""
-    seq = x.flatten(2) if k % 2 == 0 else x.transpose(2, 3).flatten(2)
-    return seq.flip(-1) if k >= 2 else seq
-
-
-def _unroute(y: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`_route`: (B, C, H·W) → (B, C, H, W)."""
-    if k >= 2:
-        y = y.flip(-1)
-    if k % 2 == 0:
-        return y.unflatten(2, (height, width))
-    return y.unflatten(2, (width, height)).transpose(2, 3)
 
 
 class MaskedSS2D(SS2D):
@@ -171,11 +98,9 @@ class MaskedSS2D(SS2D):
         stop = start + count
         channels = slice(start * d_inner, stop * d_inner)
         sdtype = torch.promote_types(xs.dtype, torch.float32)  # fp32, or fp64 for a float64 model
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight[start:stop])
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight[start:stop])
+        dts, Bs, Cs = self.project_routes(xs, start)
         delta = F.softplus(dts.to(sdtype) + self.dt_projs_bias[start:stop, :, None].to(sdtype))
-        del dts, x_dbl
+        del dts
         delta = delta.masked_fill(~valid, 0.0)
         ys = selective_scan(
             xs.reshape(batch, count * d_inner, length),
@@ -198,14 +123,14 @@ class MaskedSS2D(SS2D):
                 xs, valid = cross_scan(h), cross_scan(mask)
             else:
                 routes = range(start, start + per)
-                xs = torch.stack([_route(h, k) for k in routes], dim=1)
-                valid = torch.stack([_route(mask, k) for k in routes], dim=1)
+                xs = torch.stack([route(h, k) for k in routes], dim=1)
+                valid = torch.stack([route(mask, k) for k in routes], dim=1)
             ys = self.scan_routes(xs, valid, start)
             del xs
             if per == K_ROUTES:
                 merged = cross_merge(ys, height, width)
             else:
-                merged = sum(_unroute(ys[:, j], start + j, height, width) for j in range(per))
+                merged = sum(unroute(ys[:, j], start + j, height, width) for j in range(per))
             del ys
             out = merged if out is None else out + merged
         return out.masked_fill(~mask, 0.0)
@@ -223,7 +148,7 @@ class MaskedSS2D(SS2D):
         cells = torch.arange(length, device=h.device).reshape(1, 1, height, width)
         positions = []  # per route: (B, steps) grid cells of the tissue tokens in route order, then padding
         for k in range(K_ROUTES):
-            seq = _route(cells, k).reshape(length)
+            seq = route(cells, k).reshape(length)
             background_first = (~flat_mask[:, seq]).to(torch.uint8)
             order = torch.argsort(background_first, dim=1, stable=True)[:, :steps]
             positions.append(seq[order])
@@ -377,150 +302,6 @@ class SlideMamba(nn.Module):
         return self.forward_head(self.forward_features(features, mask), mask)
 
 
-# ------------------------------------------------------------------------------------------- grid input
-
-
-def _as_index(name: str, values, count: int) -> np.ndarray:
-    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    if array.ndim != 1 or array.shape[0] != count:
-        raise ValueError(f"grid_tensors: {name} must have shape ({count},), got {array.shape}")
-    if count and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"grid_tensors: {name} must hold integers, got dtype {array.dtype}")
-    array = array.astype(np.int64, copy=False)
-    if count and array.min() < 0:
-        raise ValueError(f"grid_tensors: {name} has negative entries (min {array.min()})")
-    return array
-
-
-def grid_tensors(
-    features,
-    rows,
-    cols,
-    shape: tuple[int, int] | None = None,
-    crop: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Place tile vectors on their (row, col) grid cells.
-
-    ``features`` (n, D) numpy or torch (any real dtype, converted to float32; torch stays on its device);
-    ``rows``, ``cols`` (n,) integer grid indices, each cell at most once; ``shape`` (R, C) of the full grid,
-    or ``None`` for (max + 1). ``crop`` cuts to the bounding box of the tiles. Returns features
-    (1, D, R', C') float32 (0 off tissue), mask (1, R', C') bool and the crop offset (row0, col0).
-    The result does not depend on the order of the tiles.
-    """
-    if isinstance(features, torch.Tensor):
-        feats = features.detach()
-    else:
-        array = np.asarray(features)
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise ValueError(f"grid_tensors: features must be numeric, got dtype {array.dtype}")
-        feats = torch.from_numpy(array)
-    if feats.dim() != 2 or feats.is_complex() or feats.dtype == torch.bool:
-        raise ValueError(f"grid_tensors: features must be a real (n, D) array, got {tuple(feats.shape)} {feats.dtype}")
-    count, depth = feats.shape
-    r = _as_index("rows", rows, count)
-    c = _as_index("cols", cols, count)
-    if shape is not None:
-        if len(shape) != 2 or min(int(s) for s in shape) < 1:
-            raise ValueError(f"grid_tensors: shape must be (rows, cols) >= 1, got {shape}")
-        full = (int(shape[0]), int(shape[1]))
-        if count and (r.max() >= full[0] or c.max() >= full[1]):
-            raise ValueError(f"grid_tensors: a tile at ({r.max()}, {c.max()}) (max) lies outside the grid {full}")
-    elif count:
-        full = (int(r.max()) + 1, int(c.max()) + 1)
-    else:
-        raise ValueError("grid_tensors: no tiles and no grid shape")
-    if crop and not count:
-        raise ValueError("grid_tensors: no tiles to crop to (pass crop=False for an empty grid of the given shape)")
-    if crop:
-        row0, col0 = int(r.min()), int(c.min())
-        size = (int(r.max()) - row0 + 1, int(c.max()) - col0 + 1)
-    else:
-        row0, col0, size = 0, 0, full
-    flat = (r - row0) * size[1] + (c - col0)
-    unique, counts = np.unique(flat, return_counts=True)
-    if unique.shape[0] != count:
-        first = int(unique[counts > 1][0])
-        where = (first // size[1] + row0, first % size[1] + col0)
-        raise ValueError(f"grid_tensors: more than one tile at grid cell (row, col) = {where}")
-    index = torch.from_numpy(flat).to(feats.device)
-    grid = torch.zeros(depth, size[0] * size[1], dtype=torch.float32, device=feats.device)
-    step = 1 << 16  # convert in slices: never a full float32 copy of a float16 feature matrix
-    for start in range(0, count, step):
-        grid[:, index[start : start + step]] = feats[start : start + step].to(torch.float32).T
-    mask = torch.zeros(size[0] * size[1], dtype=torch.bool, device=feats.device)
-    mask[index] = True
-    return grid.reshape(1, depth, *size), mask.reshape(1, *size), (row0, col0)
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-
-
-def _tensor_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix == ".json":
-        return path.with_suffix(".safetensors")
-    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-
-
-def save_slide_model(model: SlideMamba, path: str | Path, metadata: dict | None = None) -> Path:
-    """Write ``NAME.safetensors`` (``.safetensors`` appended if missing) and ``NAME.json`` (format, config and
-    the JSON-serialisable ``metadata``); returns the tensor file."""
-    path = _tensor_path(path)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "metadata": dict(metadata or {}),
-    }
-    try:
-        text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": FORMAT})
-    path.with_suffix(".json").write_text(text)
-    return path
-
-
-def load_slide_model(path: str | Path, **overrides) -> tuple[SlideMamba, dict]:
-    """Rebuild the model from the JSON beside ``path`` (config fields overridable, e.g. ``scan_backend``),
-    load its tensors strictly; returns (model in eval mode, metadata). Problems → ``ValueError``."""
-    path = _tensor_path(path)
-    meta_file = path.with_suffix(".json")
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
-    if not meta_file.is_file():
-        raise ValueError(f"{path}: no model config {meta_file.name} beside the checkpoint")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{meta_file}: not a {FORMAT} config (format: {found!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: unsupported format_version {meta.get('format_version')!r}")
-    config_data, metadata = meta.get("config"), meta.get("metadata", {})
-    if not isinstance(config_data, dict) or not isinstance(metadata, dict):
-        raise ValueError(f"{meta_file}: 'config' and 'metadata' must be JSON objects")
-    try:
-        config = SlideModelConfig.from_dict({**config_data, **overrides})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{meta_file}: {exc}") from exc
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type for a bad header
-        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
-    try:
-        model = load_into_new_model(lambda: SlideMamba(config), state)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
-    return model.eval(), metadata
-
-
 __all__ = [
     "GatedAttention",
     "MaskedSS2D",
@@ -528,8 +309,5 @@ __all__ = [
     "SlideMamba",
     "SlideModelConfig",
     "SlideOutput",
-    "grid_tensors",
-    "load_slide_model",
     "masked_softmax",
-    "save_slide_model",
 ]

@@ -35,6 +35,21 @@ def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (rows + cols).reshape(batch, channels, height, width)
 
 
+def route(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Route ``k`` of :func:`cross_scan` alone: (B, C, H, W) → (B, C, H·W)."""
+    seq = x.flatten(2) if k % 2 == 0 else x.transpose(2, 3).flatten(2)
+    return seq.flip(-1) if k >= 2 else seq
+
+
+def unroute(y: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`route`: (B, C, H·W) → (B, C, H, W)."""
+    if k >= 2:
+        y = y.flip(-1)
+    if k % 2 == 0:
+        return y.unflatten(2, (height, width))
+    return y.unflatten(2, (width, height)).transpose(2, 3)
+
+
 def dt_rank_for(dim: int, dt_rank: int | str = "auto") -> int:
     """``"auto"`` = ceil(dim / 16), computed from the block width (not d_inner), as the official code does."""
     return math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
@@ -92,14 +107,21 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(n).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
+    def project_routes(self, xs: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input projections of route sequences ``xs`` (B, k, Di, L), routes ``start .. start + k - 1``:
+        Δ before its bias (B, k, Di, L), B and C (B, k, N, L)."""
+        stop = start + xs.shape[1]
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight[start:stop])
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight[start:stop])
+        return dts, Bs, Cs
+
     def scan_inputs(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """Arguments of the one selective-scan call for the conv output ``h`` (B, Di, H, W)."""
         batch, d_inner, height, width = h.shape
         length = height * width
         xs = cross_scan(h)  # (B, 4, Di, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dts, Bs, Cs = self.project_routes(xs)
         return {
             "u": xs.reshape(batch, K_ROUTES * d_inner, length),
             "delta": dts.reshape(batch, K_ROUTES * d_inner, length),

@@ -109,13 +109,14 @@ def replace_folder(new: str | PathLike[str], target: str | PathLike[str]) -> Non
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path`` (``<name>.tmp-<pid>``); when the block exits cleanly it
-    replaces ``path`` by :func:`replace_folder` (the previous folder stays until the new one is in place). On
-    an exception the temporary folder is removed and ``path`` is left as it was. Hold the output's lock
+def atomic_folder(path: str | PathLike[str], temp: str | PathLike[str] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` (``temp``, by default ``<name>.tmp-<pid>``); when the
+    block exits cleanly it replaces ``path`` by :func:`replace_folder` (the previous folder stays until the new
+    one is in place). On an exception the temporary folder is removed and ``path`` is left as it was. A
+    ``temp`` without the pid is for writers under the output's lock only. Hold the output's lock
     (:func:`wsi_mamba.outputs.lock.output_lock`) around it when other processes may write the same path."""
     target = Path(path)
-    tmp = target.with_name(f"{target.name}{TEMP_MARKER}{os.getpid()}")
+    tmp = Path(temp) if temp is not None else target.with_name(f"{target.name}{TEMP_MARKER}{os.getpid()}")
     if tmp.exists():  # a left-over of an earlier process with our PID
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..outputs.atomic import atomic_path, write_text_atomic
 from .errors import AnnotationError
 from .tiling import TileGrid, region_fractions
 
@@ -77,7 +78,7 @@ def read_asap_xml(path: str | PathLike[str]) -> Annotations:
 
 
 def write_asap_xml(annotations: Annotations, path: str | PathLike[str]) -> None:
-    """Write ASAP XML (what CAMELYON16 ships and ASAP opens)."""
+    """Write ASAP XML (what CAMELYON16 ships and ASAP opens), atomically."""
     root = ET.Element("ASAP_Annotations")
     annotations_el = ET.SubElement(root, "Annotations")
     groups: dict[str, str] = {}
@@ -103,7 +104,8 @@ def write_asap_xml(annotations: Annotations, path: str | PathLike[str]) -> None:
         group_el = ET.SubElement(groups_el, "Group", Name=group, PartOfGroup="None", Color=color)
         ET.SubElement(group_el, "Attributes")
     ET.indent(root)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    with atomic_path(path) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
 
 
 def to_geojson(annotations: Annotations) -> dict:
@@ -132,7 +134,8 @@ def to_geojson(annotations: Annotations) -> dict:
 
 
 def write_geojson(annotations: Annotations, path: str | PathLike[str]) -> None:
-    Path(path).write_text(json.dumps(to_geojson(annotations)))
+    """Write :func:`to_geojson` to ``path``, atomically."""
+    write_text_atomic(path, json.dumps(to_geojson(annotations)))
 
 
 def read_geojson(path: str | PathLike[str]) -> Annotations:

@@ -14,6 +14,11 @@ class SlideError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class TileDecodeError(SlideError):
+    """The pixels of one region cannot be decoded (a damaged JPEG tile, say) though the slide itself opened:
+    callers reading many tiles may leave that tile out with a warning instead of failing the slide."""
+
+
 class AnnotationError(ValueError):
     """An annotation file cannot be read; the message names the file and the problem."""
 

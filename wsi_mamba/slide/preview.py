@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from os import PathLike
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..outputs.atomic import atomic_path
 from .base import Slide
 from .tiling import TileGrid
 from .tissue import TissueMask
@@ -27,3 +31,10 @@ def render_preview(
     for x, y in zip(grid.x.tolist(), grid.y.tolist(), strict=True):
         draw.rectangle([x * scale, y * scale, x * scale + side, y * scale + side], outline=(0, 0, 200))
     return thumb
+
+
+def save_image_atomic(image: Image.Image, path: str | PathLike[str]) -> None:
+    """Save ``image`` to ``path`` atomically (temp sibling, then rename: a previous image stays until the new
+    one is complete); the format follows the extension, PNG when unknown."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))

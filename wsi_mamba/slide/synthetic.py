@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import tifffile
 
+from ..outputs.atomic import atomic_path
 from .annotations import Annotations, Polygon, write_asap_xml
 from .procedural import MPP, Lesion, SlideSpec, make_spec, render
 
@@ -121,7 +122,6 @@ def write_slide(
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}, got {compression!r}")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     w0, h0 = spec.width, spec.height
     levels = _levels(w0, h0, 4 if flavour == "svs" else 2)
     common = dict(
@@ -136,34 +136,29 @@ def write_slide(
         tiled.update(resolution=(res, res), resolutionunit="CENTIMETER")
     header = "Aperio Image Library v12.0.15"
     bigtiff = w0 * h0 * 3 > 2**31
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            for index, (w, h, ds) in enumerate(levels):
-                if flavour == "svs":
-                    description = (
-                        f"{header}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
-                        f"|AppMag = {max(1, round(APP_MAG * MPP / spec.mpp))}|MPP = {spec.mpp}"
-                        if index == 0
-                        else f"{header}\r\n{w0}x{h0} -> {w}x{h}"
-                    )
-                    subfiletype = 0
-                else:
-                    description, subfiletype = None, (1 if index else 0)
-                tw.write(
-                    _tiles(spec, w, h, ds, tick, renderer),
-                    shape=(h, w, 3),
-                    description=description,
-                    subfiletype=subfiletype,
-                    **tiled,
-                )
-                if flavour == "svs" and index == 0:
-                    _write_thumbnail(tw, spec, header, common, renderer)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+        for index, (w, h, ds) in enumerate(levels):
             if flavour == "svs":
-                _write_label_macro(tw, spec, header, common, renderer)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+                description = (
+                    f"{header}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
+                    f"|AppMag = {max(1, round(APP_MAG * MPP / spec.mpp))}|MPP = {spec.mpp}"
+                    if index == 0
+                    else f"{header}\r\n{w0}x{h0} -> {w}x{h}"
+                )
+                subfiletype = 0
+            else:
+                description, subfiletype = None, (1 if index else 0)
+            tw.write(
+                _tiles(spec, w, h, ds, tick, renderer),
+                shape=(h, w, 3),
+                description=description,
+                subfiletype=subfiletype,
+                **tiled,
+            )
+            if flavour == "svs" and index == 0:
+                _write_thumbnail(tw, spec, header, common, renderer)
+        if flavour == "svs":
+            _write_label_macro(tw, spec, header, common, renderer)
     return path
 
 
@@ -313,7 +308,8 @@ def _write_csvs(out: Path, plan: list[CohortSlide]) -> None:
         if not rows:
             continue
         (out / split).mkdir(parents=True, exist_ok=True)
-        with open(out / split / filename, "w", newline="") as f:
+        # atomic: labels.csv is a recipe's `creates` marker, and a cut-off file would lose slides
+        with atomic_path(out / split / filename) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
             for item in rows:

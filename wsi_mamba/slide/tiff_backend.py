@@ -14,7 +14,7 @@ import zarr
 from tifffile import RESUNIT, TIFF
 
 from .base import Slide, check_pixels, to_rgb_uint8
-from .errors import SlideError
+from .errors import SlideError, TileDecodeError
 from .tile_cache import TileCache
 
 # Formats with vendor-specific layouts (overlaps, stripes, extra planes) are left to OpenSlide.
@@ -103,6 +103,32 @@ def _ome_mpp(ome_xml: str) -> float | None:
     return None
 
 
+def _aperio_layout(tf: tifffile.TiffFile) -> tuple[list[Any], list[tuple[str, Any]]] | None:
+    """OpenSlide's rule for an Aperio SVS: every tiled page is a pyramid level, only stripped pages are the
+    thumbnail (page 1), label and macro (named by the second line of their description). Returns (levels, one
+    single-page series each; associated images) when tifffile's series lose a level (tifffile takes page 1 as
+    the thumbnail even when it is a tiled level, as some writers other than Aperio's make it); None when
+    they agree (the usual layout)."""
+    pages = [tf.pages[i] for i in range(len(tf.pages))]
+    tiled = [page for page in pages if page.is_tiled]
+    if len(tiled) == len(tf.series[0].levels):
+        return None
+    levels = [
+        tifffile.TiffPageSeries([page], page.shape, page.dtype, page.axes, name="Resolution", kind="svs")
+        for page in tiled
+    ]
+    associated: dict[str, Any] = {}
+    for index, page in enumerate(pages):
+        if page.is_tiled:
+            continue
+        lines = (page.description or "").splitlines()
+        word = lines[1].split()[0].lower() if len(lines) > 1 and lines[1].split() else ""
+        name = "thumbnail" if index == 1 else (word if word in ("label", "macro") else None)
+        if name and name not in associated:
+            associated[name] = page
+    return levels, list(associated.items())
+
+
 MAX_CACHED_TILES_PER_READ = 16  # larger reads (whole levels, previews) bypass the decoded-tile cache
 
 
@@ -138,6 +164,10 @@ class TiffSlide(Slide):
             raise SlideError(self.path, "TIFF holds no image")
         series = tf.series[0]
         levels = series.levels
+        aperio = _aperio_layout(tf) if tf.is_svs else None
+        self._level_pages = None if aperio is None else [level.keyframe.index for level in aperio[0]]
+        if aperio is not None:
+            levels = aperio[0]
         self._axes = [level.axes for level in levels]
         dims = []
         for level in levels:
@@ -172,6 +202,8 @@ class TiffSlide(Slide):
             self.vendor = "generic-tiff"
             self.native_mpp = _mpp_from_page(first)
         self._associated = [(s.name.lower(), s) for s in tf.series[1:] if s.name and tf.is_svs]
+        if aperio is not None:
+            self._associated = aperio[1]
 
     def _check_not_truncated(self, tf: tifffile.TiffFile, levels: list[Any]) -> None:
         size = tf.filehandle.size
@@ -192,8 +224,13 @@ class TiffSlide(Slide):
             tf = tifffile.TiffFile(self.path)
             with self._lock:
                 self._handles.append(tf)
-            node = zarr.open(tf.series[0].aszarr(), mode="r")
-            if isinstance(node, zarr.Array):
+            if self._level_pages is not None:  # an Aperio layout read by OpenSlide's rule: one page per level
+                node = [zarr.open(tf.pages[index].aszarr(), mode="r") for index in self._level_pages]
+            else:
+                node = zarr.open(tf.series[0].aszarr(), mode="r")
+            if isinstance(node, list):
+                arrays = node
+            elif isinstance(node, zarr.Array):
                 arrays = [node]
             else:
                 arrays = [node[str(i)] for i in range(self.level_count)]
@@ -247,7 +284,7 @@ class TiffSlide(Slide):
         except SlideError:
             raise
         except Exception as exc:
-            raise SlideError(
+            raise TileDecodeError(
                 self.path, f"cannot decode pixels of level {level} at ({x}, {y}) size ({w}, {h}): {exc}"
             ) from exc
         order = [kept.index("Y"), kept.index("X")] + ([kept.index(channel)] if channel else [])

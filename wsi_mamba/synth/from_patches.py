@@ -29,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..data.patches import PatchSource, open_patches
-from ..outputs.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from ..outputs.atomic import write_csv_atomic, write_text_atomic
 from ..slide.annotations import Annotations, Polygon, write_asap_xml
 from ..slide.synthetic import COMPRESSIONS, FLAVOURS, slide_layout, write_slide
 
@@ -43,7 +43,9 @@ __all__ = [
     "apply_dihedral",
     "lesion_annotations",
     "lesion_class",
+    "macro_min_cells",
     "plan_patch_cohort",
+    "plan_slide",
     "render_patch_slide",
     "stain_shift",
     "write_patch_cohort",
@@ -212,20 +214,13 @@ def _tissue(
 
 
 def _clean_cells(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component, holes filled, diagonal-only contacts closed (a simple outline)."""
+    """The largest 4-connected component with its holes filled: cells whose outline is one simple polygon
+    (two cells of it touching only at a corner would enclose a hole on one side, which is filled)."""
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = ndimage.sum(mask, labels, range(1, n + 1))
         mask = labels == 1 + int(np.argmax(sizes))
-    mask = np.pad(mask, 1)
-    while True:
-        mask = ndimage.binary_fill_holes(mask)
-        a, b, c, d = mask[:-1, :-1], mask[:-1, 1:], mask[1:, :-1], mask[1:, 1:]
-        pinch = np.argwhere((a & d & ~b & ~c) | (b & c & ~a & ~d))
-        if not len(pinch):
-            return mask[1:-1, 1:-1]
-        r, c = pinch[0]
-        mask[r, c + 1] = True  # the top-right cell of the 2 × 2 block joins the two
+    return ndimage.binary_fill_holes(mask)
 
 
 def _outline(cells: np.ndarray, px: int) -> np.ndarray:
@@ -703,8 +698,7 @@ def write_patch_cohort(
         if item.spec.lesions:
             xml = item.path.parents[1] / "lesion_annotations" / f"{item.name}.xml"
             xml.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(xml) as tmp:
-                write_asap_xml(lesion_annotations(item.spec), tmp)
+            write_asap_xml(lesion_annotations(item.spec), xml)  # atomic
         if tick is not None:
             tick()
     out.mkdir(parents=True, exist_ok=True)

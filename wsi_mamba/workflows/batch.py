@@ -3,14 +3,30 @@ cannot collide."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+
+MAX_STEM_BYTES = 200
+"""Longest output stem (UTF-8 bytes): file names are at most 255 bytes on common file systems, and a stem gets
+a suffix (``.regions.geojson``) and, while written, a temporary marker (``.tmp-PID``)."""
 
 
 def slide_name(path: str | Path) -> str:
     """The name a slide goes by in stores, labels and outputs: its file name without the extension."""
     path = Path(path)
     return path.name if path.is_dir() else path.stem
+
+
+def output_stem(name: str) -> str:
+    """The stem of a slide's output files: ``name`` itself, or for a name too long for a file name once suffixes
+    are added (over :data:`MAX_STEM_BYTES`), its start, ``~`` and a hash of the whole name (stable, unique)."""
+    encoded = name.encode("utf-8", errors="surrogateescape")
+    if len(encoded) <= MAX_STEM_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    head = encoded[: MAX_STEM_BYTES - len(digest) - 1].decode("utf-8", errors="ignore")
+    return f"{head}~{digest}"
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -12,7 +12,6 @@ Only safetensors and JSON are read: nothing is unpickled.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,13 +22,15 @@ import numpy as np
 
 from ..models.checkpoint import config_path
 from ..models.encoder import TileEncoder, load_encoder
-from ..models.slide_model import SlideMamba, load_slide_model, save_slide_model
+from ..models.slide_model import SlideMamba
+from ..models.slide_model_io import load_slide_model, save_slide_model
 from ..models.validation import check_float
+from ..outputs.artefact import ArtefactFormat, read_json_object
 from ..outputs.atomic import atomic_folder, json_safe, write_json_atomic
 from ..outputs.lock import output_lock
 
-FORMAT = "wsi-mamba/model"
-FORMAT_VERSION = 1
+FORMAT = ArtefactFormat("wsi-mamba/model", 1, kind="manifest")
+FORMAT_VERSION = FORMAT.version
 MANIFEST = "model.json"
 SHIPPED_MODELS = "shipped_models"  # package folder of the model folders that ship with wsi-mamba
 DEFAULT_MODEL = "synthetic-camelyon"
@@ -79,12 +80,10 @@ def model_path(spec: str | Path | None) -> Path:
 
 def is_model_folder(path: str | Path) -> bool:
     """True for a folder whose ``model.json`` is a manifest of our format (what ``train`` writes)."""
-    manifest = Path(path) / MANIFEST
     try:
-        meta = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return FORMAT.matches(read_json_object(Path(path) / MANIFEST))
+    except ValueError:
         return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def check_model_output(out: str | Path, inputs: Sequence[str | Path | None] = (), overwrite: bool = False) -> Path:
@@ -132,20 +131,12 @@ def save_bundle(
         with atomic_folder(out) as partial:
             shutil.copyfile(encoder.source, partial / "encoder.safetensors")
             shutil.copyfile(config_path(encoder.source), partial / "encoder.json")
-            save_slide_model(
-                slide_model, partial / "slide_model.safetensors", metadata={"encoder_hash": encoder.hash}
-            )
+            save_slide_model(slide_model, partial / "slide_model.safetensors", metadata={"encoder_hash": encoder.hash})
             if baseline is not None:
                 write_json_atomic(partial / "baseline.json", json_safe(baseline))
             if write_extra is not None:
                 write_extra(partial)
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                **encoder.identity(),
-                **meta,
-            }
-            write_json_atomic(partial / MANIFEST, json_safe(manifest))
+            FORMAT.write(partial / MANIFEST, json_safe({**encoder.identity(), **meta}))
     return out
 
 
@@ -192,23 +183,15 @@ def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> M
     if not path.is_dir():
         raise ValueError(f"{path}: not a wsi-mamba model folder (expected a folder with {MANIFEST}, as train writes)")
     manifest = path / MANIFEST
-    try:
-        meta = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{manifest}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{manifest}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    if not manifest.exists():
+        raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
+    meta = FORMAT.read(manifest)
     try:
         check_manifest(meta)
     except ValueError as exc:
         raise ValueError(f"{manifest}: {exc}") from None
     baseline_file = path / "baseline.json"
-    try:
-        baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{baseline_file}: not valid JSON ({exc})") from None
+    baseline = read_json_object(baseline_file) if baseline_file.exists() else None
     if baseline is not None:
         try:
             check_baseline(baseline)

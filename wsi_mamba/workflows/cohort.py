@@ -5,8 +5,13 @@ Layout of an output folder::
     slides/NAME.json        the slide's result (written atomically by ``predict_slide``): "done"
     slides/NAME.heatmap.png, NAME.tiles.geojson   with ``heatmap=True``
     failed/NAME.json        the error of a slide that failed (removed when the slide later succeeds)
+                            (NAME: the slide's name, clipped with a hash when too long for a file name)
     cohort.csv              slide, path, score, prediction, tiles, status, error: one row per manifest slide,
                             sorted by slide name, rewritten atomically as results arrive
+
+One run at a time writes a folder: it holds the lock file ``OUT.lock`` beside it (a second run fails with one
+line; the lock of a dead process is taken over), and removes only the temporary files of its own writers that
+a killed run left (``<final name>.tmp-<pid>``), never a slide's result whose name contains ``.tmp-``.
 
 A slide is done when ``slides/NAME.json`` is a complete result of the same model; a rerun skips those and
 only those, and redoes failed and missing slides. The CSV holds no timings and no absolute paths (``path``
@@ -31,12 +36,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..outputs.atomic import TEMP_MARKER, json_safe, write_csv_atomic, write_json_atomic
+from ..outputs.lock import output_lock
+from .batch import output_stem
 from .bundle import ModelBundle, load_bundle, model_path
 from .extract import TileOptions, slide_name
 from .inputs import SLIDE_SUFFIXES, find_slides
@@ -56,6 +63,7 @@ CSV_COLUMNS = ("slide", "path", "score", "prediction", "tiles", "status", "error
 PATH_COLUMNS = ("path", "slide", "image")  # the first of these in a manifest's header holds the slide paths
 DEFAULT_MAX_WORKERS = 4
 CSV_INTERVAL_S = 1.0  # rewrite cohort.csv at most this often while results arrive (and always at the end)
+RESULT_SUFFIXES = (".json", ".heatmap.png", ".tiles.geojson", ".regions.geojson")  # what predict_slide writes
 
 
 # ---- the manifest --------------------------------------------------------------------------------------
@@ -167,11 +175,20 @@ def _row(entry: ManifestEntry, status: str, result: dict | None = None, error: s
     ]
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Remove temporary files a killed run left (``*.tmp-PID``); results under final names are whole."""
-    for stale in folder.glob(f"*{TEMP_MARKER}*"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+def _remove_stale_temporaries(out: Path, names: Iterable[str]) -> None:
+    """Remove the temporary files a killed run left: exactly ``<final name>.tmp-<pid>`` for a final name this
+    run writes (``cohort.csv``, ``slides/NAME`` + :data:`RESULT_SUFFIXES`, ``failed/NAME.json``). Anything
+    else stays, a slide result whose name merely contains ``.tmp-`` included. Call it holding the lock."""
+    finals = {out / "cohort.csv"}
+    for name in names:
+        finals.update(out / "slides" / f"{output_stem(name)}{suffix}" for suffix in RESULT_SUFFIXES)
+        finals.add(out / "failed" / f"{output_stem(name)}.json")
+    for folder in {final.parent for final in finals}:
+        for item in folder.iterdir() if folder.is_dir() else ():
+            head, marker, pid = item.name.rpartition(TEMP_MARKER)
+            if marker and pid.isascii() and pid.isdigit() and folder / head in finals and item.is_file():
+                with contextlib.suppress(OSError):
+                    item.unlink()
 
 
 def model_fingerprint(model: str | os.PathLike[str] | None) -> str:
@@ -381,8 +398,9 @@ class _CohortState:
     def record(self, entry: ManifestEntry, outcome: dict) -> None:
         """Record one finished task: its row, and failed/NAME.json written (failure) or removed (success)."""
         self.summary.processed += 1
-        failed_file = self.failed_dir / f"{entry.name}.json"
-        result = _read_result(self.slides_dir / f"{entry.name}.json") if outcome["status"] == "done" else None
+        stem = output_stem(entry.name)
+        failed_file = self.failed_dir / f"{stem}.json"
+        result = _read_result(self.slides_dir / f"{stem}.json") if outcome["status"] == "done" else None
         if result is not None:  # read back from the file: proof that the result is there, complete
             self.rows[entry.name] = _row(entry, "done", result)
             failed_file.unlink(missing_ok=True)
@@ -429,42 +447,43 @@ def run_cohort(
     model_arg = None if model is None else str(Path(model).absolute())
     fingerprint = model_fingerprint(model)
 
-    state = _CohortState(Path(out), len(entries))
-    for folder in (state.slides_dir, state.failed_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(folder)
-    todo: list[ManifestEntry] = []
-    for entry in entries:
-        result = _read_result(state.slides_dir / f"{entry.name}.json")
-        if result is not None and result.get("model") != model_name:
-            raise ValueError(
-                f"{out}: {entry.name} was scored by model {result.get('model')!r}, not {model_name!r}; "
-                "write this model's results to another --out folder"
-            )
-        if _is_done(result, entry.name, heatmap):
-            state.rows[entry.name] = _row(entry, "done", result)
-            (state.failed_dir / f"{entry.name}.json").unlink(missing_ok=True)
-            state.summary.skipped += 1
-        else:
-            state.rows[entry.name] = _row(entry, "pending")
-            todo.append(entry)
-    state.write_csv()
+    with output_lock(out):  # one run per output folder; a second fails with one line naming the holder
+        state = _CohortState(Path(out), len(entries))
+        for folder in (state.slides_dir, state.failed_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(Path(out), (entry.name for entry in entries))
+        todo: list[ManifestEntry] = []
+        for entry in entries:
+            result = _read_result(state.slides_dir / f"{output_stem(entry.name)}.json")
+            if result is not None and result.get("model") != model_name:
+                raise ValueError(
+                    f"{out}: {entry.name} was scored by model {result.get('model')!r}, not {model_name!r}; "
+                    "write this model's results to another --out folder"
+                )
+            if _is_done(result, entry.name, heatmap):
+                state.rows[entry.name] = _row(entry, "done", result)
+                (state.failed_dir / f"{output_stem(entry.name)}.json").unlink(missing_ok=True)
+                state.summary.skipped += 1
+            else:
+                state.rows[entry.name] = _row(entry, "pending")
+                todo.append(entry)
+        state.write_csv()
 
-    if todo:
-        with _client(scheduler, workers, log) as (client, started_workers):
-            if started_workers and torch_threads is None:
-                torch_threads = max(1, _cpu_count() // started_workers)
-            state.summary.workers = started_workers or len(client.nthreads())
-            if scheduler is None and importlib.util.find_spec("bokeh") is None:
-                log("dashboard: none (pip install 'bokeh>=3.1' to get one)")
-            else:  # an external scheduler serves it when bokeh is installed where it runs
-                state.summary.dashboard = client.dashboard_link
-                log(f"dashboard: {state.summary.dashboard}")
-            if scheduler is not None:
-                waiting = "; the tasks wait until workers join" if not state.summary.workers else ""
-                log(f"scheduler {scheduler}: {state.summary.workers} worker(s) connected{waiting}")
-            task = (str(state.slides_dir.absolute()), model_arg, options, heatmap, torch_threads, fingerprint)
-            _run_tasks(client, todo, task, state, progress)
+        if todo:
+            with _client(scheduler, workers, log) as (client, started_workers):
+                if started_workers and torch_threads is None:
+                    torch_threads = max(1, _cpu_count() // started_workers)
+                state.summary.workers = started_workers or len(client.nthreads())
+                if scheduler is None and importlib.util.find_spec("bokeh") is None:
+                    log("dashboard: none (pip install 'bokeh>=3.1' to get one)")
+                else:  # an external scheduler serves it when bokeh is installed where it runs
+                    state.summary.dashboard = client.dashboard_link
+                    log(f"dashboard: {state.summary.dashboard}")
+                if scheduler is not None:
+                    waiting = "; the tasks wait until workers join" if not state.summary.workers else ""
+                    log(f"scheduler {scheduler}: {state.summary.workers} worker(s) connected{waiting}")
+                task = (str(state.slides_dir.absolute()), model_arg, options, heatmap, torch_threads, fingerprint)
+                _run_tasks(client, todo, task, state, progress)
 
     summary = state.summary
     summary.done = sum(row[5] == "done" for row in state.rows.values())

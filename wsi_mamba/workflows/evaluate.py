@@ -16,7 +16,7 @@ from ..evaluation.metrics import summarize
 from ..evaluation.roc_plot import write_roc_png
 from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
 from .bundle import ModelBundle, baseline_predict, load_bundle
-from .inputs import find_annotations, read_labels
+from .inputs import find_annotations, read_label_column, read_labels
 from .predict import score_tiles
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
 
@@ -26,6 +26,18 @@ def score_features(bundle: ModelBundle, data: SlideFeatures) -> tuple[float | No
     if len(data) == 0:
         return None, np.zeros(0, np.float32)
     return score_tiles(bundle, data.features, data.rows, data.cols, data.grid_shape)
+
+
+def rates_by_class(names: list[str], scores: np.ndarray, classes: dict[str, str], threshold: float) -> dict:
+    """Per lesion class (``macro``, ``micro``, ``itc``; ``none`` for normal slides): slides, and the fraction
+    called tumour at ``threshold`` (sensitivity; for ``none`` the false-positive rate)."""
+    out: dict = {}
+    for cls in sorted({classes.get(n, "") for n in names} - {""}):
+        picked = np.array([classes.get(n) == cls for n in names])
+        positive = float((scores[picked] >= threshold).mean())
+        key = "false_positive_rate" if cls in ("none", "normal") else "sensitivity"
+        out[cls] = {"slides": int(picked.sum()), key: positive, "threshold": threshold}
+    return out
 
 
 def evaluate(
@@ -67,6 +79,10 @@ def evaluate(
     ys_arr, scores_arr = np.asarray(ys), np.asarray(scores)
     metrics: dict = {"model": bundle.name, "slides": summarize(ys_arr, scores_arr, n_boot=n_boot)}
     metrics["missing_features"] = missing
+    classes = read_label_column(labels_csv, "lesion_class")
+    if classes:
+        scored_names = [r[0] for r in rows if r[2] != ""]
+        metrics["by_lesion_class"] = rates_by_class(scored_names, scores_arr, classes, bundle.threshold)
     curves = {bundle.name: (ys_arr, scores_arr)}
     if baseline:
         if bundle.baseline is None:

@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +20,14 @@ from .. import __version__
 from ..evaluation.colour import COLOUR_STATS, tile_colour_stats
 from ..models.encoder import TileEncoder
 from ..outputs.lock import output_lock
-from ..slide import open_slide
+from ..slide import SlideError, open_slide
 from ..slide.base import Slide
+from ..slide.errors import TileDecodeError
 from ..slide.stream import stream_tiles
 from ..slide.tiling import TileGrid, make_tile_grid
 from ..slide.tissue import TissueMask, detect_tissue
 from .batch import describe_failure, slide_name
+from .configs import TileOptions
 from .store import (
     SlideFeatures,
     check_same_encoder,
@@ -37,16 +39,6 @@ from .store import (
 )
 
 
-@dataclass(frozen=True)
-class TileOptions:
-    """How tiles are cut and read (the geometry itself, tile_px and mpp, comes from the encoder)."""
-
-    min_tissue: float = 0.25  # keep tiles with at least this tissue fraction
-    batch_size: int = 64
-    workers: int = 4  # reader threads
-    slide_mpp: float | None = None  # override for slides without resolution metadata
-
-
 @dataclass
 class EncodedSlide:
     """A slide's tissue grid with the features and colour statistics of each kept tile."""
@@ -56,6 +48,35 @@ class EncodedSlide:
     features: np.ndarray  # (n, D) float32
     colour: np.ndarray  # (n, K) float32
     dimensions: tuple[int, int]
+    corrupt_tiles: int = 0  # tiles that could not be decoded: left out of the grid, each named in a warning
+
+
+MAX_CORRUPT_FRACTION = 0.25
+"""A slide with more of its tiles undecodable than this fails; fewer are left out with a warning each."""
+
+
+def _leave_out(grid: TileGrid, bad: list[int]) -> TileGrid:
+    """``grid`` without the tiles of indices ``bad``."""
+    keep = np.ones(len(grid), bool)
+    keep[bad] = False
+    return replace(
+        grid, rows=grid.rows[keep], cols=grid.cols[keep], x=grid.x[keep], y=grid.y[keep], tissue=grid.tissue[keep]
+    )
+
+
+def _corrupt_tiles(slide: Slide, grid: TileGrid, errors: dict[int, TileDecodeError]) -> list[int]:
+    """Warn about each tile that could not be decoded (naming it); the slide fails (``SlideError``) when they
+    are more than :data:`MAX_CORRUPT_FRACTION` of its tiles. Returns their grid indices."""
+    bad = sorted(errors)
+    described = [
+        f"tile {i} (level {grid.level}, level-0 x={int(grid.x[i])}, y={int(grid.y[i])}): {errors[i].problem}"
+        for i in bad
+    ]
+    if len(bad) > MAX_CORRUPT_FRACTION * len(grid):
+        raise SlideError(slide.path, f"{len(bad)} of {len(grid)} tiles cannot be decoded (first: {described[0]})")
+    for text in described:
+        warnings.warn(f"{slide.path}: {text}; left out as background", stacklevel=3)
+    return bad
 
 
 def encode_slide(
@@ -64,18 +85,28 @@ def encode_slide(
     options: TileOptions = TileOptions(),
     on_batch: Callable[[int], None] | None = None,
 ) -> EncodedSlide:
-    """Detect tissue, cut the tile grid at the encoder's tile_px/mpp, and encode every kept tile."""
+    """Detect tissue, cut the tile grid at the encoder's tile_px/mpp, and encode every kept tile. A tile that
+    cannot be decoded (a damaged JPEG tile) is left out with a warning naming it and counted in
+    ``corrupt_tiles``; more than :data:`MAX_CORRUPT_FRACTION` of them fail the slide."""
     tissue = detect_tissue(slide)
     grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
     features = np.zeros((len(grid), encoder.dim), np.float32)
     colour = np.zeros((len(grid), len(COLOUR_STATS)), np.float32)
+    errors: dict[int, TileDecodeError] = {}
     if len(grid):
-        for tiles, indices in stream_tiles(slide, grid, options.batch_size, workers=options.workers):
+        stream = stream_tiles(slide, grid, options.batch_size, workers=options.workers, on_error=errors.__setitem__)
+        for tiles, indices in stream:
             features[indices] = encoder.encode(tiles)
             colour[indices] = tile_colour_stats(tiles)
             if on_batch is not None:
                 on_batch(len(indices))
-    return EncodedSlide(grid, tissue, features, colour, slide.dimensions)
+    bad = _corrupt_tiles(slide, grid, errors) if errors else []
+    if bad:
+        if on_batch is not None:
+            on_batch(len(bad))
+        keep = np.setdiff1d(np.arange(len(grid)), bad)
+        grid, features, colour = _leave_out(grid, bad), features[keep], colour[keep]
+    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad))
 
 
 def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEncoder) -> SlideFeatures:
@@ -91,6 +122,7 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
         "grid_shape": list(grid.shape),
         "tissue_downsample": encoded.tissue.downsample,
         "colour_stats": list(COLOUR_STATS),
+        "corrupt_tiles": encoded.corrupt_tiles,
         "version": __version__,
     }
     return SlideFeatures(

@@ -81,6 +81,21 @@ def read_labels(path: str | Path) -> dict[str, int]:
     return labels
 
 
+def read_label_column(path: str | Path, column: str) -> dict[str, str]:
+    """Another column of a labels CSV with a header (e.g. ``lesion_class`` of a ``synth --from-patches``
+    cohort) as {slide name: value}; {} when the file has no such column or is a folder."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+        name_field = next((fields[k] for k in ("image", "slide", "name") if k in fields), None)
+        if column not in fields or name_field is None:
+            return {}
+        return {Path(row[name_field].strip()).stem: (row[fields[column]] or "").strip() for row in reader}
+
+
 def find_annotations(folder: str | Path | None, name: str) -> Annotations | None:
     """The lesion annotations of slide ``name`` in ``folder`` (``NAME.xml`` ASAP or ``NAME.geojson``/``.json``),
     or None when there are none."""

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.slide_model import grid_tensors
+from ..models.grid import grid_tensors
 from ..outputs.atomic import json_safe, write_json_atomic
 from ..outputs.heatmap import score_grid, write_heatmap_png, write_regions_geojson, write_tiles_geojson
 from ..slide import open_slide
+from .batch import output_stem
 from .bundle import ModelBundle
 from .domain import domain_warnings
 from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
@@ -50,10 +51,12 @@ def predict_slide(
     heatmap: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict:
-    """Score one slide. The result (also written as ``out_dir/NAME.json``) has ``score`` None and a
-    ``reason`` when the slide has no tissue. Slide errors (unreadable file, no resolution) raise."""
+    """Score one slide. The result (also written as ``out_dir/NAME.json``; a name too long for a file name is
+    clipped, :func:`~.batch.output_stem`) has ``score`` None and a ``reason`` when the slide has no tissue.
+    Slide errors (unreadable file, no resolution) raise."""
     path = Path(path)
     name = slide_name(path)
+    stem = output_stem(name)  # of the file names; the result names the slide in full
     started = time.perf_counter()
     with open_slide(path, mpp=options.slide_mpp) as slide:
         encoded = encode_slide(slide, bundle.encoder, options, on_batch)
@@ -67,6 +70,7 @@ def predict_slide(
         "prediction": None,
         "threshold": bundle.threshold,
         "tiles": len(encoded.grid),
+        "corrupt_tiles": encoded.corrupt_tiles,
         "model": bundle.name,
         "reason": None,
     }
@@ -92,11 +96,11 @@ def predict_slide(
             grid = encoded.grid
             scores = score_grid(grid.rows, grid.cols, tile_scores, grid.shape)
             title = f"{name}: metastasis probability {score:.3f}"
-            write_heatmap_png(out / f"{name}.heatmap.png", thumbnail, scores, encoded.dimensions, grid.size0, title)
-            write_tiles_geojson(out / f"{name}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
-            result["heatmap"] = str(out / f"{name}.heatmap.png")
-            result["geojson"] = str(out / f"{name}.tiles.geojson")
-            regions_path = out / f"{name}.regions.geojson"
+            write_heatmap_png(out / f"{stem}.heatmap.png", thumbnail, scores, encoded.dimensions, grid.size0, title)
+            write_tiles_geojson(out / f"{stem}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
+            result["heatmap"] = str(out / f"{stem}.heatmap.png")
+            result["geojson"] = str(out / f"{stem}.tiles.geojson")
+            regions_path = out / f"{stem}.regions.geojson"
             result["regions"] = write_regions_geojson(
                 regions_path, grid.rows, grid.cols, grid.x, grid.y, grid.size0, tile_scores, bundle.threshold
             )
@@ -104,5 +108,5 @@ def predict_slide(
     result["seconds"] = round(time.perf_counter() - started, 2)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out_dir) / f"{name}.json", json_safe(result))
+        write_json_atomic(Path(out_dir) / f"{stem}.json", json_safe(result))
     return result

@@ -1,6 +1,7 @@
 """Recipes: YAML files in ``pipelines/`` listing ``wsi-mamba`` commands to run in order.
 
-A recipe has a ``name``, a ``workdir`` (made if missing; commands run there), optional ``vars`` (``${name}``
+A recipe has a ``name``, a ``workdir`` (made if missing; commands run there; a relative one is relative to the
+recipe file's folder, not the current one; default: that folder), optional ``vars`` (``${name}``
 in commands is replaced; ``--set name=value`` overrides) and ``steps``, each with a ``name``, a ``run``
 (the command line after ``wsi-mamba``) and an optional ``creates``: a path that, when it exists, marks the
 step as done, so a rerun resumes where it stopped (every command writes its outputs atomically).
@@ -103,7 +104,10 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, workd
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: step names must be unique")
-    base = Path(workdir) if workdir else Path(_substitute(str(data.get("workdir", ".")), variables, str(path)))
+    if workdir:  # given on the command line: relative to the current folder
+        base = Path(workdir)
+    else:  # in the recipe: relative to the recipe's folder, wherever it is run from
+        base = path.parent / _substitute(str(data.get("workdir", ".")), variables, str(path))
     return Recipe(str(data.get("name", path.stem)), path, base, steps)
 
 

@@ -13,18 +13,18 @@ A store is written as ``NAME.zarr.partial`` under the lock ``NAME.zarr.lock`` an
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from ..outputs.atomic import replace_folder
+from ..outputs.artefact import ArtefactFormat
+from ..outputs.atomic import atomic_folder
 from ..outputs.lock import output_lock
 
-FORMAT = "wsi-mamba/features"
-FORMAT_VERSION = 1
+FORMAT = ArtefactFormat("wsi-mamba/features", 1, kind="store")
+FORMAT_VERSION = FORMAT.version
 SUFFIX = ".zarr"
 PARTIAL = ".partial"
 
@@ -92,10 +92,10 @@ def write_store(path: Path, data: SlideFeatures) -> Path:
     }
     n = len(data.features)
     chunk = (max(1, min(n, 4096)),)
-    with output_lock(path):
-        if partial.exists():  # a crashed writer's left-over (the lock says no one writes it now)
-            shutil.rmtree(partial)
-        group = zarr.open_group(str(partial), mode="w")
+    # The lock says no one else writes this store now: a left-over ``.partial`` is a crashed writer's, and
+    # atomic_folder clears it before building the new store there.
+    with output_lock(path), atomic_folder(path, temp=partial) as folder:
+        group = zarr.open_group(str(folder), mode="w")
         for key, array in arrays.items():
             chunks = None if key == "tissue_mask" else chunk + array.shape[1:]
             if chunks is None:
@@ -105,14 +105,12 @@ def write_store(path: Path, data: SlideFeatures) -> Path:
         group.attrs.update(
             {
                 **data.attrs,
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
+                **FORMAT.header(),
                 "n_tiles": n,
                 "arrays": {key: _digest(array) for key, array in arrays.items()},
             }
         )
         group.attrs["complete"] = True
-        replace_folder(partial, path)
     return path
 
 
@@ -132,8 +130,9 @@ def read_attrs(path: Path) -> dict:
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception as exc:
         raise ValueError(f"{path}: not a feature store ({type(exc).__name__})") from None
-    if attrs.get("format") != FORMAT or not attrs.get("complete"):
-        raise ValueError(f"{path}: not a complete {FORMAT} store (re-run extract)")
+    if not FORMAT.matches(attrs) or not attrs.get("complete"):
+        raise ValueError(f"{path}: not a complete {FORMAT.name} store (re-run extract)")
+    FORMAT.check(attrs, path)
     return attrs
 
 

@@ -20,33 +20,17 @@ from .. import __version__
 from ..evaluation.colour import fit_colour_baseline, slide_colour_vector
 from ..evaluation.metrics import slide_auc
 from ..models.encoder import load_encoder
-from ..models.slide_model import SlideMamba, SlideModelConfig, grid_tensors
+from ..models.grid import grid_tensors
+from ..models.slide_model import SlideMamba
+from ..models.slide_model_config import SlideModelConfig
 from ..outputs.atomic import write_csv_atomic
 from ..outputs.lock import output_lock
 from ..slide.annotations import lesion_fractions_at
 from .bundle import baseline_to_json, check_model_output, save_bundle
+from .configs import SlideTrainingConfig
 from .domain import domain_statistics
 from .inputs import find_annotations, read_labels
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
-
-
-@dataclass(frozen=True)
-class SlideTrainingConfig:
-    """Hyper-parameters of slide-model training (the recipe sets them)."""
-
-    dim: int = 64
-    depth: int = 2
-    d_state: int = 4
-    dropout: float = 0.1
-    epochs: int = 40
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 2
-    patience: int = 10  # epochs without a better validation AUC before stopping
-    val_fraction: float = 0.25
-    clip_norm: float = 1.0
-    tile_loss_weight: float = 0.5  # weight of tile supervision when annotations are given
-    seed: int = 0
 
 
 @dataclass
