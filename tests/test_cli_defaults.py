@@ -34,10 +34,6 @@ DEFAULTS = [
     ("train-encoder", "tile_px", EncoderTrainingConfig, "tile_px"),
     ("train-encoder", "mpp", EncoderTrainingConfig, "mpp"),
     ("train-encoder", "max_tiles", EncoderTrainingConfig, "max_tiles_per_class"),
-    ("train-encoder", "batch_size", PatchTrainingConfig, "batch_size"),
-    ("train-encoder", "batch_size", EncoderTrainingConfig, "batch_size"),
-    ("train-encoder", "lr", PatchTrainingConfig, "lr"),
-    ("train-encoder", "lr", EncoderTrainingConfig, "lr"),
     ("train-encoder", "patience", PatchTrainingConfig, "patience"),
     ("train-encoder", "val_fraction", PatchTrainingConfig, "val_fraction"),
     ("train-encoder", "epoch_patches", PatchTrainingConfig, "epoch_patches"),
@@ -52,7 +48,7 @@ DEFAULTS = [
 
 # Options whose default depends on what is trained (patches or slides): None on the command line, the
 # dataclass of the chosen path fills it in.
-RESOLVED_LATER = [("train-encoder", "model"), ("train-encoder", "epochs")]
+RESOLVED_LATER = [("train-encoder", dest) for dest in ("model", "epochs", "batch_size", "lr")]
 
 # Options that share a field's name but mean something else.
 UNRELATED = [("cohort", "workers")]  # worker processes; TileOptions.workers is --read-threads

@@ -91,8 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-px", type=positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
     p.add_argument("--mpp", type=positive_float, default=slide_defaults.mpp, help="tile µm/px (slides)")
     p.add_argument("--epochs", type=positive_int, help=f"default {patch_defaults.epochs} / {slide_defaults.epochs}")
-    p.add_argument("--batch-size", type=positive_int, default=patch_defaults.batch_size)
-    p.add_argument("--lr", type=positive_float, default=patch_defaults.lr)
+    p.add_argument(
+        "--batch-size", type=positive_int, help=f"default {patch_defaults.batch_size} / {slide_defaults.batch_size}"
+    )
+    p.add_argument("--lr", type=positive_float, help=f"default {patch_defaults.lr:g} / {slide_defaults.lr:g}")
     p.add_argument("--patience", type=positive_int, default=patch_defaults.patience, help="early stopping (patches)")
     p.add_argument("--val-fraction", type=float, default=patch_defaults.val_fraction, help="carved validation part")
     p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
@@ -209,6 +211,8 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         max_tiles_per_class=args.max_tiles,
         epochs=args.epochs or EncoderTrainingConfig.epochs,
+        batch_size=args.batch_size or EncoderTrainingConfig.batch_size,
+        lr=args.lr or EncoderTrainingConfig.lr,
         seed=args.seed,
     )
     path = train_encoder(find_slides(args.slides), read_labels(args.labels), args.annotations, args.out, cfg)
@@ -230,8 +234,8 @@ def _train_encoder_on_patches(args: argparse.Namespace) -> int:
     cfg = PatchTrainingConfig(
         model=args.model or PatchTrainingConfig.model,
         epochs=args.epochs or PatchTrainingConfig.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
+        batch_size=args.batch_size or PatchTrainingConfig.batch_size,
+        lr=args.lr or PatchTrainingConfig.lr,
         patience=args.patience,
         val_fraction=args.val_fraction,
         epoch_patches=args.epoch_patches,

@@ -1,19 +1,17 @@
-"""A synthetic CAMELYON16-style cohort: H&E-like pyramidal TIFFs generated tile by tile.
+"""Writing slides: pyramidal TIFF/SVS generated tile by tile from a renderer, atomically.
 
-Pixels come from ``procedural.render``, a seeded function of level-0 position, so slides of any size are
-written tile by tile (tifffile takes a generator of tiles) without holding the image in memory, and the
-same seed gives the same files. Tumor slides carry metastases with ASAP XML annotations of the lesions.
+Pixels come from a renderer (default ``procedural.render``, a seeded function of level-0 position), so slides
+of any size are written tile by tile (tifffile takes a generator of tiles) without holding the image in
+memory, and the same seed gives the same files.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,25 +19,9 @@ import numpy as np
 import tifffile
 
 from ..outputs.atomic import atomic_path
-from .annotations import Annotations, Polygon, write_asap_xml
-from .procedural import MPP, Lesion, SlideSpec, make_spec, render
+from .procedural import MPP, render
 
-__all__ = [
-    "MPP",
-    "CohortSlide",
-    "Lesion",
-    "Renderer",
-    "SlideLike",
-    "SlideSpec",
-    "lesion_annotations",
-    "make_spec",
-    "plan_cohort",
-    "render",
-    "slide_layout",
-    "tile_count",
-    "write_cohort",
-    "write_slide",
-]
+__all__ = ["COMPRESSIONS", "FLAVOURS", "TILE", "Renderer", "SlideLike", "tile_count", "write_slide"]
 
 APP_MAG = 40  # at MPP; other resolutions get the objective power in proportion (0.972 µm/px: 10x)
 TILE = 256
@@ -58,9 +40,6 @@ class SlideLike(Protocol):
 
 Renderer = Callable[[SlideLike, float, float, int, int, float], np.ndarray]
 """``render(spec, x0, y0, width, height, downsample)`` → (height, width, 3) uint8, as :func:`render`."""
-
-
-# ---- writing -----------------------------------------------------------------------------------
 
 
 def _levels(width: int, height: int, factor: int) -> list[tuple[int, int, int]]:
@@ -196,135 +175,3 @@ def _write_label_macro(
     macro[:h, 380 : 380 + w] = renderer(spec, 0, 0, w, h, ds)
     macro[:, :300] = 230
     tw.write(macro, description=f"{header}\r\nmacro 1000x400", subfiletype=9, rowsperstrip=16, **common)
-
-
-def lesion_annotations(spec: SlideSpec) -> Annotations:
-    """The lesions of a synthetic slide as ASAP-style annotations (group "Tumor")."""
-    return Annotations(
-        lesions=[
-            Polygon(lesion.polygon(), f"Annotation {i}", "Tumor") for i, lesion in enumerate(spec.lesions)
-        ]
-    )
-
-
-@dataclass
-class CohortSlide:
-    """One planned slide of a cohort."""
-
-    split: str  # training | testing
-    name: str
-    path: Path
-    spec: SlideSpec
-    flavour: str
-
-
-def slide_layout(
-    out: str | os.PathLike[str], slides: int, test_fraction: float | None = None
-) -> list[tuple[str, str, Path, bool]]:
-    """CAMELYON16 layout as (split, name, path, tumor) per slide: the last ``test_fraction`` of the slides
-    (default a third, rounded down) go to testing/images, the rest to training/normal and training/tumor;
-    normal and tumor alternate (odd indices are tumor)."""
-    out = Path(out)
-    if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
-    n_test = slides // 3 if test_fraction is None else round(slides * test_fraction)
-    layout = []
-    counters = {"normal": 0, "tumor": 0, "test": 0}
-    for index in range(slides):
-        tumor = index % 2 == 1
-        if index >= slides - n_test:
-            counters["test"] += 1
-            name = f"test_{counters['test']:03d}"
-            layout.append(("testing", name, out / "testing" / "images" / f"{name}.tif", tumor))
-        else:
-            group = "tumor" if tumor else "normal"
-            counters[group] += 1
-            name = f"{group}_{counters[group]:03d}"
-            layout.append(("training", name, out / "training" / group / f"{name}.tif", tumor))
-    return layout
-
-
-def plan_cohort(
-    out: str | os.PathLike[str],
-    slides: int,
-    seed: int = 0,
-    size: int = 8192,
-    flavour: str = "mixed",
-    test_fraction: float | None = None,
-) -> list[CohortSlide]:
-    """CAMELYON16 layout: the last ``test_fraction`` of the slides (default a third, rounded down) go to
-    testing/, the rest to training/normal and training/tumor; normal and tumor alternate."""
-    plan = []
-    rng = np.random.default_rng(seed)
-    for index, (split, name, path, tumor) in enumerate(slide_layout(out, slides, test_fraction)):
-        height = int(size * rng.uniform(0.7, 1.0)) // 16 * 16
-        spec = make_spec(seed, index, size, max(height, 16), tumor)
-        kind = flavour if flavour != "mixed" else FLAVOURS[index % 2 if index < 2 else int(rng.integers(2))]
-        plan.append(CohortSlide(split, name, path, spec, kind))
-    return plan
-
-
-def write_cohort(
-    out: str | os.PathLike[str],
-    slides: int,
-    seed: int = 0,
-    size: int = 8192,
-    flavour: str = "mixed",
-    tick: Callable[[], None] | None = None,
-    test_fraction: float | None = None,
-) -> list[CohortSlide]:
-    """Write a synthetic cohort under ``out`` (CAMELYON16 layout, labels CSVs, lesion XML). Resumable:
-    slides already there are kept (files are written atomically, and the same seed gives the same pixels)."""
-    plan = plan_cohort(out, slides, seed, size, flavour, test_fraction)
-    for item in plan:
-        item.path.parent.mkdir(parents=True, exist_ok=True)
-        if item.path.exists():
-            for _ in range(tile_count(item.spec.width, item.spec.height, item.flavour) if tick else 0):
-                tick()  # type: ignore[misc]
-        else:
-            write_slide(item.spec, item.path, item.flavour, tick=tick)
-        if item.spec.lesions:
-            xml = item.path.parents[1] / "lesion_annotations" / f"{item.name}.xml"
-            xml.parent.mkdir(parents=True, exist_ok=True)
-            write_asap_xml(lesion_annotations(item.spec), xml)
-    _write_csvs(Path(out), plan)
-    return plan
-
-
-def _write_csvs(out: Path, plan: list[CohortSlide]) -> None:
-    columns = [
-        "image",
-        "label",
-        "metastasis",
-        "lesions",
-        "largest_lesion_um",
-        "width",
-        "height",
-        "mpp",
-        "flavour",
-    ]
-    for split, filename in (("training", "labels.csv"), ("testing", "reference.csv")):
-        rows = [item for item in plan if item.split == split]
-        if not rows:
-            continue
-        (out / split).mkdir(parents=True, exist_ok=True)
-        # atomic: labels.csv is a recipe's `creates` marker, and a cut-off file would lose slides
-        with atomic_path(out / split / filename) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for item in rows:
-                s = item.spec
-                largest = max((lesion.diameter_um for lesion in s.lesions), default=0.0)
-                writer.writerow(
-                    [
-                        item.name,
-                        s.label,
-                        s.metastasis.capitalize() if s.lesions else "None",
-                        len(s.lesions),
-                        f"{largest:.1f}",
-                        s.width,
-                        s.height,
-                        s.mpp,
-                        item.flavour,
-                    ]
-                )
