@@ -44,7 +44,8 @@ def slide_path(args: argparse.Namespace) -> Path:
         return args.slide
     from tqdm import tqdm
 
-    from wsi_mamba.slide.synthetic import make_spec, tile_count, write_slide
+    from wsi_mamba.synth.procedural import make_spec
+    from wsi_mamba.synth.writer import tile_count, write_slide
 
     path = args.cache / f"bench-predict-{args.size}-seed{args.seed}.tif"
     if not path.exists():

@@ -86,7 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.slide
         if path is None:
-            from wsi_mamba.slide.synthetic import make_spec, write_slide
+            from wsi_mamba.synth import make_spec, write_slide
 
             path = Path(tmp) / f"bench.{args.flavour}.tif"
             start = time.perf_counter()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsi_mamba.slide.synthetic import make_spec, write_slide
+from wsi_mamba.synth.procedural import make_spec
+from wsi_mamba.synth.writer import write_slide
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SYNTH_SIZE = (2048, 1536)

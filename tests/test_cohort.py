@@ -224,7 +224,8 @@ def test_killed_run_resumes_to_the_same_csv(data, tmp_path, reference, capsys):
     assert 1 <= len(done_before) < 8, f"the run finished {len(done_before)} slides before the kill"
     statuses = [r["status"] for r in read_rows(out)]  # consistent whenever the run stops
     assert len(statuses) == 8 and "pending" in statuses
-    (out / "slides" / "half-written.json.tmp-99999").write_text("{")  # what a kill can leave behind
+    pending = next(r["slide"] for r in read_rows(out) if r["status"] == "pending")
+    (out / "slides" / f"{pending}.json.tmp-99999").write_text("{")  # what a kill can leave behind
 
     code, summary = cli_json([*args, "--workers", "2", "--json", "--no-progress"], capsys)
     assert code == 0

@@ -154,3 +154,11 @@ def test_commands_never_import_the_cli(forbidden: str) -> None:
     assert len(commands) > 1
     offenders = [name for name in commands if forbidden in graph[name]]
     assert not offenders, f"{', '.join(offenders)} import {forbidden}"
+
+
+def test_slide_reading_never_imports_the_generators() -> None:
+    """``wsi_mamba.synth`` writes slides and may use ``wsi_mamba.slide``; the reader never needs the writer."""
+    graph = import_graph()
+    slide = [name for name in graph if name == "wsi_mamba.slide" or name.startswith("wsi_mamba.slide.")]
+    offenders = {name: sorted(t for t in graph[name] if t.startswith("wsi_mamba.synth")) for name in slide}
+    assert len(slide) > 1 and not any(offenders.values()), offenders

@@ -13,7 +13,9 @@ from scipy import ndimage
 
 from wsi_mamba.slide import open_slide
 from wsi_mamba.slide.annotations import rasterize, read_asap_xml
-from wsi_mamba.slide.synthetic import make_spec, plan_cohort, render, write_cohort, write_slide
+from wsi_mamba.synth.cohort import plan_cohort, write_cohort
+from wsi_mamba.synth.procedural import make_spec, render
+from wsi_mamba.synth.writer import write_slide
 
 SIZE = 1024
 

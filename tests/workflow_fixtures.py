@@ -21,7 +21,7 @@ import torch
 
 from wsi_mamba.models.checkpoint import save_checkpoint
 from wsi_mamba.models.encoder import load_encoder
-from wsi_mamba.slide.synthetic import write_cohort
+from wsi_mamba.synth.cohort import write_cohort
 from wsi_mamba.workflows.extract import TileOptions, extract_slides
 from wsi_mamba.workflows.inputs import find_slides
 from wsi_mamba.workflows.train import SlideTrainingConfig, train_slide_model

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
 from ..workflows.configs import TileOptions
+
+if TYPE_CHECKING:
+    import torch
 
 TILE_DEFAULTS = TileOptions()
 
@@ -85,6 +89,28 @@ def max_pixels_argument(p: argparse.ArgumentParser) -> None:
         help="decode no image bigger than this many pixels (default 500000000): a guard against files whose "
         "tags claim absurd sizes",
     )
+
+
+def device_spec(text: str) -> str:
+    """argparse type: a device spelling (``auto``, ``cpu``, ``cuda``, ``cuda:N``), checked without torch."""
+    try:
+        return check_spec(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N`` (default :data:`~wsi_mamba.devices.DEFAULT_DEVICE`); resolve it with
+    :func:`command_device` first thing in the command, before any heavy work."""
+    p.add_argument("--device", type=device_spec, default=DEFAULT_DEVICE, metavar="DEVICE", help=DEVICE_HELP)
+
+
+def command_device(args: argparse.Namespace) -> torch.device:
+    """The ``torch.device`` of ``args.device``; a device this machine lacks is a :class:`UsageError` (exit 2)."""
+    try:
+        return resolve_device(args.device)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._args import command_parser, positive_int, tile_arguments, tile_options
+from ._args import command_device, command_parser, device_argument, positive_int, tile_arguments, tile_options
 
 # Manifest, model and scheduler errors are ValueErrors whose message names the file or address.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
@@ -39,12 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch threads per worker (default: CPUs / workers locally; the workers' own with --scheduler)",
     )
     tile_arguments(p)  # --read-threads: per worker process
+    device_argument(p)  # resolved by each worker; checked here too when the workers are local
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(func=cmd_cohort)
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
+    if args.scheduler is None:  # local workers: a device this machine lacks is a usage error, before any work
+        command_device(args)
     from ..workflows.cohort import run_cohort
 
     options = tile_options(args)
@@ -59,6 +62,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         options=options,
         torch_threads=args.torch_threads,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        device=args.device,
     )
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._args import command_parser, positive_float, positive_int
+from ._args import command_device, command_parser, device_argument, positive_float, positive_int
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
 
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default 128)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    device_argument(p)
     p.set_defaults(func=cmd_score_patches)
 
 
@@ -46,6 +47,7 @@ def _model_threshold(model: str | None) -> float:
 
 
 def cmd_score_patches(args: argparse.Namespace) -> int:
+    device = command_device(args)
     import torch
     from tqdm import tqdm
 
@@ -65,7 +67,7 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     source = open_patches(args.paths, labels_csv=args.labels)
     if args.patch_mpp:
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
-    encoder = load_patch_classifier(args.model)
+    encoder = load_patch_classifier(args.model, device)
     threshold = args.threshold if args.threshold is not None else _model_threshold(args.model)
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
         result = score_patch_source(source, encoder, args.batch_size, args.tta, on_batch=bar.update)

@@ -170,7 +170,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     if args.from_patches:
         return _synth_from_patches(args)
-    from ..slide.synthetic import plan_cohort, tile_count, write_cohort
+    from ..synth.cohort import plan_cohort, write_cohort
+    from ..synth.writer import tile_count
 
     args.size = args.size or 8192
     plan = plan_cohort(args.out, args.slides, args.seed, args.size, args.flavour, args.test_fraction)

@@ -6,18 +6,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..slide.base import set_max_pixels
 from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig, TileOptions
 from ._args import (
     UsageError,
+    command_device,
     command_parser,
+    device_argument,
     max_pixels_argument,
     positive_float,
     positive_int,
     tile_arguments,
     tile_options,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 # Workflow errors are ValueErrors whose message names the file and the problem.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
@@ -57,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encoder checkpoint (.safetensors) or registry name (random weights); default: the default model's",
     )
     _tile_arguments(p)
+    device_argument(p)
     p.add_argument("--json", action="store_true", help="print per-slide results as JSON")
     p.set_defaults(func=cmd_extract)
 
@@ -103,6 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=patch_defaults.seed)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    device_argument(p)
     p.set_defaults(func=cmd_train_encoder)
 
     p = command_parser(
@@ -126,6 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=train_defaults.val_fraction)
     p.add_argument("--seed", type=int, default=train_defaults.seed)
+    device_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = command_parser(
@@ -142,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for metrics.json, per_slide.csv, roc.png")
     p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    device_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = command_parser(
@@ -155,6 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for NAME.json (and heatmaps)")
     p.add_argument("--heatmap", action="store_true", help="write NAME.heatmap.png and NAME.tiles.geojson")
     _tile_arguments(p)
+    device_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
     p.set_defaults(func=cmd_predict)
 
@@ -173,13 +184,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    device = command_device(args)  # a device this machine lacks fails here, before anything is loaded
     from ..models.encoder import load_encoder
     from ..workflows.bundle import default_model_path
     from ..workflows.extract import extract_slides
     from ..workflows.inputs import find_slides
 
     slides = find_slides(args.slides)
-    encoder = load_encoder(args.encoder or default_model_path() / "encoder.safetensors")
+    encoder = load_encoder(args.encoder or default_model_path() / "encoder.safetensors").to(device)
     results = extract_slides(slides, args.out, encoder, _tile_options(args))
     failed = {k: v for k, v in results.items() if v.startswith("failed")}
     if args.json:
@@ -194,12 +206,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
+    device = command_device(args)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.patches:
-        return _train_encoder_on_patches(args)
+        return _train_encoder_on_patches(args, device)
     if not args.slides or not args.labels or not args.annotations:
         raise UsageError("train-encoder needs --patches SRC, or slides with --labels and --annotations")
     from ..workflows.encoder_training import train_encoder
@@ -215,12 +228,14 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
         lr=args.lr or EncoderTrainingConfig.lr,
         seed=args.seed,
     )
-    path = train_encoder(find_slides(args.slides), read_labels(args.labels), args.annotations, args.out, cfg)
+    path = train_encoder(
+        find_slides(args.slides), read_labels(args.labels), args.annotations, args.out, cfg, device=device
+    )
     print(f"wrote {path}")
     return 0
 
 
-def _train_encoder_on_patches(args: argparse.Namespace) -> int:
+def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) -> int:
     from ..data.patches import PCAM_GEOMETRY, PatchGeometry, open_patches
     from ..workflows.patch_training import train_encoder_on_patches
 
@@ -241,12 +256,13 @@ def _train_encoder_on_patches(args: argparse.Namespace) -> int:
         epoch_patches=args.epoch_patches,
         seed=args.seed,
     )
-    path = train_encoder_on_patches(source, args.out, cfg, val_source)
+    path = train_encoder_on_patches(source, args.out, cfg, val_source, device=device)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    device = command_device(args)
     from ..workflows.train import train_slide_model
 
     cfg = SlideTrainingConfig(
@@ -254,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     path = train_slide_model(
         args.features, args.labels, args.out, args.encoder, args.annotations, cfg, name=args.name,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, device=device,
     )
     meta = json.loads((Path(path) / "model.json").read_text())["training"]
     print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {meta['best_val_auc']:.3f})")
@@ -262,10 +278,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    device = command_device(args)
     from ..workflows.evaluate import evaluate
 
     metrics = evaluate(
-        args.model, args.features, args.labels, args.out, args.annotations, args.baseline, args.bootstrap
+        args.model, args.features, args.labels, args.out, args.annotations, args.baseline, args.bootstrap,
+        device=device,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -292,6 +310,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    device = command_device(args)
     from tqdm import tqdm
 
     from ..workflows.batch import check_unique_names, slide_failure
@@ -303,7 +322,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = args.out or ("." if args.heatmap else None)
     if out is not None:
         check_unique_names(slides, "results, heatmaps and GeoJSON")
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, device=device)
     options = _tile_options(args)  # once: it also sets torch's thread count
     results, failed = [], 0
     with tqdm(unit="tile", desc="predict", file=sys.stderr, disable=None) as bar:

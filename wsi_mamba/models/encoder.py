@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import autocast
 from .checkpoint import load_checkpoint, read_checkpoint_metadata
 from .registry import create_model
 from .vmamba import VSSM
@@ -79,7 +80,7 @@ class TileEncoder:
         if len(tiles) == 0:
             return np.zeros((0, self.dim), np.float32)
         x = self.preprocess(tiles)
-        with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):
+        with autocast(x.device):
             out = self.features(x)
         return out.float().cpu().numpy()
 

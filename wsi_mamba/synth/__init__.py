@@ -1,5 +1,23 @@
-"""Cohort generators built from real data: real-tissue slides mosaicked from labelled patches."""
+"""Writing synthetic slides and CAMELYON16-style cohorts (``wsi_mamba.slide`` reads them).
 
-from .from_patches import CLASSES, MANIFEST, lesion_annotations, plan_patch_cohort, write_patch_cohort
+``procedural`` (H&E-like pixels from a seed) and ``cohort`` (its cohort planner and writer); ``from_patches``
+(real-tissue slides mosaicked from labelled patches); ``writer`` (pyramidal TIFF/SVS, tile by tile) and
+``layout`` (folders, lesion XML, labels CSVs) serve both. Each module's ``lesion_annotations`` reads its own
+slide description.
+"""
 
-__all__ = ["CLASSES", "MANIFEST", "lesion_annotations", "plan_patch_cohort", "write_patch_cohort"]
+from .cohort import plan_cohort, write_cohort
+from .from_patches import CLASSES, MANIFEST, plan_patch_cohort, write_patch_cohort
+from .procedural import make_spec
+from .writer import write_slide
+
+__all__ = [
+    "CLASSES",
+    "MANIFEST",
+    "make_spec",
+    "plan_cohort",
+    "plan_patch_cohort",
+    "write_cohort",
+    "write_patch_cohort",
+    "write_slide",
+]

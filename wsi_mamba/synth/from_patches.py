@@ -12,7 +12,7 @@ space (a centre effect) applies to all the slide's tissue.
 
 Everything but the pixels is planned first from the seed and the source's labels (cheap), so an
 interrupted cohort resumes with the same plan; files are written by the procedural generator's writer
-(``wsi_mamba.slide.synthetic.write_slide``: pyramidal TIFF/SVS, atomic) at the patches' mpp.
+(``wsi_mamba.synth.writer.write_slide``: pyramidal TIFF/SVS, atomic) at the patches' mpp.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from PIL import Image
 from scipy import ndimage
 
 from ..data.patches import PatchSource, open_patches
-from ..outputs.atomic import write_csv_atomic, write_text_atomic
-from ..slide.annotations import Annotations, Polygon, write_asap_xml
-from ..slide.synthetic import COMPRESSIONS, FLAVOURS, slide_layout, write_slide
+from ..outputs.atomic import write_text_atomic
+from ..slide.annotations import Annotations
+from .layout import LABEL_COLUMNS, label_row, slide_layout, tumour_annotations, write_label_csvs, write_lesion_xml
+from .writer import COMPRESSIONS, FLAVOURS, write_slide
 
 __all__ = [
     "CLASSES",
@@ -469,7 +470,7 @@ def plan_patch_cohort(
     stain: float = 1.0,
     classes: Sequence[str] = CLASSES,
 ) -> list[PatchCohortSlide]:
-    """Plan a real-tissue cohort in CAMELYON16 layout (as ``synthetic.plan_cohort``): normal and tumour
+    """Plan a real-tissue cohort in CAMELYON16 layout (as ``cohort.plan_cohort``): normal and tumour
     alternate, tumour slides of each split get ``classes`` in a balanced seeded mix. ``max_cells`` bounds
     the slide's long side in cells (slides are 72 % of it to all of it; macro slides at least 80 %)."""
     if flavour not in (*FLAVOURS, "mixed"):
@@ -586,9 +587,7 @@ class _Pyramid:
 
 def lesion_annotations(spec: PatchSlideSpec) -> Annotations:
     """The lesions of a real-tissue slide as ASAP-style annotations (group "Tumor")."""
-    return Annotations(
-        lesions=[Polygon(lesion.polygon, f"Annotation {i}", "Tumor") for i, lesion in enumerate(spec.lesions)]
-    )
+    return tumour_annotations(lesion.polygon for lesion in spec.lesions)
 
 
 def _relative_id(patch_id: str, root: Path | None) -> str:
@@ -616,46 +615,13 @@ def _write_manifest(out: Path, source: PatchSource, plan: list[PatchCohortSlide]
 
 def _write_csvs(out: Path, plan: list[PatchCohortSlide]) -> None:
     """labels.csv / reference.csv: the procedural cohort's columns plus lesion_class and tile counts."""
-    columns = [
-        "image",
-        "label",
-        "metastasis",
-        "lesions",
-        "largest_lesion_um",
-        "width",
-        "height",
-        "mpp",
-        "flavour",
-        "lesion_class",
-        "tissue_tiles",
-        "tumor_tiles",
-    ]
-    for split, filename in (("training", "labels.csv"), ("testing", "reference.csv")):
-        items = [item for item in plan if item.split == split]
-        if not items:
-            continue
-        (out / split).mkdir(parents=True, exist_ok=True)
-        rows = []
-        for item in items:
-            s = item.spec
-            largest = max((lesion.diameter_um for lesion in s.lesions), default=0.0)
-            rows.append(
-                [
-                    item.name,
-                    s.label,
-                    s.metastasis.capitalize(),
-                    len(s.lesions),
-                    f"{largest:.1f}",
-                    s.width,
-                    s.height,
-                    s.mpp,
-                    item.flavour,
-                    s.metastasis,
-                    len(s.cells),
-                    int(s.tumor.sum()),
-                ]
-            )
-        write_csv_atomic(out / split / filename, columns, rows)
+    columns = (*LABEL_COLUMNS, "lesion_class", "tissue_tiles", "tumor_tiles")
+    rows = []
+    for item in plan:
+        s = item.spec
+        extra = [s.metastasis, len(s.cells), int(s.tumor.sum())]
+        rows.append((item.split, [*label_row(item.name, s, item.flavour), *extra]))
+    write_label_csvs(out, columns, rows)
 
 
 def write_patch_cohort(
@@ -695,10 +661,7 @@ def write_patch_cohort(
             pyramid = _Pyramid(pixels, 4 if item.flavour == "svs" else 2, item.spec.background)
             write_slide(item.spec, item.path, item.flavour, renderer=pyramid, compression=compression)
             del pixels, pyramid
-        if item.spec.lesions:
-            xml = item.path.parents[1] / "lesion_annotations" / f"{item.name}.xml"
-            xml.parent.mkdir(parents=True, exist_ok=True)
-            write_asap_xml(lesion_annotations(item.spec), xml)  # atomic
+        write_lesion_xml(item.path, lesion_annotations(item.spec))
         if tick is not None:
             tick()
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,15 @@ import numpy as np
 from ..outputs.atomic import write_csv_atomic
 from ..slide.annotations import Annotations, Polygon, write_asap_xml
 
-__all__ = ["LABEL_COLUMNS", "LabelledSpec", "label_row", "slide_layout", "write_label_csvs", "write_lesion_xml"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "LabelledSpec",
+    "label_row",
+    "slide_layout",
+    "tumour_annotations",
+    "write_label_csvs",
+    "write_lesion_xml",
+]
 
 LABEL_COLUMNS = ("image", "label", "metastasis", "lesions", "largest_lesion_um", "width", "height", "mpp", "flavour")
 """The columns of labels.csv / reference.csv common to both generators (a generator may append its own)."""
@@ -67,12 +75,16 @@ def slide_layout(
     return layout
 
 
-def write_lesion_xml(slide: Path, polygons: Sequence[np.ndarray]) -> Path | None:
-    """``lesion_annotations/NAME.xml`` beside the slide's folder: one ASAP polygon per lesion (group "Tumor"),
-    written atomically; None (nothing written) for a slide without lesions."""
-    if not polygons:
+def tumour_annotations(polygons: Iterable[np.ndarray]) -> Annotations:
+    """Lesion outlines (level-0 px) as ASAP-style annotations: "Annotation i", group "Tumor"."""
+    return Annotations(lesions=[Polygon(p, f"Annotation {i}", "Tumor") for i, p in enumerate(polygons)])
+
+
+def write_lesion_xml(slide: Path, annotations: Annotations) -> Path | None:
+    """``lesion_annotations/NAME.xml`` beside the slide's folder, written atomically; None (nothing written)
+    for a slide without lesions."""
+    if not annotations.lesions:
         return None
-    annotations = Annotations(lesions=[Polygon(p, f"Annotation {i}", "Tumor") for i, p in enumerate(polygons)])
     xml = slide.parents[1] / "lesion_annotations" / f"{slide.stem}.xml"
     xml.parent.mkdir(parents=True, exist_ok=True)
     write_asap_xml(annotations, xml)
@@ -83,7 +95,8 @@ def label_row(name: str, spec: LabelledSpec, flavour: str) -> list[Any]:
     """A slide's values for :data:`LABEL_COLUMNS`."""
     largest = max((lesion.diameter_um for lesion in spec.lesions), default=0.0)
     metastasis = spec.metastasis.capitalize() if spec.lesions else "None"
-    return [name, spec.label, metastasis, len(spec.lesions), f"{largest:.1f}", spec.width, spec.height, spec.mpp, flavour]
+    size = [spec.width, spec.height, spec.mpp]
+    return [name, spec.label, metastasis, len(spec.lesions), f"{largest:.1f}", *size, flavour]
 
 
 def write_label_csvs(out: Path, columns: Sequence[str], rows: Iterable[tuple[str, Sequence[Any]]]) -> None:

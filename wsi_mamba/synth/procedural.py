@@ -1,5 +1,5 @@
 """Procedural H&E-like pixels: a seeded function of level-0 position (tissue, stroma, nuclei, fat,
-metastases), evaluated tile by tile with numpy; no file I/O (``synthetic.py`` writes the files)."""
+metastases), evaluated tile by tile with numpy; no file I/O (``writer.py`` writes the files)."""
 
 from __future__ import annotations
 

@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..devices import resolve_device
 from ..models.checkpoint import config_path
 from ..models.encoder import TileEncoder, load_encoder
 from ..models.slide_model import SlideMamba
@@ -28,6 +30,9 @@ from ..models.validation import check_float
 from ..outputs.artefact import ArtefactFormat, read_json_object
 from ..outputs.atomic import atomic_folder, json_safe, write_json_atomic
 from ..outputs.lock import output_lock
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = ArtefactFormat("wsi-mamba/model", 1, kind="manifest")
 FORMAT_VERSION = FORMAT.version
@@ -172,9 +177,13 @@ def check_baseline(baseline: object) -> None:
     check_float("baseline", "intercept", baseline.get("intercept"), -1e12, 1e12)
 
 
-def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> ModelBundle:
+def load_bundle(
+    path: str | Path | None = None, scan_backend: str = "auto", device: str | torch.device | None = None
+) -> ModelBundle:
     """Load a model folder (or its ``model.json``); None loads the shipped default model. ``ValueError``
-    naming the path for anything that is not a complete model folder (pickles included: never unpickled)."""
+    naming the path for anything that is not a complete model folder (pickles included: never unpickled).
+    ``device`` (``auto``, ``cpu``, ``cuda[:N]``, see :mod:`wsi_mamba.devices`) moves both models there; None
+    leaves them on the CPU."""
     path = model_path(path)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
@@ -205,6 +214,10 @@ def load_bundle(path: str | Path | None = None, scan_backend: str = "auto") -> M
         )
     encoder.name = str(meta.get("encoder", encoder.name))
     slide_model, _ = load_slide_model(path / "slide_model.safetensors", scan_backend=scan_backend)
+    if device is not None:
+        target = resolve_device(device)
+        encoder.to(target)
+        slide_model.to(target)
     return ModelBundle(path, encoder, slide_model.eval(), meta, baseline)
 
 

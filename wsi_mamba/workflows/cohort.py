@@ -18,16 +18,15 @@ only those, and redoes failed and missing slides. The CSV holds no timings and n
 is the manifest's own text, or the path relative to a manifest folder), so an interrupted and resumed run
 ends with the same ``cohort.csv`` as an uninterrupted one.
 
-The scheduling side (:func:`run_cohort`) imports ``distributed`` lazily; the task side
-(:func:`predict_task`) runs in the worker processes, which load the model once each and keep it.
+This module is the scheduler side (:func:`run_cohort`, which imports ``distributed`` lazily) and the cohort
+API's one import path; the manifest reader lives in ``cohort_manifest`` and the task side in ``cohort_worker``
+(:func:`predict_task` runs in the worker processes, which load the model once each and keep it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime
-import hashlib
 import importlib.util
 import json
 import os
@@ -41,12 +40,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices import DEFAULT_DEVICE, check_spec, resolve_device
 from ..outputs.atomic import TEMP_MARKER, json_safe, write_csv_atomic, write_json_atomic
 from ..outputs.lock import output_lock
 from .batch import output_stem
-from .bundle import ModelBundle, load_bundle, model_path
-from .extract import TileOptions, slide_name
-from .inputs import SLIDE_SUFFIXES, find_slides
+from .bundle import load_bundle
+from .cohort_manifest import ManifestEntry, read_manifest
+from .cohort_worker import model_fingerprint, predict_task, worker_cache_info
+from .extract import TileOptions
 
 __all__ = [
     "CSV_COLUMNS",
@@ -60,82 +61,9 @@ __all__ = [
 ]
 
 CSV_COLUMNS = ("slide", "path", "score", "prediction", "tiles", "status", "error")
-PATH_COLUMNS = ("path", "slide", "image")  # the first of these in a manifest's header holds the slide paths
 DEFAULT_MAX_WORKERS = 4
 CSV_INTERVAL_S = 1.0  # rewrite cohort.csv at most this often while results arrive (and always at the end)
 RESULT_SUFFIXES = (".json", ".heatmap.png", ".tiles.geojson", ".regions.geojson")  # what predict_slide writes
-
-
-# ---- the manifest --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One slide of a cohort: its name, its path (absolute, for the workers) and the path as the CSV shows it."""
-
-    name: str
-    path: Path
-    shown: str
-
-
-def _pick_path_column(header: list[str]) -> int | None:
-    """Index of the column of slide paths: ``path`` if present, else ``slide``, else ``image``."""
-    lowered = [cell.strip().lower() for cell in header]
-    for key in PATH_COLUMNS:
-        if key in lowered:
-            return lowered.index(key)
-    return None
-
-
-def _read_csv_manifest(path: Path) -> list[ManifestEntry]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text CSV file") from None
-    numbered = [(line, row) for line, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
-    if not numbered:
-        raise ValueError(f"{path}: empty manifest (expected a header with a 'slide' column and one row per slide)")
-    header = numbered[0][1]
-    column = _pick_path_column(header)
-    if column is None:
-        found = ", ".join(repr(cell.strip()) for cell in header)
-        raise ValueError(f"{path}: no 'slide' (or 'path'/'image') column of slide paths in the header ({found})")
-    base = path.parent
-    entries = []
-    for line, row in numbered[1:]:
-        text = row[column].strip() if column < len(row) else ""
-        if not text:
-            raise ValueError(f"{path}:{line}: empty slide path")
-        slide = Path(text).expanduser()
-        entries.append(ManifestEntry(slide_name(slide), (base / slide).absolute(), text))
-    if not entries:
-        raise ValueError(f"{path}: the manifest lists no slides")
-    return entries
-
-
-def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestEntry]:
-    """The slides of a cohort, sorted by name: a CSV with a ``slide`` (or ``path``/``image``) column of paths
-    (relative ones resolve against the CSV's folder), or a folder searched recursively for slide files.
-    ``ValueError`` for a missing manifest, a CSV without such a column, no slides, or two slides of one name."""
-    manifest = Path(manifest)
-    if manifest.is_dir():
-        found = find_slides([manifest])
-        entries = [ManifestEntry(slide_name(p), p.absolute(), p.relative_to(manifest).as_posix()) for p in found]
-    elif manifest.is_file():
-        if manifest.suffix.lower() in SLIDE_SUFFIXES:
-            raise ValueError(f"{manifest}: a slide, not a manifest (give a CSV of slide paths or a folder of slides)")
-        entries = _read_csv_manifest(manifest)
-    else:
-        raise ValueError(f"{manifest}: no such manifest (a CSV of slide paths or a folder of slides)")
-    by_name: dict[str, list[str]] = {}
-    for entry in entries:
-        by_name.setdefault(entry.name, []).append(entry.shown)
-    clashes = {name: shown for name, shown in by_name.items() if len(shown) > 1}
-    if clashes:
-        listed = "; ".join(f"{name}: {', '.join(shown)}" for name, shown in sorted(clashes.items()))
-        raise ValueError(f"{manifest}: several slides share a name, their outputs would collide ({listed})")
-    return sorted(entries, key=lambda e: e.name)
 
 
 # ---- per-slide state -------------------------------------------------------------------------------------
@@ -189,106 +117,6 @@ def _remove_stale_temporaries(out: Path, names: Iterable[str]) -> None:
             if marker and pid.isascii() and pid.isdigit() and folder / head in finals and item.is_file():
                 with contextlib.suppress(OSError):
                     item.unlink()
-
-
-def model_fingerprint(model: str | os.PathLike[str] | None) -> str:
-    """A short hash of a model folder's files (names, sizes, modification times): what worker caches key on."""
-    folder = model_path(model)
-    if folder.is_file():
-        folder = folder.parent
-    digest = hashlib.sha256()
-    for item in sorted(folder.iterdir()):
-        if item.is_file():
-            stat = item.stat()
-            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
-# ---- the worker side -------------------------------------------------------------------------------------
-
-_BUNDLES: dict[tuple[str | None, str], ModelBundle] = {}
-_LOCK = threading.Lock()
-_STATS = {"models_loaded": 0, "slides": 0, "torch_threads": None, "device": None}
-
-
-def worker_cache_info() -> dict:
-    """What this process has loaded and run (call it on the workers: ``client.run(worker_cache_info)``)."""
-    with _LOCK:
-        return {**_STATS, "models": sorted(str(model) for model, _ in _BUNDLES)}
-
-
-def _worker_device():
-    """The device for this worker's encoder: CPU without CUDA; else the GPU of a LocalCluster worker's number
-    (worker names 0..N-1, round robin over the visible GPUs), or the current GPU for a named worker (start
-    such workers with ``CUDA_VISIBLE_DEVICES`` set, one per GPU, as ``dask cuda worker`` does)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):
-        name = None
-    if isinstance(name, int):
-        return torch.device("cuda", name % torch.cuda.device_count())
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-def _worker_bundle(model: str | None, fingerprint: str, torch_threads: int | None) -> ModelBundle:
-    """The model of this worker process, loaded on first use and kept for the next slides (and runs: a
-    worker of an external cluster outlives a run). ``fingerprint`` identifies the folder's content, so a
-    model retrained into the same folder is loaded afresh (and the old one dropped)."""
-    import torch
-
-    with _LOCK:
-        if torch_threads and _STATS["torch_threads"] != torch_threads:
-            torch.set_num_threads(torch_threads)
-            _STATS["torch_threads"] = torch_threads
-        bundle = _BUNDLES.get((model, fingerprint))
-        if bundle is None:
-            for key in [key for key in _BUNDLES if key[0] == model]:
-                del _BUNDLES[key]
-            bundle = load_bundle(model)
-            device = _worker_device()
-            if device.type == "cuda":
-                bundle.encoder.to(device)  # tiles are encoded on the GPU; the slide model stays on the CPU
-            _BUNDLES[(model, fingerprint)] = bundle
-            _STATS["models_loaded"] += 1
-            _STATS["device"] = str(device)
-        return bundle
-
-
-def predict_task(
-    path: str,
-    out_dir: str,
-    model: str | None,
-    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
-    heatmap: bool = False,
-    torch_threads: int | None = None,
-    fingerprint: str = "",
-) -> dict:
-    """One slide on a worker: ``predict_slide`` into ``out_dir`` (which writes ``NAME.json`` atomically)
-    with this process's copy of ``model`` (a folder, None for the default; ``fingerprint`` from
-    :func:`model_fingerprint`). Never raises for a slide's own problem: returns ``{"status": "done",
-    "result": ...}`` or ``{"status": "failed", "error": ...}`` so that the scheduler side records it and the
-    others go on."""
-    from .predict import predict_slide
-
-    try:
-        bundle = _worker_bundle(model, fingerprint, torch_threads)
-        result = predict_slide(path, bundle, options, out_dir, heatmap)
-    except Exception as exc:  # a slide's failure is data: recorded, never fatal to the cohort
-        from ..slide import SlideError
-
-        expected = isinstance(exc, (SlideError, ValueError, OSError))
-        message = str(exc) if expected and str(exc) else f"{type(exc).__name__}: {exc}"
-        return {"status": "failed", "error": message}
-    finally:
-        with _LOCK:
-            _STATS["slides"] += 1
-    return {"status": "done", "result": result}
 
 
 # ---- the scheduler side ----------------------------------------------------------------------------------
@@ -352,9 +180,12 @@ def _workers_ignore_sigint() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _client(scheduler: str | None, workers: int | None, log: Callable[[str], None]) -> Iterator[tuple[Any, int]]:
+def _client(
+    scheduler: str | None, workers: int | None, log: Callable[[str], None], device: str = DEFAULT_DEVICE
+) -> Iterator[tuple[Any, int]]:
     """A ``distributed.Client`` on an existing scheduler or on a new LocalCluster; yields it with the number
-    of worker processes a LocalCluster started (0 for an existing scheduler)."""
+    of worker processes a LocalCluster started (0 for an existing scheduler). ``device`` sets the default
+    number of local workers: one per GPU (``auto``, ``cuda``), one (``cuda:N``), CPU workers (``cpu``)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -367,14 +198,15 @@ def _client(scheduler: str | None, workers: int | None, log: Callable[[str], Non
         with client:
             yield client, 0
         return
-    gpus = _gpu_count()
+    spec = check_spec(device)
+    gpus = 0 if spec == "cpu" else 1 if spec.startswith("cuda:") else _gpu_count()
     n = workers or (gpus or min(DEFAULT_MAX_WORKERS, _cpu_count()))
     import logging
 
     with _workers_ignore_sigint():
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:
-        kind = f"{gpus} GPU(s)" if gpus else "CPU"
+        kind = (spec if spec.startswith("cuda:") else f"{gpus} GPU(s)") if gpus else "CPU"
         log(f"LocalCluster: {n} worker process(es), 1 task thread each, {kind}")
         yield client, n
 
@@ -424,6 +256,7 @@ def run_cohort(
     options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
     torch_threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    device: str = DEFAULT_DEVICE,
 ) -> CohortSummary:
     """Score every slide of ``manifest`` (a CSV of slide paths or a folder) into ``out``, one dask task per
     slide; resumable (complete results are skipped). See the module docstring for the output layout.
@@ -431,7 +264,9 @@ def run_cohort(
     ``scheduler``: address of a running dask scheduler (``tcp://host:8786``), or None for a LocalCluster of
     ``workers`` processes with one task thread each (default: one per GPU, else min(4, CPUs)). Worker
     processes load the model once each. ``torch_threads``: torch intra-op threads per worker (default on a
-    LocalCluster: CPUs / workers; on an existing scheduler: left as the workers have it). ``log`` receives
+    LocalCluster: CPUs / workers; on an existing scheduler: left as the workers have it). ``device``
+    (``auto``, ``cpu``, ``cuda``, ``cuda:N``) is resolved by each worker: ``auto`` and ``cuda`` put LocalCluster
+    worker k on GPU k mod the GPU count. ``log`` receives
     the start-up lines (workers, dashboard link); default: stderr when ``progress``.
     A slide that fails is recorded in ``out/failed/NAME.json`` and the others go on. ``ValueError`` for a bad
     manifest or model, or when ``out`` holds results of another model."""
@@ -439,6 +274,9 @@ def run_cohort(
         raise ValueError("give either a scheduler address or a number of workers, not both")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    device = check_spec(device)
+    if scheduler is None:
+        resolve_device(device)  # local workers: a device this machine lacks fails here, before any work
     if log is None:
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     started = time.perf_counter()
@@ -470,7 +308,7 @@ def run_cohort(
         state.write_csv()
 
         if todo:
-            with _client(scheduler, workers, log) as (client, started_workers):
+            with _client(scheduler, workers, log, device) as (client, started_workers):
                 if started_workers and torch_threads is None:
                     torch_threads = max(1, _cpu_count() // started_workers)
                 state.summary.workers = started_workers or len(client.nthreads())
@@ -482,7 +320,8 @@ def run_cohort(
                 if scheduler is not None:
                     waiting = "; the tasks wait until workers join" if not state.summary.workers else ""
                     log(f"scheduler {scheduler}: {state.summary.workers} worker(s) connected{waiting}")
-                task = (str(state.slides_dir.absolute()), model_arg, options, heatmap, torch_threads, fingerprint)
+                slides_dir = str(state.slides_dir.absolute())
+                task = (slides_dir, model_arg, options, heatmap, torch_threads, fingerprint, device)
                 _run_tasks(client, todo, task, state, progress)
 
     summary = state.summary

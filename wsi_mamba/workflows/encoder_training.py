@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..devices import DEFAULT_DEVICE, autocast, resolve_device
 from ..evaluation.metrics import slide_auc
 from ..models.checkpoint import save_checkpoint
 from ..models.encoder import TileEncoder, load_encoder
@@ -114,10 +115,10 @@ def _tile_auc(encoder: TileEncoder, head: torch.nn.Module, data: TileSet, batch:
         return float("nan")
     scores = []
     encoder.model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(encoder.device):
         for start in range(0, len(data.tiles), batch):
             x = encoder.preprocess(data.tiles[start : start + batch])
-            scores.append(head(encoder.features(x)).squeeze(1).float())
+            scores.append(head(encoder.features(x)).squeeze(1).float().cpu())
     return slide_auc(data.labels, torch.cat(scores).numpy())
 
 
@@ -127,8 +128,11 @@ def train_encoder(
     annotations_dir: str | Path,
     out: str | Path,
     cfg: EncoderTrainingConfig = EncoderTrainingConfig(),  # noqa: B008 (frozen dataclass)
+    device: str | torch.device = DEFAULT_DEVICE,
 ) -> Path:
-    """Train the tile encoder and write it as ``out`` (.safetensors + JSON with the tile geometry)."""
+    """Train the tile encoder on ``device`` (bf16 autocast on CUDA, fp32 weights) and write it as ``out``
+    (.safetensors + JSON with the tile geometry)."""
+    device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     names = sorted({slide_name(p) for p in slides if slide_name(p) in labels})
     rng = np.random.default_rng(cfg.seed)
@@ -139,7 +143,7 @@ def train_encoder(
     in_val = np.array([n in val_names for n in data.slides])
     train = TileSet(data.tiles[~in_val], data.labels[~in_val], [])
     val = TileSet(data.tiles[in_val], data.labels[in_val], [])
-    encoder = load_encoder(cfg.model, seed=cfg.seed, scan_backend="auto")
+    encoder = load_encoder(cfg.model, seed=cfg.seed, scan_backend="auto").to(device)
     encoder.tile_px, encoder.mpp = cfg.tile_px, cfg.mpp
     model = encoder.model
     head = model.classifier.head  # 1 output: the tumour logit of a tile
@@ -156,9 +160,10 @@ def train_encoder(
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 tiles = augment(torch.from_numpy(train.tiles[idx.numpy()]), generator)
-                target = torch.from_numpy(train.labels[idx.numpy()]).float()
-                logit = head(encoder.features(encoder.preprocess(tiles))).squeeze(1)
-                loss = F.binary_cross_entropy_with_logits(logit, target)
+                target = torch.from_numpy(train.labels[idx.numpy()]).float().to(device)
+                with autocast(device):
+                    logit = head(encoder.features(encoder.preprocess(tiles))).squeeze(1)
+                loss = F.binary_cross_entropy_with_logits(logit.float(), target)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from ..devices import DEFAULT_DEVICE
 from ..evaluation.colour import slide_colour_vector
 from ..evaluation.froc import SlideDetections, froc, tile_detections
 from ..evaluation.metrics import summarize
@@ -19,6 +21,9 @@ from .bundle import ModelBundle, baseline_predict, load_bundle
 from .inputs import find_annotations, read_label_column, read_labels
 from .predict import score_tiles
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
+
+if TYPE_CHECKING:
+    import torch
 
 
 def score_features(bundle: ModelBundle, data: SlideFeatures) -> tuple[float | None, np.ndarray]:
@@ -49,10 +54,11 @@ def evaluate(
     baseline: bool = False,
     n_boot: int = 2000,
     progress: bool = True,
+    device: str | torch.device = DEFAULT_DEVICE,
 ) -> dict:
-    """Score every labelled store with the model and write metrics.json, per_slide.csv, roc.png (and
-    froc.json with annotations) under ``out_dir``; returns the metrics."""
-    bundle = load_bundle(model)
+    """Score every labelled store with the model on ``device`` and write metrics.json, per_slide.csv, roc.png
+    (and froc.json with annotations) under ``out_dir``; returns the metrics."""
+    bundle = load_bundle(model, device=device)
     labels = read_labels(labels_csv)
     stores = list_stores(features_dir)
     names = sorted(n for n in stores if n in labels)

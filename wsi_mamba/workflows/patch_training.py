@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..data.augment import augment_patches
 from ..data.patches import FilePatches, PatchSource, require_labelled
+from ..devices import DEFAULT_DEVICE, autocast, resolve_device
 from ..evaluation.metrics import slide_auc
 from ..models.checkpoint import save_checkpoint
 from ..models.encoder import TileEncoder, load_encoder
@@ -82,7 +83,9 @@ def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 12
     out = []
     for start in range(0, len(patches), batch_size):
         x = encoder.preprocess(patches[start : start + batch_size])
-        out.append(torch.sigmoid(model(x).squeeze(1).float()).cpu())
+        with autocast(x.device):
+            logits = model(x)
+        out.append(torch.sigmoid(logits.squeeze(1).float()).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
@@ -92,9 +95,12 @@ def train_encoder_on_patches(
     cfg: PatchTrainingConfig = PatchTrainingConfig(),  # noqa: B008 (frozen dataclass)
     val_source: PatchSource | None = None,
     metrics_path: str | Path | None = None,
+    device: str | torch.device = DEFAULT_DEVICE,
 ) -> Path:
-    """Train a tile encoder on ``source`` and write it to ``out`` (.safetensors + JSON); returns the path.
-    A per-epoch log goes to ``metrics_path`` (default: ``OUT.metrics.csv`` beside the checkpoint)."""
+    """Train a tile encoder on ``source`` on ``device`` (bf16 autocast on CUDA, fp32 weights) and write it to
+    ``out`` (.safetensors + JSON); returns the path. A per-epoch log goes to ``metrics_path`` (default:
+    ``OUT.metrics.csv`` beside the checkpoint)."""
+    device = resolve_device(device)
     require_labelled(source, "training")
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -118,7 +124,7 @@ def train_encoder_on_patches(
     if len(set(train_labels.tolist())) < 2:
         raise ValueError(f"{source.description}: too few patches to train on after carving validation")
     geometry = source.geometry
-    encoder = load_encoder(cfg.model, seed=cfg.seed, drop_path_rate=cfg.drop_path_rate)
+    encoder = load_encoder(cfg.model, seed=cfg.seed, drop_path_rate=cfg.drop_path_rate).to(device)
     encoder.tile_px, encoder.mpp = geometry.px, geometry.mpp
     model = encoder.model
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -149,9 +155,10 @@ def train_encoder_on_patches(
                 if k + 1 < len(batches):
                     pending = reader.submit(source.read, batches[k + 1])
                 x = augment_patches(torch.from_numpy(patches), generator, cfg.augment)
-                target = torch.from_numpy(source.labels[idx]).float()
-                logit = model(encoder.preprocess(x)).squeeze(1)
-                loss = F.binary_cross_entropy_with_logits(logit, target)
+                target = torch.from_numpy(source.labels[idx]).float().to(device)
+                with autocast(device):
+                    logit = model(encoder.preprocess(x)).squeeze(1)
+                loss = F.binary_cross_entropy_with_logits(logit.float(), target)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import autocast, module_device
 from ..models.grid import grid_tensors
 from ..outputs.atomic import json_safe, write_json_atomic
 from ..outputs.heatmap import score_grid, write_heatmap_png, write_regions_geojson, write_tiles_geojson
@@ -28,13 +29,14 @@ def score_tiles(
 ) -> tuple[float, np.ndarray]:
     """Slide probability and per-tile probabilities (in the order of ``features``) of at least one tile.
     Features are rounded to float16 first, as a feature store keeps them, so predict and extract + evaluate
-    agree (a no-op for features read from a store)."""
+    agree (a no-op for features read from a store). Runs where the slide model is (bf16 autocast on CUDA)."""
     features = features.astype(np.float16).astype(np.float32)
     grid_features, mask, (r0, c0) = grid_tensors(features, rows, cols, grid_shape)
-    with torch.inference_mode():
-        out = bundle.slide_model(grid_features, mask)
-    tiles = torch.sigmoid(out.tile_logits[0, rows - r0, cols - c0]).numpy().astype(np.float32)
-    return float(torch.sigmoid(out.logit[0])), tiles
+    device = module_device(bundle.slide_model)
+    with torch.inference_mode(), autocast(device):
+        out = bundle.slide_model(grid_features.to(device), mask.to(device))
+    tiles = torch.sigmoid(out.tile_logits[0, rows - r0, cols - c0].float()).cpu().numpy().astype(np.float32)
+    return float(torch.sigmoid(out.logit[0].float())), tiles
 
 
 def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:

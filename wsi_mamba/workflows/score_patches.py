@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..data.augment import dihedral
 from ..data.patches import PatchReadError, PatchSource
+from ..devices import autocast, resolve_device
 from ..models.encoder import TileEncoder, load_encoder
 from .bundle import MANIFEST, model_path
 
@@ -35,9 +36,9 @@ class PatchScores:
         return np.flatnonzero((self.labels >= 0) & np.isfinite(self.scores))
 
 
-def load_patch_classifier(model: str | Path | None = None) -> TileEncoder:
+def load_patch_classifier(model: str | Path | None = None, device: str | torch.device | None = None) -> TileEncoder:
     """The tile encoder with its tumour head: from a model folder (its ``encoder.safetensors``; None = the
-    shipped default model) or an encoder checkpoint (``.safetensors``)."""
+    shipped default model) or an encoder checkpoint (``.safetensors``); on ``device`` (None: the CPU)."""
     path = model_path(model)
     if path.is_dir():
         if not (path / MANIFEST).exists():
@@ -46,7 +47,7 @@ def load_patch_classifier(model: str | Path | None = None) -> TileEncoder:
     encoder = load_encoder(path)
     if encoder.model.config.num_classes != 1:
         raise ValueError(f"{path}: the encoder has {encoder.model.config.num_classes} outputs, not one tumour logit")
-    return encoder
+    return encoder if device is None else encoder.to(resolve_device(device))
 
 
 def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
@@ -72,7 +73,7 @@ def classify(encoder: TileEncoder, patches: np.ndarray, tta: bool = False) -> np
         batch = encoder.preprocess(view)
         if batch.shape[-1] != encoder.tile_px:
             batch = F.interpolate(batch, size=(encoder.tile_px,) * 2, mode="bilinear", antialias=True)
-        with torch.autocast("cuda", torch.bfloat16, enabled=batch.is_cuda):
+        with autocast(batch.device):
             probabilities.append(torch.sigmoid(model(batch).squeeze(1).float()).cpu())
     return torch.stack(probabilities).mean(0).numpy()
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__
+from ..devices import DEFAULT_DEVICE, autocast, resolve_device
 from ..evaluation.colour import fit_colour_baseline, slide_colour_vector
 from ..evaluation.metrics import slide_auc
 from ..models.encoder import load_encoder
@@ -31,6 +32,8 @@ from .configs import SlideTrainingConfig
 from .domain import domain_statistics
 from .inputs import find_annotations, read_labels
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -78,23 +81,30 @@ def split_validation(names: list[str], labels: dict[str, int], fraction: float, 
     return chosen
 
 
-def _loss(model: SlideMamba, example: Example, tile_weight: float) -> tuple[torch.Tensor, float]:
-    out = model(example.features, example.mask)
-    loss = F.binary_cross_entropy_with_logits(out.logit, torch.tensor([float(example.label)]))
+def _loss(
+    model: SlideMamba, example: Example, tile_weight: float, device: torch.device = CPU
+) -> tuple[torch.Tensor, float]:
+    """The example's loss (fp32; the forward under bf16 autocast on CUDA) and its slide probability."""
+    mask = example.mask.to(device, non_blocking=True)
+    with autocast(device):
+        out = model(example.features.to(device, non_blocking=True), mask)
+    logit, tile_logits = out.logit.float(), out.tile_logits.float()
+    loss = F.binary_cross_entropy_with_logits(logit, torch.tensor([float(example.label)], device=device))
     if tile_weight > 0 and example.tile_target is not None:
-        known = example.mask & (example.tile_target >= 0)
+        target = example.tile_target.to(device, non_blocking=True)
+        known = mask & (target >= 0)
         if known.any():
-            tile_loss = F.binary_cross_entropy_with_logits(out.tile_logits[known], example.tile_target[known])
+            tile_loss = F.binary_cross_entropy_with_logits(tile_logits[known], target[known])
             loss = loss + tile_weight * tile_loss
-    return loss, float(torch.sigmoid(out.logit).item())
+    return loss, float(torch.sigmoid(logit).item())
 
 
-def _evaluate(model: SlideMamba, examples: list[Example]) -> tuple[float, float]:
+def _evaluate(model: SlideMamba, examples: list[Example], device: torch.device = CPU) -> tuple[float, float]:
     model.eval()
     losses, scores = [], []
     with torch.no_grad():
         for example in examples:
-            loss, score = _loss(model, example, 0.0)
+            loss, score = _loss(model, example, 0.0, device)
             losses.append(float(loss))
             scores.append(score)
     labels = [e.label for e in examples]
@@ -112,13 +122,18 @@ def train_slide_model(
     progress: bool = True,
     name: str | None = None,
     overwrite: bool = False,
+    device: str | torch.device = DEFAULT_DEVICE,
 ) -> Path:
     """Train on the labelled stores of ``features_dir`` and write the model folder ``out`` (the model is
     called ``name``, by default the folder's name). ``out`` is checked before training (see
-    ``check_model_output``: an existing model folder is replaced only with ``overwrite``) and locked meanwhile."""
+    ``check_model_output``: an existing model folder is replaced only with ``overwrite``) and locked meanwhile.
+    The model trains on ``device`` (bf16 autocast on CUDA, fp32 weights)."""
+    target = resolve_device(device)
     check_model_output(out, (features_dir, labels_csv, annotations_dir), overwrite)
     with output_lock(out):
-        return _train(features_dir, labels_csv, out, encoder_path, annotations_dir, cfg, progress, name, overwrite)
+        return _train(
+            features_dir, labels_csv, out, encoder_path, annotations_dir, cfg, progress, name, overwrite, target
+        )
 
 
 def _train(
@@ -131,6 +146,7 @@ def _train(
     progress: bool,
     name: str | None,
     overwrite: bool,
+    device: torch.device,
 ) -> Path:
     torch.manual_seed(cfg.seed)
     labels = read_labels(labels_csv)
@@ -165,7 +181,7 @@ def _train(
     val_set = [examples[n] for n in names if n in val_names]
 
     in_dim = data[names[0]].features.shape[1]
-    model = SlideMamba(SlideModelConfig(in_dim, cfg.dim, cfg.depth, cfg.d_state, dropout=cfg.dropout))
+    model = SlideMamba(SlideModelConfig(in_dim, cfg.dim, cfg.depth, cfg.d_state, dropout=cfg.dropout)).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(train_set)
     warmup = cfg.warmup_epochs * len(train_set)
@@ -186,14 +202,14 @@ def _train(
             model.train()
             losses = []
             for i in torch.randperm(len(train_set), generator=generator).tolist():
-                loss, _ = _loss(model, train_set[i], cfg.tile_loss_weight)
+                loss, _ = _loss(model, train_set[i], cfg.tile_loss_weight, device)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
                 optimiser.step()
                 schedule.step()
                 losses.append(float(loss.detach()))
-            val_loss, val_auc = _evaluate(model, val_set) if val_set else (float("nan"), float("nan"))
+            val_loss, val_auc = _evaluate(model, val_set, device) if val_set else (float("nan"), float("nan"))
             row = {
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
