@@ -1,25 +1,72 @@
 """Evaluation: slide-level AUC (bootstrap interval, Youden threshold), ROC plots, the CAMELYON16
-lesion-level FROC, and the colour-statistics baseline. Pure numpy / scikit-learn / matplotlib."""
+lesion-level FROC, and the colour-statistics baseline. Pure numpy / scikit-learn / matplotlib.
 
-from .colour import (
-    COLOUR_STATS,
-    fit_colour_baseline,
-    predict_colour_baseline,
-    slide_colour_vector,
-    tile_colour_stats,
-)
-from .froc import (
-    TARGET_FP_RATES,
-    DetectionMatch,
-    FrocResult,
-    SlideDetections,
-    froc,
-    match_detections,
-    sensitivity_at,
-    tile_detections,
-)
-from .metrics import accuracy_at, bootstrap_auc_ci, slide_auc, summarize, youden_threshold
-from .roc_plot import write_roc_png
+The names below are imported from their submodules on first use (PEP 562), so that importing one submodule
+(``predict`` needs only ``colour.tile_colour_stats``) does not bring in scikit-learn, scipy and matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .colour import (
+        COLOUR_STATS,
+        fit_colour_baseline,
+        predict_colour_baseline,
+        slide_colour_vector,
+        tile_colour_stats,
+    )
+    from .froc import (
+        TARGET_FP_RATES,
+        DetectionMatch,
+        FrocResult,
+        SlideDetections,
+        froc,
+        match_detections,
+        sensitivity_at,
+        tile_detections,
+    )
+    from .metrics import accuracy_at, bootstrap_auc_ci, slide_auc, summarize, youden_threshold
+    from .roc_plot import write_roc_png
+
+_SOURCES = {
+    "colour": (
+        "COLOUR_STATS",
+        "fit_colour_baseline",
+        "predict_colour_baseline",
+        "slide_colour_vector",
+        "tile_colour_stats",
+    ),
+    "froc": (
+        "TARGET_FP_RATES",
+        "DetectionMatch",
+        "FrocResult",
+        "SlideDetections",
+        "froc",
+        "match_detections",
+        "sensitivity_at",
+        "tile_detections",
+    ),
+    "metrics": ("accuracy_at", "bootstrap_auc_ci", "slide_auc", "summarize", "youden_threshold"),
+    "roc_plot": ("write_roc_png",),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "COLOUR_STATS",

@@ -8,10 +8,12 @@ slide model worth its GPU hours must beat this.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:  # scikit-learn is imported by the baseline's fit only: predict needs just the statistics
+    from sklearn.pipeline import Pipeline
 
 COLOUR_STATS: tuple[str, ...] = (
     "mean_r",
@@ -81,6 +83,10 @@ def fit_colour_baseline(X_train: np.ndarray, y_train: np.ndarray) -> Pipeline:
     y = y.astype(np.int64)
     if len(np.unique(y)) < 2:
         raise ValueError("the colour baseline needs both positive and negative training slides")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = Pipeline(
         [
             ("scale", StandardScaler()),

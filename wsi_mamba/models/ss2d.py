@@ -95,7 +95,11 @@ class SS2D(nn.Module):
     def reset_ssm_parameters(
         self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4
     ) -> None:
-        """Published "v0" init of the scan parameters (the model-level init leaves these alone)."""
+        """Published "v0" init of the scan parameters (the model-level init leaves these alone). Skipped on the
+        meta device (a model built to receive a checkpoint): the values would be discarded, and meta ``exp``
+        and ``rand`` run through torch's Python reference kernels, which import ``torch._dynamo`` (~1 s)."""
+        if self.x_proj_weight.is_meta:
+            return
         bound = self.d_inner**-0.5
         self.x_proj_weight.uniform_(-bound, bound)
         self.dt_projs_weight.uniform_(-(self.dt_rank**-0.5), self.dt_rank**-0.5)

@@ -8,13 +8,15 @@ import warnings
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 from PIL import Image
 
 from .errors import SlideError
+
+if TYPE_CHECKING:  # dask.array (~0.4 s with the scipy.sparse it pulls in) only when to_dask is called
+    import dask.array as da
 
 # Levels bigger than this many pixels are downscaled band by band rather than read whole.
 _MAX_WHOLE_LEVEL_PX = 64 * 1024 * 1024
@@ -280,6 +282,8 @@ class Slide(ABC):
 
     def to_dask(self, level: int = 0) -> da.Array:
         """A lazy (H, W, 3) uint8 dask array of ``level``, chunked on the file's own tiles."""
+        import dask.array as da
+
         self._check_level(level)
         th, tw = self._tile_size(level)
         name = f"slide-{self.backend}-{self.path}-{level}-{id(self):x}"

@@ -5,14 +5,17 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import dask
-import dask.array as da
 import numpy as np
 
 from .base import Slide
 from .errors import TileDecodeError
 from .tiling import TileGrid, read_tile
+
+if TYPE_CHECKING:  # dask.array (~0.4 s with the scipy.sparse it pulls in) only where an array is asked for
+    import dask.array as da
 
 _DONE = object()
 
@@ -100,6 +103,8 @@ def stream_tiles(
 
 def tiles_to_dask(slide: Slide, grid: TileGrid) -> da.Array:
     """The grid's tiles as a lazy (N, tile_px, tile_px, 3) uint8 dask array, one chunk per tile."""
+    import dask.array as da
+
     n, px = len(grid), grid.tile_px
 
     def block(block_info: dict | None = None) -> np.ndarray:
