@@ -44,6 +44,8 @@ DEFAULTS = [
     ("train", "patience", SlideTrainingConfig, "patience"),
     ("train", "val_fraction", SlideTrainingConfig, "val_fraction"),
     ("train", "seed", SlideTrainingConfig, "seed"),
+    ("train", "aggregator", SlideTrainingConfig, "aggregator"),
+    ("train", "folds", SlideTrainingConfig, "folds"),
 ]
 
 # Options whose default depends on what is trained (patches or slides): None on the command line, the

@@ -284,3 +284,12 @@ def test_nms_edge_cases() -> None:
         tile_detections([0, 1], [0], 100, [0.5])
     with pytest.raises(ValueError, match="size0"):
         tile_detections([0], [0], 0, [0.5])
+
+
+def test_package_exports_the_function_even_after_its_module_is_imported() -> None:
+    import importlib
+
+    import wsi_mamba.evaluation as evaluation
+
+    importlib.import_module("wsi_mamba.evaluation.lesion_froc")
+    assert callable(evaluation.froc) and callable(evaluation.tile_detections)

@@ -139,3 +139,31 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
 def tile_options(args: argparse.Namespace) -> TileOptions:
     """The :class:`TileOptions` of the options :func:`tile_arguments` added."""
     return TileOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)
+
+
+def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None:
+    """``--encoder-weights`` (local weights of a ``timm:NAME`` encoder) and, with ``geometry``,
+    ``--encoder-tile-px`` / ``--encoder-mpp`` (override the tile geometry the checkpoint or model config gives)."""
+    p.add_argument(
+        "--encoder-weights", metavar="PATH",
+        help="local weights of a timm:NAME encoder: .safetensors, weights-only .pth/.bin, or a Hugging Face-style "
+        "folder (config.json + model.safetensors | pytorch_model.bin); nothing is downloaded",
+    )
+    if geometry:
+        p.add_argument("--encoder-tile-px", type=positive_int, help="tile side in pixels (default: the model's)")
+        p.add_argument(
+            "--encoder-mpp", type=positive_float, help="tile µm/px (default: the checkpoint's; 0.5 for timm models)"
+        )
+
+
+def encoder_options(args: argparse.Namespace, spec: object) -> dict[str, Any]:
+    """The keyword arguments of ``load_encoder`` that :func:`encoder_arguments` added; ``--encoder-weights``
+    needs a ``FAMILY:NAME`` spec (``spec``), a :class:`UsageError` otherwise."""
+    weights = getattr(args, "encoder_weights", None)
+    if weights is not None and (spec is None or ":" not in str(spec)):
+        raise UsageError("--encoder-weights needs the architecture of the weights, e.g. --encoder timm:resnet18")
+    return {
+        "weights": weights,
+        "tile_px": getattr(args, "encoder_tile_px", None),
+        "mpp": getattr(args, "encoder_mpp", None),
+    }

@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from ._args import command_device, command_parser, device_argument, positive_float, positive_int
+from ._args import (
+    command_device,
+    command_parser,
+    device_argument,
+    encoder_arguments,
+    encoder_options,
+    positive_float,
+    positive_int,
+)
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
 
@@ -21,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "wsi-mamba score-patches pcam/valid --out valid-scores.csv",
     )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive), PCam *_x.h5 files or path,label CSVs")
-    p.add_argument("--model", help="model folder or encoder checkpoint (default: the shipped default model)")
+    p.add_argument(
+        "--model",
+        help="model folder, encoder checkpoint, or timm:NAME with --encoder-weights (default: the default model)",
+    )
+    encoder_arguments(p, geometry=False)
     p.add_argument("--labels", help="CSV with path,label columns naming the patches' labels")
     p.add_argument("--out", help="CSV of per-patch scores; NAME.metrics.json and NAME.roc.png go beside it")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, [index], [label], score}")
@@ -67,7 +79,8 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     source = open_patches(args.paths, labels_csv=args.labels)
     if args.patch_mpp:
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
-    encoder = load_patch_classifier(args.model, device)
+    encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
+    encoder = load_patch_classifier(args.model, device, weights=args.encoder_weights)
     threshold = args.threshold if args.threshold is not None else _model_threshold(args.model)
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
         result = score_patch_source(source, encoder, args.batch_size, args.tta, on_batch=bar.update)

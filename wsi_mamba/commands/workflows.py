@@ -15,6 +15,8 @@ from ._args import (
     command_device,
     command_parser,
     device_argument,
+    encoder_arguments,
+    encoder_options,
     max_pixels_argument,
     positive_float,
     positive_int,
@@ -54,14 +56,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "extract",
         "Encode the tissue tiles of slides into one feature store (zarr) per slide; resumable.",
-        "wsi-mamba extract data/cohort/training --encoder encoder.safetensors --out features/",
+        "wsi-mamba extract data/cohort/training --encoder encoder.safetensors --out features/\n  "
+        "wsi-mamba extract slides/ --encoder timm:resnet50 --encoder-weights resnet50.safetensors --out features/",
     )
     p.add_argument("slides", nargs="+", help="slide files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="folder of feature stores")
     p.add_argument(
         "--encoder",
-        help="encoder checkpoint (.safetensors) or registry name (random weights); default: the default model's",
+        help="encoder checkpoint (.safetensors), timm:NAME (with --encoder-weights), a Hugging Face-style model "
+        "folder, or a registry name (random weights); default: the default model's",
     )
+    encoder_arguments(p)
     _tile_arguments(p)
     device_argument(p)
     p.add_argument("--json", action="store_true", help="print per-slide results as JSON")
@@ -92,8 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.safetensors + .json)")
     p.add_argument(
         "--model",
-        help=f"backbone (registry name; default {patch_defaults.model} on patches, {slide_defaults.model} on slides)",
+        help=f"backbone: registry name or timm:NAME (default {patch_defaults.model} on patches, "
+        f"{slide_defaults.model} on slides)",
     )
+    encoder_arguments(p, geometry=False)
     p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--tile-px", type=positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
     p.add_argument("--mpp", type=positive_float, default=slide_defaults.mpp, help="tile µm/px (slides)")
@@ -134,6 +141,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=train_defaults.val_fraction)
     p.add_argument("--seed", type=int, default=train_defaults.seed)
+    p.add_argument(
+        "--aggregator",
+        default=train_defaults.aggregator,
+        help="slide aggregator (registry name): ss2d (this project's SS2D model, the default), abmil, clam-sb, "
+        "transmil, mean, max",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=train_defaults.folds,
+        metavar="K",
+        help="K-fold stratified cross-validation (K >= 2): fold models in OUT/fold-1..K, folds.json/folds.csv, "
+        "and OUT itself trained on all slides for the folds' mean best epoch count (default 0: one split)",
+    )
     device_argument(p)
     p.set_defaults(func=cmd_train)
 
@@ -191,7 +212,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from ..workflows.inputs import find_slides
 
     slides = find_slides(args.slides)
-    encoder = load_encoder(args.encoder or default_model_path() / "encoder.safetensors").to(device)
+    spec = args.encoder or default_model_path() / "encoder.safetensors"
+    encoder = load_encoder(spec, **encoder_options(args, args.encoder)).to(device)
     results = extract_slides(slides, args.out, encoder, _tile_options(args))
     failed = {k: v for k, v in results.items() if v.startswith("failed")}
     if args.json:
@@ -246,8 +268,10 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
     if args.patch_mpp:  # keep each source's own patch size, with the stated resolution
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
     val_source = open_patches(args.val_patches, geometry=source.geometry) if args.val_patches else None
+    encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
     cfg = PatchTrainingConfig(
         model=args.model or PatchTrainingConfig.model,
+        weights=args.encoder_weights,
         epochs=args.epochs or PatchTrainingConfig.epochs,
         batch_size=args.batch_size or PatchTrainingConfig.batch_size,
         lr=args.lr or PatchTrainingConfig.lr,
@@ -266,14 +290,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..workflows.train import train_slide_model
 
     cfg = SlideTrainingConfig(
-        epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed
+        epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
+        aggregator=args.aggregator, folds=args.folds,
     )
     path = train_slide_model(
         args.features, args.labels, args.out, args.encoder, args.annotations, cfg, name=args.name,
         overwrite=args.overwrite, device=device,
     )
     meta = json.loads((Path(path) / "model.json").read_text())["training"]
-    print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {meta['best_val_auc']:.3f})")
+    folds = meta.get("cross_validation")
+    if folds is None:
+        auc = meta["best_val_auc"]
+        shown = "none (no validation slides)" if auc is None else f"{auc:.3f}"
+        print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {shown}, aggregator {cfg.aggregator})")
+        return 0
+    for row in folds["per_fold"]:
+        print(
+            f"fold {row['fold']}: validation AUC {row['val_auc']:.3f} on {row['validation_slides']} slides "
+            f"(best epoch {row['best_epoch']}) -> {Path(path) / row['model']}"
+        )
+    print(
+        f"{cfg.aggregator}: {folds['folds']}-fold validation AUC {folds['mean_val_auc']:.3f} ± "
+        f"{folds['sd_val_auc']:.3f} (mean ± sd)"
+    )
+    print(f"wrote {path} (trained on all {folds['final']['slides']} slides for {folds['final']['epochs']} epochs)")
     return 0
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
         slide_colour_vector,
         tile_colour_stats,
     )
-    from .froc import (
+    from .lesion_froc import (
         TARGET_FP_RATES,
         DetectionMatch,
         FrocResult,
@@ -39,7 +39,7 @@ _SOURCES = {
         "slide_colour_vector",
         "tile_colour_stats",
     ),
-    "froc": (
+    "lesion_froc": (
         "TARGET_FP_RATES",
         "DetectionMatch",
         "FrocResult",
@@ -53,6 +53,10 @@ _SOURCES = {
     "roc_plot": ("write_roc_png",),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+# No submodule may share a name with a function it exports: importing the submodule would bind the package
+# attribute to the module (hence ``lesion_froc`` for ``froc``).
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,7 @@
-"""VMamba backbones (official-checkpoint compatible), the SS2D mixer, the slide model, a model registry and
-checkpoint I/O."""
+"""VMamba backbones (official-checkpoint compatible), the SS2D mixer, the slide model, the slide aggregators'
+registry (``create_aggregator``), a model registry and checkpoint I/O."""
 
+from .aggregators import create_aggregator, list_aggregators, register_aggregator
 from .checkpoint import load_checkpoint, save_checkpoint
 from .grid import grid_tensors
 from .official import config_from_official, load_official
@@ -22,14 +23,17 @@ __all__ = [
     "VSSBlock",
     "build_vmamba",
     "config_from_official",
+    "create_aggregator",
     "create_model",
     "cross_merge",
     "cross_scan",
     "grid_tensors",
+    "list_aggregators",
     "list_models",
     "load_checkpoint",
     "load_official",
     "load_slide_model",
+    "register_aggregator",
     "register_model",
     "save_checkpoint",
     "save_slide_model",

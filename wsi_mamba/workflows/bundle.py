@@ -3,8 +3,8 @@
 Layout of a model folder::
 
     model.json                       format, tile geometry, encoder identity, training metadata
-    encoder.safetensors + .json      the tile encoder (a VMamba checkpoint)
-    slide_model.safetensors + .json  the slide model
+    encoder.safetensors + .json      the tile encoder (our checkpoint: VMamba, or a timm model)
+    slide_model.safetensors + .json  the slide model (any registered aggregator; its name in both JSONs)
     baseline.json                    colour-statistics baseline fitted on the same training slides (numbers only)
 
 Only safetensors and JSON are read: nothing is unpickled.
@@ -12,7 +12,6 @@ Only safetensors and JSON are read: nothing is unpickled.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -22,9 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..devices import resolve_device
-from ..models.checkpoint import config_path
+from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
-from ..models.slide_model import SlideMamba
+from ..models.encoders import export_encoder
 from ..models.slide_model_io import load_slide_model, save_slide_model
 from ..models.validation import check_float
 from ..outputs.artefact import ArtefactFormat, read_json_object
@@ -47,7 +46,7 @@ class ModelBundle:
 
     path: Path
     encoder: TileEncoder
-    slide_model: SlideMamba
+    slide_model: Aggregator  # any registered aggregator (ss2d, abmil, ...)
     meta: dict
     baseline: dict | None
 
@@ -116,7 +115,7 @@ def check_model_output(out: str | Path, inputs: Sequence[str | Path | None] = ()
 def save_bundle(
     out: str | Path,
     encoder: TileEncoder,
-    slide_model: SlideMamba,
+    slide_model: Aggregator,
     meta: dict,
     baseline: dict | None = None,
     overwrite: bool = False,
@@ -134,8 +133,7 @@ def save_bundle(
     with output_lock(out):
         check_model_output(out, inputs, overwrite)
         with atomic_folder(out) as partial:
-            shutil.copyfile(encoder.source, partial / "encoder.safetensors")
-            shutil.copyfile(config_path(encoder.source), partial / "encoder.json")
+            export_encoder(encoder, partial / "encoder.safetensors")  # ours as a copy; timm weights converted
             save_slide_model(slide_model, partial / "slide_model.safetensors", metadata={"encoder_hash": encoder.hash})
             if baseline is not None:
                 write_json_atomic(partial / "baseline.json", json_safe(baseline))
@@ -152,7 +150,7 @@ def check_manifest(meta: dict) -> None:
     """Types and ranges of the ``model.json`` fields the readers use; ``ValueError`` (one line) otherwise."""
     threshold = meta.get("threshold", 0.5)
     check_float("model", "threshold", threshold, 0.0, 1.0)
-    for key in ("name", "encoder", "encoder_hash"):
+    for key in ("name", "encoder", "encoder_hash", "aggregator"):
         if key in meta and not isinstance(meta[key], str):
             raise ValueError(f"{key} must be a string, got {meta[key]!r}")
 

@@ -41,7 +41,8 @@ class EncoderTrainingConfig:
 class PatchTrainingConfig:
     """Hyper-parameters of patch training (the recipe sets them; the CLI's defaults are these)."""
 
-    model: str = "vmamba_nano"
+    model: str = "vmamba_nano"  # a registry name, or FAMILY:NAME (timm:resnet18)
+    weights: str | None = None  # start from these local weights (timm: a file or a Hugging Face-style folder)
     epochs: int = 12
     batch_size: int = 64
     lr: float = 5e-4  # 2e-3 diverged in epoch 3 on PCam (batch 64)
@@ -57,8 +58,10 @@ class PatchTrainingConfig:
 
 @dataclass(frozen=True)
 class SlideTrainingConfig:
-    """Hyper-parameters of slide-model training (the recipe sets them)."""
+    """Hyper-parameters of slide-model training (the recipe sets them). ``dim``, ``depth``, ``d_state`` and
+    ``dropout`` go to every aggregator whose config has such a field."""
 
+    aggregator: str = "ss2d"  # registry name (wsi_mamba.models.aggregators): ss2d, abmil, clam-sb, transmil, ...
     dim: int = 64
     depth: int = 2
     d_state: int = 4
@@ -72,3 +75,4 @@ class SlideTrainingConfig:
     clip_norm: float = 1.0
     tile_loss_weight: float = 0.5  # weight of tile supervision when annotations are given
     seed: int = 0
+    folds: int = 0  # K >= 2: K-fold cross-validation (fold models + a final model on all slides); 0: one split

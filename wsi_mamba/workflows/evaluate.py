@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..devices import DEFAULT_DEVICE
 from ..evaluation.colour import slide_colour_vector
-from ..evaluation.froc import SlideDetections, froc, tile_detections
+from ..evaluation.lesion_froc import SlideDetections, froc, tile_detections
 from ..evaluation.metrics import summarize
 from ..evaluation.roc_plot import write_roc_png
 from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic

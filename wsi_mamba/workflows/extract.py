@@ -114,7 +114,7 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
     grid = encoded.grid
     attrs = {
         **encoder.identity(),
-        "encoder_source": str(Path(encoder.source).resolve()) if encoder.source else None,
+        **encoder.source_record(),  # encoder_source, encoder_spec: how train rebuilds the encoder
         "slide": str(path),
         "dimensions": list(encoded.dimensions),
         "slide_mpp": grid.slide_mpp,

@@ -1,6 +1,7 @@
 """Training the tile encoder on labelled patches (PCam HDF5, image folders, CSV lists).
 
-A VMamba backbone is trained as a tumour-vs-normal patch classifier: class-balanced draws each epoch,
+A backbone (VMamba by default, or any ``timm:NAME``, from scratch or from local weights) is trained as a
+tumour-vs-normal patch classifier: class-balanced draws each epoch,
 histology augmentations (:mod:`wsi_mamba.data.augment`), AdamW with a one-cycle schedule, and early stopping
 on the patch AUC of a validation part carved out of the *training* source (stratified, byte-identical
 duplicates kept on one side) or of ``val_source`` when one is given. Held-out evaluation data (PCam's
@@ -28,8 +29,8 @@ from ..data.augment import augment_patches
 from ..data.patches import FilePatches, PatchSource, require_labelled
 from ..devices import DEFAULT_DEVICE, autocast, resolve_device
 from ..evaluation.metrics import slide_auc
-from ..models.checkpoint import save_checkpoint
 from ..models.encoder import TileEncoder, load_encoder
+from ..models.encoders import save_encoder
 from ..outputs.atomic import write_csv_atomic
 from .configs import PatchTrainingConfig
 
@@ -124,7 +125,9 @@ def train_encoder_on_patches(
     if len(set(train_labels.tolist())) < 2:
         raise ValueError(f"{source.description}: too few patches to train on after carving validation")
     geometry = source.geometry
-    encoder = load_encoder(cfg.model, seed=cfg.seed, drop_path_rate=cfg.drop_path_rate).to(device)
+    encoder = load_encoder(
+        cfg.model, seed=cfg.seed, weights=cfg.weights, drop_path_rate=cfg.drop_path_rate, num_classes=1
+    ).to(device)
     encoder.tile_px, encoder.mpp = geometry.px, geometry.mpp
     model = encoder.model
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -209,4 +212,4 @@ def train_encoder_on_patches(
             "history": history,
         },
     }
-    return save_checkpoint(model, out, metadata=metadata)
+    return save_encoder(encoder, out, metadata=metadata)

@@ -36,17 +36,26 @@ class PatchScores:
         return np.flatnonzero((self.labels >= 0) & np.isfinite(self.scores))
 
 
-def load_patch_classifier(model: str | Path | None = None, device: str | torch.device | None = None) -> TileEncoder:
+def load_patch_classifier(
+    model: str | Path | None = None, device: str | torch.device | None = None, weights: str | Path | None = None
+) -> TileEncoder:
     """The tile encoder with its tumour head: from a model folder (its ``encoder.safetensors``; None = the
-    shipped default model) or an encoder checkpoint (``.safetensors``); on ``device`` (None: the CPU)."""
-    path = model_path(model)
-    if path.is_dir():
-        if not (path / MANIFEST).exists():
-            raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
-        path = path / "encoder.safetensors"
-    encoder = load_encoder(path)
-    if encoder.model.config.num_classes != 1:
-        raise ValueError(f"{path}: the encoder has {encoder.model.config.num_classes} outputs, not one tumour logit")
+    shipped default model), an encoder checkpoint (``.safetensors``), or ``timm:NAME`` with local ``weights``
+    whose head has one output; on ``device`` (None: the CPU)."""
+    if weights is not None:
+        if model is None:
+            raise ValueError(f"{weights}: name the architecture of the weights (e.g. --model timm:resnet18)")
+        path: Path = Path(weights)
+        encoder = load_encoder(str(model), weights=weights)
+    else:
+        path = model_path(model)
+        if path.is_dir() and not (path / "config.json").is_file():
+            if not (path / MANIFEST).exists():
+                raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
+            path = path / "encoder.safetensors"
+        encoder = load_encoder(path)
+    if encoder.num_classes != 1:
+        raise ValueError(f"{path}: the encoder has {encoder.num_classes} outputs, not one tumour logit")
     return encoder if device is None else encoder.to(resolve_device(device))
 
 
@@ -70,8 +79,8 @@ def classify(encoder: TileEncoder, patches: np.ndarray, tta: bool = False) -> np
     probabilities = []
     model = encoder.model.eval()
     for view in views:
-        batch = encoder.preprocess(view)
-        if batch.shape[-1] != encoder.tile_px:
+        batch = encoder.preprocess(view)  # resized there to the input size of a fixed-size model
+        if encoder.input_px is None and batch.shape[-1] != encoder.tile_px:
             batch = F.interpolate(batch, size=(encoder.tile_px,) * 2, mode="bilinear", antialias=True)
         with autocast(batch.device):
             probabilities.append(torch.sigmoid(model(batch).squeeze(1).float()).cpu())

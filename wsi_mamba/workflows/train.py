@@ -1,6 +1,8 @@
-"""Training the slide model on feature stores: slide-label BCE (+ optional tile supervision from lesion
-annotations), AdamW with warm-up and cosine decay, gradient clipping, early stopping on validation AUC,
-fixed seeds, a progress bar and a metrics log. Writes a model folder (see ``bundle.py``)."""
+"""Training a slide model (any registered aggregator: ss2d, abmil, clam-sb, transmil, mean, max) on feature
+stores: slide-label BCE (+ optional tile supervision from lesion annotations, + the aggregator's own
+``aux_loss``, e.g. CLAM's instance loss), AdamW with warm-up and cosine decay, gradient clipping, early
+stopping on validation AUC, fixed seeds, a progress bar and a metrics log. Writes a model folder (see
+``bundle.py``); with ``folds`` K ≥ 2, K-fold cross-validation (see :func:`fold_splits`)."""
 
 from __future__ import annotations
 
@@ -20,11 +22,10 @@ from .. import __version__
 from ..devices import DEFAULT_DEVICE, autocast, resolve_device
 from ..evaluation.colour import fit_colour_baseline, slide_colour_vector
 from ..evaluation.metrics import slide_auc
-from ..models.encoder import load_encoder
+from ..models.aggregators import Aggregator, aggregator_spec, create_aggregator
+from ..models.encoders import encoder_from_record
 from ..models.grid import grid_tensors
-from ..models.slide_model import SlideMamba
-from ..models.slide_model_config import SlideModelConfig
-from ..outputs.atomic import write_csv_atomic
+from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
 from ..outputs.lock import output_lock
 from ..slide.annotations import lesion_fractions_at
 from .bundle import baseline_to_json, check_model_output, save_bundle
@@ -81,15 +82,46 @@ def split_validation(names: list[str], labels: dict[str, int], fraction: float, 
     return chosen
 
 
+def fold_splits(names: list[str], labels: dict[str, int], folds: int, seed: int) -> list[list[str]]:
+    """K stratified validation folds: each class's slides shuffled (seeded) and dealt round robin (the second
+    class continuing where the first stopped, so fold sizes differ by at most one), so every slide is in
+    exactly one fold and each fold holds both classes. Needs K ≥ 2 and at least K slides of each class."""
+    if folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {folds}")
+    rng = np.random.default_rng(seed)
+    out: list[list[str]] = [[] for _ in range(folds)]
+    dealt = 0
+    for cls in (0, 1):
+        group = sorted(n for n in names if labels[n] == cls)
+        if len(group) < folds:
+            raise ValueError(
+                f"--folds {folds} needs at least {folds} slides of each class, class {cls} has {len(group)}"
+            )
+        for i, name in enumerate(rng.permutation(group).tolist()):
+            out[(dealt + i) % folds].append(name)
+        dealt += len(group)
+    return [sorted(fold) for fold in out]
+
+
+def build_aggregator(cfg: SlideTrainingConfig, in_dim: int) -> Aggregator:
+    """The registry's ``cfg.aggregator`` for ``in_dim``-wide features, with the config's common widths."""
+    common = {"dim": cfg.dim, "depth": cfg.depth, "d_state": cfg.d_state, "dropout": cfg.dropout}
+    return create_aggregator(cfg.aggregator, in_dim, ignore_unknown=True, **common)
+
+
 def _loss(
-    model: SlideMamba, example: Example, tile_weight: float, device: torch.device = CPU
+    model: Aggregator, example: Example, tile_weight: float, device: torch.device = CPU
 ) -> tuple[torch.Tensor, float]:
-    """The example's loss (fp32; the forward under bf16 autocast on CUDA) and its slide probability."""
+    """The example's loss (fp32; the forward under bf16 autocast on CUDA) and its slide probability; in
+    training mode the aggregator's ``aux_loss`` is added."""
     mask = example.mask.to(device, non_blocking=True)
     with autocast(device):
         out = model(example.features.to(device, non_blocking=True), mask)
     logit, tile_logits = out.logit.float(), out.tile_logits.float()
-    loss = F.binary_cross_entropy_with_logits(logit, torch.tensor([float(example.label)], device=device))
+    label = torch.tensor([float(example.label)], device=device)
+    loss = F.binary_cross_entropy_with_logits(logit, label)
+    if model.training:
+        loss = loss + model.aux_loss(out, label).float()
     if tile_weight > 0 and example.tile_target is not None:
         target = example.tile_target.to(device, non_blocking=True)
         known = mask & (target >= 0)
@@ -99,7 +131,7 @@ def _loss(
     return loss, float(torch.sigmoid(logit).item())
 
 
-def _evaluate(model: SlideMamba, examples: list[Example], device: torch.device = CPU) -> tuple[float, float]:
+def _evaluate(model: Aggregator, examples: list[Example], device: torch.device = CPU) -> tuple[float, float]:
     model.eval()
     losses, scores = [], []
     with torch.no_grad():
@@ -124,11 +156,17 @@ def train_slide_model(
     overwrite: bool = False,
     device: str | torch.device = DEFAULT_DEVICE,
 ) -> Path:
-    """Train on the labelled stores of ``features_dir`` and write the model folder ``out`` (the model is
-    called ``name``, by default the folder's name). ``out`` is checked before training (see
+    """Train ``cfg.aggregator`` on the labelled stores of ``features_dir`` and write the model folder ``out``
+    (the model is called ``name``, by default the folder's name). With ``cfg.folds`` = K ≥ 2: K fold models
+    (``out/fold-1`` …, each selected on its own fold), ``folds.json`` / ``folds.csv`` (per-fold and mean ± sd
+    validation AUC), and as ``out`` itself a final model trained on all slides for the folds' mean best epoch
+    count. ``out`` is checked before training (see
     ``check_model_output``: an existing model folder is replaced only with ``overwrite``) and locked meanwhile.
     The model trains on ``device`` (bf16 autocast on CUDA, fp32 weights)."""
     target = resolve_device(device)
+    aggregator_spec(cfg.aggregator)  # an unknown name fails before anything is read
+    if cfg.folds == 1 or cfg.folds < 0:
+        raise ValueError(f"--folds must be at least 2 (or 0 for one validation split), got {cfg.folds}")
     check_model_output(out, (features_dir, labels_csv, annotations_dir), overwrite)
     with output_lock(out):
         return _train(
@@ -162,9 +200,7 @@ def _train(
     attrs = {n: read_attrs(stores[n]) for n in names}
     encoder_id = check_same_encoder(attrs)
     source = encoder_path or attrs[names[0]].get("encoder_source")
-    if not source or not Path(source).exists():
-        raise ValueError("the stores do not say where their encoder checkpoint is: pass --encoder")
-    encoder = load_encoder(source)
+    encoder = encoder_from_record(attrs[names[0]], encoder_path)  # ValueError when the stores do not say where
     if encoder.hash != encoder_id[1]:
         raise ValueError(
             f"{source}: encoder weights {encoder.hash} are not those of the features ({encoder_id[0]} {encoder_id[1]})"
@@ -176,14 +212,149 @@ def _train(
     if empty:
         warnings.warn(f"{len(empty)} slides have no tissue tiles and are left out: {empty[:5]}", stacklevel=2)
     examples = {n: to_example(data[n], labels[n], tile_targets(data[n], labels[n], annotations_dir)) for n in names}
-    val_names = split_validation(names, labels, cfg.val_fraction, cfg.seed)
-    train_set = [examples[n] for n in names if n not in val_names]
-    val_set = [examples[n] for n in names if n in val_names]
-
     in_dim = data[names[0]].features.shape[1]
-    model = SlideMamba(SlideModelConfig(in_dim, cfg.dim, cfg.depth, cfg.d_state, dropout=cfg.dropout)).to(device)
+    inputs = (features_dir, labels_csv, annotations_dir)
+    sources = {"features": str(features_dir), "labels": str(labels_csv)}
+    sources["annotations"] = str(annotations_dir) if annotations_dir else None
+    model_name = name or Path(out).name
+
+    def meta_of(fit: Fit, train_names: list[str], val_names: list[str], title: str, seen: list[str]) -> dict:
+        """model.json of one model; ``seen``: the slides its domain statistics (and baseline) come from."""
+        return {
+            "name": title,
+            "threshold": 0.5,
+            "version": __version__,
+            "aggregator": cfg.aggregator,
+            "domain": domain_statistics([data[n].features for n in seen], [data[n].colour for n in seen]),
+            "training": {
+                "config": asdict(cfg),
+                **sources,
+                "slides": {"train": sorted(train_names), "validation": sorted(val_names)},
+                "best_epoch": fit.best_epoch,
+                "best_val_auc": fit.best_val_auc,
+                "epochs_run": len(fit.log),
+                "seconds": fit.seconds,
+            },
+        }
+
+    def baseline_of(train_names: list[str]) -> dict:
+        colour_X = np.stack([slide_colour_vector(data[n].colour) for n in train_names])
+        return baseline_to_json(fit_colour_baseline(colour_X, np.array([labels[n] for n in train_names])))
+
+    def write_log(folder: Path, log: list[dict]) -> None:
+        write_csv_atomic(folder / "metrics.csv", list(log[0]), [list(r.values()) for r in log])
+
+    if not cfg.folds:
+        val_names = sorted(split_validation(names, labels, cfg.val_fraction, cfg.seed))
+        train_names = [n for n in names if n not in val_names]
+        fit = _fit([examples[n] for n in train_names], [examples[n] for n in val_names], in_dim, cfg, device, progress)
+        return save_bundle(
+            out,
+            encoder,
+            fit.model,
+            meta_of(fit, train_names, val_names, model_name, names),
+            baseline_of(names),
+            overwrite=overwrite,
+            inputs=inputs,
+            write_extra=lambda folder: write_log(folder, fit.log),
+        )
+
+    splits = fold_splits(names, labels, cfg.folds, cfg.seed)
+    fold_fits: list[Fit] = []
+    for index, val_names in enumerate(splits, 1):
+        train_names = [n for n in names if n not in set(val_names)]
+        fold_fits.append(
+            _fit(
+                [examples[n] for n in train_names],
+                [examples[n] for n in val_names],
+                in_dim,
+                cfg,
+                device,
+                progress,
+                desc=f"fold {index}/{cfg.folds}",
+            )
+        )
+    final_epochs = max(1, round(float(np.mean([f.best_epoch for f in fold_fits]))))
+    final = _fit(
+        [examples[n] for n in names], [], in_dim, cfg, device, progress, desc="all slides", epochs=final_epochs
+    )
+    aucs = [f.best_val_auc for f in fold_fits]
+    summary = {
+        "folds": cfg.folds,
+        "seed": cfg.seed,
+        "aggregator": cfg.aggregator,
+        "mean_val_auc": float(np.mean(aucs)),
+        "sd_val_auc": float(np.std(aucs, ddof=1)),
+        "per_fold": [
+            {
+                "fold": i,
+                "model": f"fold-{i}",
+                "validation": val_names,
+                "train_slides": len(names) - len(val_names),
+                "validation_slides": len(val_names),
+                "best_epoch": fit.best_epoch,
+                "epochs_run": len(fit.log),
+                "val_auc": fit.best_val_auc,
+            }
+            for i, (val_names, fit) in enumerate(zip(splits, fold_fits, strict=True), 1)
+        ],
+        "final": {"slides": len(names), "epochs": final_epochs, "rule": "mean best epoch of the folds, rounded"},
+    }
+
+    def write_folds(folder: Path) -> None:
+        write_log(folder, final.log)
+        write_json_atomic(folder / "folds.json", json_safe(summary))
+        header = ["fold", "train_slides", "validation_slides", "best_epoch", "epochs_run", "val_auc"]
+        rows = [[r[k] for k in header] for r in summary["per_fold"]]
+        rows += [["mean", "", "", "", "", summary["mean_val_auc"]], ["sd", "", "", "", "", summary["sd_val_auc"]]]
+        write_csv_atomic(folder / "folds.csv", header, rows)
+        for i, (val_names, fit) in enumerate(zip(splits, fold_fits, strict=True), 1):
+            train_names = [n for n in names if n not in set(val_names)]
+            save_bundle(
+                folder / f"fold-{i}",
+                encoder,
+                fit.model,
+                meta_of(fit, train_names, val_names, f"{model_name}-fold-{i}", train_names),
+                baseline_of(train_names),
+                write_extra=lambda sub, log=fit.log: write_log(sub, log),
+            )
+
+    meta = meta_of(final, names, [], model_name, names)
+    meta["training"]["cross_validation"] = summary
+    return save_bundle(
+        out, encoder, final.model, meta, baseline_of(names), overwrite=overwrite, inputs=inputs, write_extra=write_folds
+    )
+
+
+@dataclass
+class Fit:
+    """One training run: the model at its selected epoch, the per-epoch log, the selected epoch and its
+    validation AUC (None without validation slides: then the last epoch is kept)."""
+
+    model: Aggregator
+    log: list[dict]
+    best_epoch: int
+    best_val_auc: float | None
+    seconds: float
+
+
+def _fit(
+    train_set: list[Example],
+    val_set: list[Example],
+    in_dim: int,
+    cfg: SlideTrainingConfig,
+    device: torch.device,
+    progress: bool,
+    desc: str = "train",
+    epochs: int | None = None,
+) -> Fit:
+    """Train a fresh ``cfg.aggregator`` (seeded) on ``train_set`` for ``epochs`` (default ``cfg.epochs``),
+    early-stopping and selecting on ``val_set`` only; without validation slides all epochs run."""
+    torch.manual_seed(cfg.seed)
+    epochs = epochs or cfg.epochs
+    model = build_aggregator(cfg, in_dim).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(train_set)
+    total = epochs * len(train_set)
     warmup = cfg.warmup_epochs * len(train_set)
 
     def lr_factor(step: int) -> float:
@@ -197,8 +368,8 @@ def _train(
     best: tuple[float, float] | None = None  # (val AUC, -val loss)
     best_state, best_epoch, stale = None, 0, 0
     started = time.time()
-    with tqdm(total=cfg.epochs, desc="train", unit="epoch", disable=not progress, file=sys.stderr) as bar:
-        for epoch in range(1, cfg.epochs + 1):
+    with tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, file=sys.stderr) as bar:
+        for epoch in range(1, epochs + 1):
             model.train()
             losses = []
             for i in torch.randperm(len(train_set), generator=generator).tolist():
@@ -219,7 +390,7 @@ def _train(
             }
             log.append(row)
             key = (0.0 if math.isnan(val_auc) else val_auc, 0.0 if math.isnan(val_loss) else -val_loss)
-            if best is None or key > best:
+            if best is None or key > best or not val_set:  # without validation: the last epoch
                 best, best_epoch, stale = key, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
@@ -231,35 +402,5 @@ def _train(
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-
-    colour_X = np.stack([slide_colour_vector(data[n].colour) for n in names])
-    baseline = fit_colour_baseline(colour_X, np.array([labels[n] for n in names]))
-    meta = {
-        "name": name or Path(out).name,
-        "threshold": 0.5,
-        "version": __version__,
-        "domain": domain_statistics([data[n].features for n in names], [data[n].colour for n in names]),
-        "training": {
-            "config": asdict(cfg),
-            "features": str(features_dir),
-            "labels": str(labels_csv),
-            "annotations": str(annotations_dir) if annotations_dir else None,
-            "slides": {"train": sorted(e.name for e in train_set), "validation": sorted(val_names)},
-            "best_epoch": best_epoch,
-            "best_val_auc": best[0] if best else None,
-            "epochs_run": len(log),
-            "seconds": round(time.time() - started, 1),
-        },
-    }
-    return save_bundle(
-        out,
-        encoder,
-        model,
-        meta,
-        baseline_to_json(baseline),
-        overwrite=overwrite,
-        inputs=(features_dir, labels_csv, annotations_dir),
-        write_extra=lambda folder: write_csv_atomic(
-            folder / "metrics.csv", list(log[0]), [list(r.values()) for r in log]
-        ),
-    )
+    best_auc = best[0] if best is not None and val_set else None
+    return Fit(model, log, best_epoch, best_auc, round(time.time() - started, 1))

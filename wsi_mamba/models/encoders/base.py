@@ -1,0 +1,118 @@
+"""The tile encoder every family returns: a backbone in eval mode, its identity and the tile geometry it expects.
+
+Features are the backbone's pooled pre-logits (``forward_head(forward_features(x), pre_logits=True)``, the same
+call for VMamba and timm models). An encoder is identified by its name and a hash of its weights, which every
+feature store records, so features of different encoders are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...devices import autocast
+
+# ImageNet statistics, as the published VMamba models were trained with (and most timm models).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """A short SHA-256 of the model's tensors (names, dtypes, shapes and bytes), order-independent."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class TileEncoder:
+    """A backbone in eval mode with its identity, the tile geometry it expects and its input normalisation.
+
+    ``source`` is the file the weights came from (None: seeded random weights); ``spec`` is what
+    :func:`~wsi_mamba.models.encoders.create_encoder` needs besides ``source`` to rebuild it when the source does
+    not describe itself (``"timm:resnet18"`` with a plain weights file), None when it does (our checkpoints).
+    ``input_px`` is the side the network must see (models with a fixed input size): tiles of another size are
+    resized to it; None feeds tiles as they are. ``config`` is the family's rebuild information."""
+
+    model: torch.nn.Module
+    name: str
+    tile_px: int = 128
+    mpp: float = 1.0
+    source: str | None = None
+    family: str = "vmamba"
+    spec: str | None = None
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
+    input_px: int | None = None
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.hash = weights_hash(self.model)
+
+    @property
+    def dim(self) -> int:
+        """Width of a feature vector (timm's ``head_hidden_size`` where a model has a pre-logits layer)."""
+        return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the classifier head (1 for a tumour-logit encoder)."""
+        config = getattr(self.model, "config", None)
+        return int(getattr(self.model, "num_classes", None) or getattr(config, "num_classes", 0))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> TileEncoder:
+        self.model.to(device)
+        return self
+
+    def preprocess(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(n, h, w, 3) uint8 RGB → (n, 3, h, w) float32 normalised with the model's mean/std, on the encoder's
+        device; resized (bilinear, antialiased) to ``input_px`` when the model needs a fixed size."""
+        x = torch.as_tensor(tiles, device=self.device)
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"tiles must be (n, h, w, 3) uint8, got {tuple(x.shape)} {x.dtype}")
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.input_px is not None and tuple(x.shape[-2:]) != (self.input_px, self.input_px):
+            x = F.interpolate(x, size=(self.input_px,) * 2, mode="bilinear", antialias=True).clamp_(0, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features of preprocessed tiles (differentiable; used by encoder training)."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    @torch.inference_mode()
+    def encode(self, tiles: np.ndarray) -> np.ndarray:
+        """(n, h, w, 3) uint8 tiles → (n, dim) float32 features (bf16 autocast on CUDA)."""
+        if len(tiles) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        x = self.preprocess(tiles)
+        with autocast(x.device):
+            out = self.features(x)
+        return out.float().cpu().numpy()
+
+    def identity(self) -> dict:
+        """What a feature store records about the encoder."""
+        return {"encoder": self.name, "encoder_hash": self.hash, "tile_px": self.tile_px, "mpp": self.mpp}
+
+    def source_record(self) -> dict:
+        """Where the weights came from, as a feature store records it: ``encoder_source`` (absolute path or None)
+        and ``encoder_spec`` (see the class docstring); :func:`~wsi_mamba.models.encoders.encoder_from_record`
+        rebuilds the encoder from it."""
+        return {
+            "encoder_source": str(Path(self.source).resolve()) if self.source else None,
+            "encoder_spec": self.spec,
+        }
