@@ -26,6 +26,8 @@ TILE_OPTIONS = [
     ("read_threads", TileOptions, "workers"),
     ("min_tissue", TileOptions, "min_tissue"),
     ("slide_mpp", TileOptions, "slide_mpp"),
+    ("region_px", TileOptions, "region_px"),
+    ("region_overlap_px", TileOptions, "region_overlap_px"),
 ]
 
 # (command, option dest, dataclass, field)

@@ -115,8 +115,9 @@ def command_device(args: argparse.Namespace) -> torch.device:
 
 def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> None:
     """The :class:`~wsi_mamba.workflows.configs.TileOptions` options: ``--batch-size``, ``--read-threads``,
-    ``--min-tissue``, ``--slide-mpp``. ``workers_alias`` adds ``--workers``, the old name of
-    ``--read-threads`` (deprecated: ``--workers`` means worker processes, as in ``cohort``)."""
+    ``--min-tissue``, ``--slide-mpp``, ``--region-px``, ``--region-overlap``. ``workers_alias`` adds
+    ``--workers``, the old name of ``--read-threads`` (deprecated: ``--workers`` means worker processes, as in
+    ``cohort``)."""
     d = TILE_DEFAULTS
     help_batch = f"tiles per encoder batch (default {d.batch_size})"
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=help_batch)
@@ -134,11 +135,27 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         help=f"keep tiles with this tissue fraction (default {d.min_tissue})",
     )
     p.add_argument("--slide-mpp", type=positive_float, default=d.slide_mpp, help="level-0 µm/px for slides without one")
+    p.add_argument(
+        "--region-px",
+        type=positive_int,
+        default=d.region_px,
+        help="region mode: encode whole regions of this many px (a multiple of the tile size) in one pass, pooled "
+        "into the tiles (default: tile mode; predict: the model's mode)",
+    )
+    p.add_argument(
+        "--region-overlap",
+        dest="region_overlap_px",
+        type=int,
+        default=d.region_overlap_px,
+        help="region mode: px shared by neighbouring regions, whole tiles (default: a quarter of --region-px)",
+    )
 
 
 def tile_options(args: argparse.Namespace) -> TileOptions:
     """The :class:`TileOptions` of the options :func:`tile_arguments` added."""
-    return TileOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)
+    return TileOptions(
+        args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp, args.region_px, args.region_overlap_px
+    )
 
 
 def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None:

@@ -1,13 +1,15 @@
-"""Streaming the tiles of a grid in batches: dask threads, a bounded prefetch window, fixed order."""
+"""Streaming the tiles of a grid in batches: a pool of reader threads, a bounded prefetch window, fixed order."""
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import dask
 import numpy as np
 
 from .base import Slide
@@ -23,6 +25,16 @@ _DONE = object()
 OnDecodeError = Callable[[int, TileDecodeError], None]
 
 
+@dataclass
+class TileBatch:
+    """A batch of tiles in grid order: ``tiles`` (n, tile_px, tile_px, 3) uint8, their ``indices`` into the grid,
+    and what ``prepare`` returned for them (None without one)."""
+
+    tiles: np.ndarray
+    indices: np.ndarray
+    prepared: Any = None
+
+
 def _read_or_error(slide: Slide, grid: TileGrid, index: int) -> np.ndarray | TileDecodeError:
     try:
         return read_tile(slide, grid, index)
@@ -30,14 +42,12 @@ def _read_or_error(slide: Slide, grid: TileGrid, index: int) -> np.ndarray | Til
         return exc
 
 
-def _read_batch(
-    slide: Slide, grid: TileGrid, indices: np.ndarray, workers: int, on_error: OnDecodeError | None = None
+def _gather(
+    grid: TileGrid, indices: np.ndarray, futures: list[Future], on_error: OnDecodeError | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The tiles of ``indices`` and the indices read; a tile that cannot be decoded goes to ``on_error`` and is
-    left out (raised when ``on_error`` is None)."""
-    read = _read_or_error if on_error is not None else read_tile
-    tasks = [dask.delayed(read)(slide, grid, int(i)) for i in indices]
-    tiles = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+    """The tiles of ``indices`` (their reads in ``futures``) stacked, and the indices read; a tile that cannot be
+    decoded goes to ``on_error`` and is left out (raised when ``on_error`` is None)."""
+    tiles = [future.result() for future in futures]
     good = [not isinstance(tile, TileDecodeError) for tile in tiles]
     for index, tile in zip(indices.tolist(), tiles, strict=True):
         if isinstance(tile, TileDecodeError):
@@ -47,23 +57,28 @@ def _read_batch(
     return stacked, indices[np.asarray(good, bool)] if len(indices) else indices
 
 
-def stream_tiles(
+def stream_batches(
     slide: Slide,
     grid: TileGrid,
     batch_size: int = 64,
     prefetch: int = 2,
     workers: int = 4,
     on_error: OnDecodeError | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(tiles, indices)``: tiles (n, tile_px, tile_px, 3) uint8, indices into ``grid``, in grid
-    order. A background thread reads up to ``prefetch`` batches ahead (each with ``workers`` dask
-    threads), so memory stays at about (prefetch + 2) batches whatever the slide size. A tile whose pixels
+    prepare: Callable[[np.ndarray], Any] | None = None,
+) -> Iterator[TileBatch]:
+    """Yield :class:`TileBatch` es in grid order, read ahead of the consumer: a pool of ``workers`` threads reads
+    tiles (the next batch's reads are queued before this one is gathered, so the pool never idles at a batch
+    boundary), a feeder thread stacks each batch and runs ``prepare(tiles)`` on it (work taken off the
+    consumer: colour statistics, pinning for a device copy), and up to ``prefetch`` finished batches wait in a
+    bounded queue. Memory stays at about (prefetch + 3) batches whatever the slide size. A tile whose pixels
     cannot be decoded (:class:`TileDecodeError`) raises, or, with ``on_error``, is passed to it (grid index,
-    error; called in the reading thread) and left out of the batches."""
+    error; called in the feeder thread) and left out of the batches. Other errors (and those of ``prepare``)
+    are raised in the consumer."""
     if batch_size <= 0 or prefetch <= 0 or workers <= 0:
         raise ValueError("batch_size, prefetch and workers must be positive")
     results: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
+    read = _read_or_error if on_error is not None else read_tile
 
     def put(item: object) -> bool:
         while not stop.is_set():
@@ -75,16 +90,32 @@ def stream_tiles(
         return False
 
     def produce() -> None:
-        try:
-            for start in range(0, len(grid), batch_size):
-                indices = np.arange(start, min(start + batch_size, len(grid)), dtype=np.int64)
-                tiles, read = _read_batch(slide, grid, indices, workers, on_error)
-                if len(read) and not put((tiles, read)):
-                    return
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-            return
-        put(_DONE)
+        starts = iter(range(0, len(grid), batch_size))
+        pending: deque[tuple[np.ndarray, list[Future]]] = deque()
+        with ThreadPoolExecutor(workers, thread_name_prefix="tile-read") as pool:
+
+            def submit_next() -> None:
+                start = next(starts, None)
+                if start is not None:
+                    indices = np.arange(start, min(start + batch_size, len(grid)), dtype=np.int64)
+                    pending.append((indices, [pool.submit(read, slide, grid, int(i)) for i in indices]))
+
+            try:
+                submit_next()
+                while pending and not stop.is_set():
+                    indices, futures = pending.popleft()
+                    submit_next()  # the pool reads the next batch while this one is gathered and prepared
+                    tiles, kept = _gather(grid, indices, futures, on_error)
+                    if len(kept) and not put(TileBatch(tiles, kept, prepare(tiles) if prepare else None)):
+                        break
+                else:
+                    put(_DONE)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+            finally:
+                for _, futures in pending:
+                    for future in futures:
+                        future.cancel()
 
     producer = threading.Thread(target=produce, name="tile-prefetch", daemon=True)
     producer.start()
@@ -99,6 +130,24 @@ def stream_tiles(
     finally:
         stop.set()
         producer.join()
+
+
+def stream_tiles(
+    slide: Slide,
+    grid: TileGrid,
+    batch_size: int = 64,
+    prefetch: int = 2,
+    workers: int = 4,
+    on_error: OnDecodeError | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(tiles, indices)``: tiles (n, tile_px, tile_px, 3) uint8, indices into ``grid``, in grid order,
+    read ahead by :func:`stream_batches` (same arguments, same memory bound, same ``on_error``)."""
+    batches = stream_batches(slide, grid, batch_size, prefetch, workers, on_error)
+    try:
+        for batch in batches:
+            yield batch.tiles, batch.indices
+    finally:
+        batches.close()  # stops the reader threads now, not when the generator is collected
 
 
 def tiles_to_dask(slide: Slide, grid: TileGrid) -> da.Array:

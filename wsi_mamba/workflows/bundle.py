@@ -25,7 +25,7 @@ from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
 from ..models.encoders import export_encoder
 from ..models.slide_model_io import load_slide_model, save_slide_model
-from ..models.validation import check_float
+from ..models.validation import check_float, check_int
 from ..outputs.artefact import ArtefactFormat, read_json_object
 from ..outputs.atomic import atomic_folder, json_safe, write_json_atomic
 from ..outputs.lock import output_lock
@@ -58,6 +58,12 @@ class ModelBundle:
     def threshold(self) -> float:
         """Decision threshold on the probability (0.5 unless the model folder sets another)."""
         return float(self.meta.get("threshold", 0.5))
+
+    @property
+    def feature_mode(self) -> dict:
+        """How the model's training features were made: ``{"mode": "tile"}`` (also for models that do not say)
+        or region mode's ``region_px`` / ``region_overlap_px`` (:mod:`~wsi_mamba.workflows.region_mode`)."""
+        return dict(self.meta.get("feature_mode") or {"mode": "tile"})
 
 
 def shipped_models() -> dict[str, Path]:
@@ -153,6 +159,12 @@ def check_manifest(meta: dict) -> None:
     for key in ("name", "encoder", "encoder_hash", "aggregator"):
         if key in meta and not isinstance(meta[key], str):
             raise ValueError(f"{key} must be a string, got {meta[key]!r}")
+    mode = meta.get("feature_mode", {"mode": "tile"})
+    if not isinstance(mode, dict) or mode.get("mode") not in ("tile", "region"):
+        raise ValueError(f"feature_mode must be {{'mode': 'tile' | 'region', ...}}, got {mode!r}")
+    if mode["mode"] == "region":
+        check_int("model feature_mode", "region_px", mode.get("region_px"), 1, 1_000_000)
+        check_int("model feature_mode", "region_overlap_px", mode.get("region_overlap_px"), 0, 1_000_000)
 
 
 def check_baseline(baseline: object) -> None:

@@ -10,12 +10,15 @@ from ..data.augment_config import AugmentConfig
 
 @dataclass(frozen=True)
 class TileOptions:
-    """How tiles are cut and read (the geometry itself, tile_px and mpp, comes from the encoder)."""
+    """How tiles are cut, read and encoded (the geometry itself, tile_px and mpp, comes from the encoder; region
+    mode: :mod:`wsi_mamba.workflows.region_mode`)."""
 
     min_tissue: float = 0.25  # keep tiles with at least this tissue fraction
     batch_size: int = 64
     workers: int = 4  # reader threads (the CLI's --read-threads)
     slide_mpp: float | None = None  # override for slides without resolution metadata
+    region_px: int | None = None  # region mode: whole regions of this many px per encoder pass (None: tile mode)
+    region_overlap_px: int | None = None  # px shared by neighbouring regions (None: a quarter, in whole tiles)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def evaluate(
     missing = sorted(set(labels) - set(stores))
     if not names:
         raise ValueError(f"{features_dir}: no feature store matches a slide of {labels_csv}")
-    check_same_encoder({n: read_attrs(stores[n]) for n in names}, (bundle.encoder.name, bundle.encoder.hash))
+    expected = (bundle.encoder.name, bundle.encoder.hash)
+    check_same_encoder({n: read_attrs(stores[n]) for n in names}, expected, expected_mode=bundle.feature_mode)
     rows, scores, ys, colour, detections = [], [], [], [], []
     for name in tqdm(names, desc="evaluate", unit="slide", disable=not progress, file=sys.stderr):
         data = read_store(stores[name])

@@ -10,24 +10,24 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from ..evaluation.colour import COLOUR_STATS, tile_colour_stats
+from ..evaluation.colour import COLOUR_STATS
 from ..models.encoder import TileEncoder
 from ..outputs.lock import output_lock
 from ..slide import SlideError, open_slide
 from ..slide.base import Slide
 from ..slide.errors import TileDecodeError
-from ..slide.stream import stream_tiles
 from ..slide.tiling import TileGrid, make_tile_grid
 from ..slide.tissue import TissueMask, detect_tissue
 from .batch import describe_failure, slide_name
 from .configs import TileOptions
+from .pipeline import encode_tiles
 from .store import (
     SlideFeatures,
     check_same_encoder,
@@ -49,6 +49,7 @@ class EncodedSlide:
     colour: np.ndarray  # (n, K) float32
     dimensions: tuple[int, int]
     corrupt_tiles: int = 0  # tiles that could not be decoded: left out of the grid, each named in a warning
+    mode: dict = field(default_factory=lambda: {"mode": "tile"})  # how features were made (region_mode.mode_attrs)
 
 
 MAX_CORRUPT_FRACTION = 0.25
@@ -87,26 +88,33 @@ def encode_slide(
 ) -> EncodedSlide:
     """Detect tissue, cut the tile grid at the encoder's tile_px/mpp, and encode every kept tile. A tile that
     cannot be decoded (a damaged JPEG tile) is left out with a warning naming it and counted in
-    ``corrupt_tiles``; more than :data:`MAX_CORRUPT_FRACTION` of them fail the slide."""
+    ``corrupt_tiles``; more than :data:`MAX_CORRUPT_FRACTION` of them fail the slide. With
+    ``options.region_px`` the tiles are encoded in region mode (:mod:`.region_mode`)."""
     tissue = detect_tissue(slide)
     grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
     features = np.zeros((len(grid), encoder.dim), np.float32)
     colour = np.zeros((len(grid), len(COLOUR_STATS)), np.float32)
     errors: dict[int, TileDecodeError] = {}
-    if len(grid):
-        stream = stream_tiles(slide, grid, options.batch_size, workers=options.workers, on_error=errors.__setitem__)
-        for tiles, indices in stream:
-            features[indices] = encoder.encode(tiles)
-            colour[indices] = tile_colour_stats(tiles)
-            if on_batch is not None:
-                on_batch(len(indices))
+    if options.region_px and len(grid):  # region mode: whole regions per encoder pass, pooled into the cells
+        from .region_mode import encode_regions
+
+        features, colour, errors = encode_regions(slide, grid, encoder, options, on_batch)
+    elif len(grid):  # tile mode: read and decoded on threads, encoded here (wsi_mamba.workflows.pipeline)
+        features, colour, errors = encode_tiles(slide, grid, encoder, options, on_batch)
     bad = _corrupt_tiles(slide, grid, errors) if errors else []
     if bad:
         if on_batch is not None:
             on_batch(len(bad))
         keep = np.setdiff1d(np.arange(len(grid)), bad)
         grid, features, colour = _leave_out(grid, bad), features[keep], colour[keep]
-    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad))
+    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), _mode_attrs(options, encoder))
+
+
+def _mode_attrs(options: TileOptions, encoder: TileEncoder) -> dict:
+    """The feature mode a store records: ``{"mode": "tile"}`` or region mode's sizes."""
+    from .region_mode import check_region_mode
+
+    return check_region_mode(options, encoder)
 
 
 def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEncoder) -> SlideFeatures:
@@ -115,6 +123,7 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
     attrs = {
         **encoder.identity(),
         **encoder.source_record(),  # encoder_source, encoder_spec: how train rebuilds the encoder
+        **encoded.mode,  # mode (tile | region), region_px, region_overlap_px: stores of two modes never mix
         "slide": str(path),
         "dimensions": list(encoded.dimensions),
         "slide_mpp": grid.slide_mpp,
@@ -142,7 +151,9 @@ def extract_slide(path: Path, out_dir: Path, encoder: TileEncoder, options: Tile
     target = store_path(out_dir, name)
     with output_lock(target):  # another process extracting this slide into this folder: one line, not a race
         if is_complete(target):
-            check_same_encoder({name: read_attrs(target)}, (encoder.name, encoder.hash), "this extraction")
+            expected = (encoder.name, encoder.hash)
+            mode = _mode_attrs(options, encoder)
+            check_same_encoder({name: read_attrs(target)}, expected, "this extraction", expected_mode=mode)
             damaged = verify_store(target)
             if damaged is None:
                 return "skipped"
@@ -170,6 +181,7 @@ def extract_slides(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several slides share the name(s) {', '.join(duplicates)}: stores would collide")
+    _mode_attrs(options, encoder)  # a region mode the encoder cannot run: one error, before any slide
     results: dict[str, str] = {}
     with tqdm(unit="tile", desc="extract", disable=not progress, file=sys.stderr) as bar:
         for path in paths:

@@ -20,6 +20,7 @@ from .batch import output_stem
 from .bundle import ModelBundle
 from .domain import domain_warnings
 from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
+from .region_mode import options_for_model
 
 THUMBNAIL_PX = 1024
 
@@ -60,6 +61,7 @@ def predict_slide(
     name = slide_name(path)
     stem = output_stem(name)  # of the file names; the result names the slide in full
     started = time.perf_counter()
+    options = options_for_model(options, bundle.feature_mode, bundle.name)  # tile or region mode, as trained
     with open_slide(path, mpp=options.slide_mpp) as slide:
         encoded = encode_slide(slide, bundle.encoder, options, on_batch)
         slide_mpp = slide.mpp

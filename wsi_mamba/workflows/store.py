@@ -215,11 +215,35 @@ def list_stores(features_dir: str | Path, strict: bool = True) -> dict[str, Path
     return {p.name[: -len(SUFFIX)]: p for p in sorted(features_dir.glob(f"*{SUFFIX}")) if is_complete(p)}
 
 
+MODE_KEYS = ("mode", "region_px", "region_overlap_px")
+
+
+def feature_mode(attrs: dict) -> dict:
+    """How a store's (or a model's) features were made: ``{"mode": "tile"}`` (also for stores written before
+    modes existed) or ``{"mode": "region", "region_px": …, "region_overlap_px": …}``."""
+    if attrs.get("mode", "tile") == "tile":
+        return {"mode": "tile"}
+    return {key: attrs.get(key) for key in MODE_KEYS}
+
+
+def describe_mode(mode: dict) -> str:
+    """``tile mode`` or ``region mode (1024 px, overlap 256 px)``."""
+    mode = feature_mode(mode)
+    if mode["mode"] == "tile":
+        return "tile mode"
+    return f"{mode['mode']} mode ({mode['region_px']} px, overlap {mode['region_overlap_px']} px)"
+
+
 def check_same_encoder(
-    stores: dict[str, dict], expected: tuple[str, str] | None = None, expected_by: str = "the model"
+    stores: dict[str, dict],
+    expected: tuple[str, str] | None = None,
+    expected_by: str = "the model",
+    expected_mode: dict | None = None,
 ) -> tuple[str, str]:
     """The (encoder, hash) shared by all ``stores`` (name → attrs); ``ValueError`` naming both when two differ
-    or when they differ from ``expected`` (the encoder of ``expected_by``, e.g. the model)."""
+    or when they differ from ``expected`` (the encoder of ``expected_by``, e.g. the model). The feature mode
+    (:func:`feature_mode`: tile or region mode and its sizes) is part of the identity: stores of two modes, or of
+    another mode than ``expected_mode``, are refused the same way."""
     seen: tuple[str, str] | None = expected
     first = expected_by if expected else None
     for name, attrs in stores.items():
@@ -233,4 +257,15 @@ def check_same_encoder(
             )
     if seen is None:
         raise ValueError("no feature stores given")
+    modes = {name: feature_mode(attrs) for name, attrs in stores.items()}
+    mode_seen = feature_mode(expected_mode) if expected_mode is not None else None
+    mode_first = expected_by if expected_mode is not None else None
+    for name, mode in modes.items():
+        if mode_seen is None:
+            mode_seen, mode_first = mode, name
+        elif mode != mode_seen:
+            raise ValueError(
+                f"features of {name} were extracted in {describe_mode(mode)}, but {mode_first} uses "
+                f"{describe_mode(mode_seen)}: extract them again in one mode"
+            )
     return seen

@@ -32,7 +32,7 @@ from .bundle import baseline_to_json, check_model_output, save_bundle
 from .configs import SlideTrainingConfig
 from .domain import domain_statistics
 from .inputs import find_annotations, read_labels
-from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
+from .store import SlideFeatures, check_same_encoder, feature_mode, list_stores, read_attrs, read_store
 
 CPU = torch.device("cpu")
 
@@ -225,6 +225,7 @@ def _train(
             "threshold": 0.5,
             "version": __version__,
             "aggregator": cfg.aggregator,
+            "feature_mode": feature_mode(attrs[names[0]]),  # tile or region mode: predict / evaluate use the same
             "domain": domain_statistics([data[n].features for n in seen], [data[n].colour for n in seen]),
             "training": {
                 "config": asdict(cfg),

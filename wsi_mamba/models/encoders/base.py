@@ -79,8 +79,12 @@ class TileEncoder:
 
     def preprocess(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(n, h, w, 3) uint8 RGB → (n, 3, h, w) float32 normalised with the model's mean/std, on the encoder's
-        device; resized (bilinear, antialiased) to ``input_px`` when the model needs a fixed size."""
-        x = torch.as_tensor(tiles, device=self.device)
+        device (a pinned tensor is copied there without blocking); resized (bilinear, antialiased) to ``input_px``
+        when the model needs a fixed size."""
+        if isinstance(tiles, torch.Tensor):
+            x = tiles.to(self.device, non_blocking=tiles.is_pinned())
+        else:
+            x = torch.as_tensor(tiles, device=self.device)
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
             raise ValueError(f"tiles must be (n, h, w, 3) uint8, got {tuple(x.shape)} {x.dtype}")
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
