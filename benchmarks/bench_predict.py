@@ -11,12 +11,15 @@ tile_px and mpp, tissue tiles only):
 
 - ``read``: tissue detection, tile grid and every tile streamed with ``wsi_mamba.slide.stream.stream_tiles``
   (same batch size and reader threads), no encoder: the floor for predict;
+- ``encode``: the encoder alone on tiles already in memory (the first ``--encode-tiles`` tiles, read before the
+  clock starts), its seconds scaled to all tiles: the other floor;
 - ``predict``: ``wsi_mamba.workflows.predict.predict_slide`` end to end (open, tissue, grid, read, encode,
   slide model), as ``wsi-mamba predict`` runs it, after one warm-up batch through the encoder.
 
-``predict / read`` is how many times longer predict takes than reading alone. Peak RSS is the process's
-peak resident memory during each phase (reset in between; glibc's mmap threshold is fixed at 1 MiB so that
-memory freed by the first phase does not count in the second).
+``predict / read`` is how many times longer predict takes than reading alone; ``predict / floor`` divides by the
+larger of the two floors (1.0: reading and encoding fully overlapped, nothing else on the critical path). Peak
+RSS is the process's peak resident memory during the read and predict phases (reset in between; glibc's mmap
+threshold is fixed at 1 MiB so that memory freed by the first phase does not count in the second).
 """
 
 from __future__ import annotations
@@ -90,6 +93,32 @@ def read_phase(path: Path, encoder, options) -> dict:
     return {"seconds": time.perf_counter() - start, "tiles": len(grid), "dimensions": dimensions}
 
 
+def encode_phase(path: Path, encoder, options, limit: int) -> dict:
+    """The encoder alone on up to ``limit`` tiles read beforehand, its time scaled to every tissue tile."""
+    from wsi_mamba.slide import open_slide
+    from wsi_mamba.slide.stream import stream_tiles
+    from wsi_mamba.slide.tiling import make_tile_grid
+    from wsi_mamba.slide.tissue import detect_tissue
+
+    batches, count = [], 0
+    with open_slide(path, mpp=options.slide_mpp) as slide:
+        grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=detect_tissue(slide))
+        stream = stream_tiles(slide, grid, options.batch_size, workers=options.workers)
+        for tiles, _ in stream:
+            batches.append(tiles)
+            count += len(tiles)
+            if count >= limit:
+                break
+        stream.close()
+    start = time.perf_counter()
+    for tiles in batches:
+        encoder.encode(tiles)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds * len(grid) / max(count, 1), "sampled": count}
+
+
 def predict_phase(path: Path, bundle, options) -> dict:
     from wsi_mamba.workflows.predict import predict_slide
 
@@ -118,6 +147,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the tile encoder runs")
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (as predict)")
     parser.add_argument("--read-threads", type=int, default=4, help="tile-reading threads (as predict)")
+    parser.add_argument("--encode-tiles", type=int, default=1024, help="tiles timed in the encode phase (0: none)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:  # must be set before the process starts
@@ -139,6 +169,7 @@ def main() -> None:
     base_mib = current_rss() / 2**20
 
     read = measure(read_phase, path, bundle.encoder, options)
+    encode = encode_phase(path, bundle.encoder, options, args.encode_tiles) if args.encode_tiles > 0 else None
     predict = measure(predict_phase, path, bundle, options)
     if predict["tiles"] != read["tiles"]:
         sys.exit(f"error: predict saw {predict['tiles']} tiles, the read phase {read['tiles']}")
@@ -159,6 +190,9 @@ def main() -> None:
         "read_s": read["seconds"],
         "predict_s": predict["seconds"],
         "predict_over_read": predict["seconds"] / read["seconds"],
+        "encode_s": encode["seconds"] if encode else None,
+        "encode_sampled_tiles": encode["sampled"] if encode else None,
+        "predict_over_floor": predict["seconds"] / max(read["seconds"], encode["seconds"] if encode else 0.0),
         "read_tiles_per_s": read["tiles"] / read["seconds"],
         "predict_tiles_per_s": predict["tiles"] / predict["seconds"],
         "base_rss_mib": base_mib,
@@ -176,13 +210,15 @@ def main() -> None:
         f"batch {r['batch_size']}; RSS before {r['base_rss_mib']:.0f} MiB; score {r['score']}"
     )
     print(
-        "| slide px | tissue tiles | read s | predict s | predict / read | read tiles/s | predict tiles/s "
-        "| read peak RSS MiB | predict peak RSS MiB |"
+        "| slide px | tissue tiles | read s | encode s | predict s | predict / read | predict / floor | read tiles/s "
+        "| predict tiles/s | read peak RSS MiB | predict peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    encode_s = "" if r["encode_s"] is None else f"{r['encode_s']:.1f}"
     print(
-        f"| {r['width']} x {r['height']} | {r['tiles']} | {r['read_s']:.1f} | {r['predict_s']:.1f} | "
-        f"{r['predict_over_read']:.2f} | {r['read_tiles_per_s']:.1f} | {r['predict_tiles_per_s']:.1f} | "
+        f"| {r['width']} x {r['height']} | {r['tiles']} | {r['read_s']:.1f} | {encode_s} | {r['predict_s']:.1f} | "
+        f"{r['predict_over_read']:.2f} | {r['predict_over_floor']:.2f} | {r['read_tiles_per_s']:.1f} | "
+        f"{r['predict_tiles_per_s']:.1f} | "
         f"{r['read_peak_rss_mib']:.0f} | {r['predict_peak_rss_mib']:.0f} |"
     )
 

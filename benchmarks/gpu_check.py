@@ -48,12 +48,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECTIONS = ("scan-correct", "scan-speed", "vmamba", "predict", "train-encoder")
-NEEDS = {  # modules a section imports beyond torch and numpy (the GPU image may lack some: carry wheels)
+SLIDES = ("tifffile", "imagecodecs", "zarr", "openslide", "scipy", "PIL", "safetensors", "yaml", "tqdm")
+NEEDS = {  # modules a section imports beyond torch and numpy (the device tool's GPU image lacks zarr, imagecodecs
+    # and openslide: carry them as wheels in .whl/, see BENCHMARKS.md "GPU check")
     "scan-correct": ("triton",),
     "scan-speed": ("triton",),
-    "vmamba": ("safetensors",),
-    "predict": ("tifffile", "imagecodecs", "zarr", "dask", "scipy", "PIL", "safetensors"),
-    "train-encoder": ("PIL", "h5py", "sklearn", "safetensors", "yaml"),
+    "vmamba": ("safetensors", "yaml", "PIL", "tqdm"),
+    "predict": SLIDES,
+    "train-encoder": (*SLIDES, "h5py", "sklearn"),
 }
 TOLERANCE = 2e-3  # fp32 Triton vs cpu backend, relative to the largest magnitude, at L up to 2^20
 
@@ -186,12 +188,13 @@ def scan_speed_rows(args: argparse.Namespace) -> list[Row]:
     for dstate in (1, 16):
         for length in lengths:
             shape = Shape(dim, dstate, length, dtype, "cuda" if args.device.startswith("cuda") else "cpu")
+            backend = "triton" if shape.device == "cuda" else "cpu"
             for backward in (False, True):
-                timing = measure(shape, "auto", backward, repeats=3)
+                timing = measure(shape, backend, backward, repeats=3)
                 rows.append(
                     Row(
                         "scan-speed",
-                        f"auto {dtype} dim {dim} N {dstate} L {length} {'fwd+bwd' if backward else 'fwd'}",
+                        f"{backend} {dtype} dim {dim} N {dstate} L {length} {'fwd+bwd' if backward else 'fwd'}",
                         args.device, timing["seconds"], floor_name, floor_seconds(shape, backward),
                         timing["peak_bytes"] / 2**20,
                         f"{shape.io_bytes(backward) / 1e6:.0f} MB moved",
@@ -259,9 +262,9 @@ def run_logged(command: list[str], log: Path) -> subprocess.CompletedProcess:
 
 def predict_rows(args: argparse.Namespace) -> list[Row]:
     """bench_predict.py with the encoder on the device and on the CPU (same slide, written once)."""
-    size = 1024 if args.smoke else 20000
+    size = 3072 if args.smoke else 20000
     results = {}
-    for device in (args.device, "cpu"):
+    for device in dict.fromkeys((args.device, "cpu")):  # once in a smoke run, where both are the CPU
         command = [sys.executable, str(HERE / "bench_predict.py"), "--size", str(size), "--cache", str(args.work)]
         command += ["--device", device.split(":")[0], "--json"]
         results[device] = json.loads(run_logged(command, args.work / "predict.log").stdout)
@@ -312,7 +315,7 @@ def train_rows(args: argparse.Namespace) -> list[Row]:
     model = "vmamba_pico" if args.smoke else "vmamba_nano"
     epoch_patches = 64 if args.smoke else args.epoch_patches
     seconds = {}
-    for device in (args.device, "cpu"):
+    for device in dict.fromkeys((args.device, "cpu")):
         out = args.work / f"encoder-{device.replace(':', '')}.safetensors"
         command = [sys.executable, "-m", "wsi_mamba.cli", "train-encoder", "--patches", str(folder), "--out", str(out)]
         command += ["--model", model, "--epochs", "1", "--epoch-patches", str(epoch_patches), "--device", device]

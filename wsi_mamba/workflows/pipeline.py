@@ -27,8 +27,9 @@ from .configs import TileOptions
 Prepared = tuple[np.ndarray, "torch.Tensor | None"]
 """What the feeder thread makes of a batch: its colour statistics and (CUDA) its tiles in pinned memory."""
 
-InFlight = tuple[np.ndarray, "np.ndarray | torch.Tensor", "torch.cuda.Event | None"]
-"""A launched batch: grid indices, features (a pinned host tensor being filled on CUDA), the event that ends it."""
+InFlight = tuple[np.ndarray, "np.ndarray | torch.Tensor", "torch.cuda.Event | None", "torch.Tensor | None"]
+"""A launched batch: grid indices, features (a pinned host tensor being filled on CUDA), the event that ends it,
+and its pinned tiles (kept until then)."""
 
 
 def prepare_batch(pin: bool) -> Callable[[np.ndarray], Prepared]:
@@ -73,7 +74,7 @@ def encode_tiles(
     cuda = encoder.device.type == "cuda"
 
     def finish(item: InFlight) -> None:
-        indices, out, event = item
+        indices, out, event, _ = item
         if event is not None:
             event.synchronize()
         features[indices] = out.numpy() if isinstance(out, torch.Tensor) else out
@@ -88,7 +89,7 @@ def encode_tiles(
     for batch in batches:
         stats, pinned = batch.prepared
         colour[batch.indices] = stats
-        launched = (batch.indices, *launch(encoder, batch.tiles, pinned))
+        launched = (batch.indices, *launch(encoder, batch.tiles, pinned), pinned)
         if in_flight is not None:
             finish(in_flight)  # the previous batch's features, while the device works on this one
         in_flight = launched
