@@ -161,11 +161,13 @@ def test_slide_model_save_interrupted(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_slide_model_files_are_byte_compatible(tmp_path: Path) -> None:
+    """The v1 layout, plus the ``aggregator`` key (files without it load as ss2d)."""
     model = small_slide_model(0)
     path = save_slide_model(model, tmp_path / "slide", {"epoch": 1})
     expected = {
         "format": "wsi-mamba/slide-model",
         "format_version": 1,
+        "aggregator": "ss2d",
         "config": model.config.to_dict(),
         "metadata": {"epoch": 1},
     }

@@ -78,3 +78,22 @@ def grid_tensors(
     mask = torch.zeros(size[0] * size[1], dtype=torch.bool, device=feats.device)
     mask[index] = True
     return grid.reshape(1, depth, *size), mask.reshape(1, *size), (row0, col0)
+
+
+def check_grid_inputs(owner: str, features: torch.Tensor, mask: torch.Tensor, in_dim: int) -> None:
+    """``ValueError`` unless features are (B, in_dim, R, C) floating and mask (B, R, C) bool, non-empty."""
+    if not isinstance(features, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{owner} expects torch tensors for features and mask")
+    if features.dim() != 4 or features.shape[1] != in_dim or not features.is_floating_point():
+        raise ValueError(
+            f"{owner} expects features of shape (batch, {in_dim}, rows, cols) and a floating dtype, "
+            f"got {tuple(features.shape)} {features.dtype}"
+        )
+    batch, _, rows, cols = features.shape
+    if mask.dtype != torch.bool or tuple(mask.shape) != (batch, rows, cols):
+        raise ValueError(
+            f"{owner} expects a bool mask of shape {(batch, rows, cols)} (batch, rows, cols), "
+            f"got {tuple(mask.shape)} {mask.dtype}"
+        )
+    if batch < 1 or rows < 1 or cols < 1:
+        raise ValueError(f"{owner} expects a non-empty batch and grid, got features {tuple(features.shape)}")

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wsi_mamba_scan import SCAN_BACKENDS, selective_scan
 
+from .grid import check_grid_inputs
 from .layers import LayerNorm2d, Linear2d, Mlp
 from .slide_model_config import SlideModelConfig
 from .ss2d import K_ROUTES, SS2D, cross_merge, cross_scan, route, unroute
@@ -250,27 +251,9 @@ class SlideMamba(nn.Module):
         """Recompute each block in the backward pass (training memory ↓, time ↑)."""
         self.grad_checkpointing = enable
 
-    def _check_inputs(self, features: torch.Tensor, mask: torch.Tensor) -> None:
-        in_dim = self.config.in_dim
-        if not isinstance(features, torch.Tensor) or not isinstance(mask, torch.Tensor):
-            raise ValueError("SlideMamba expects torch tensors for features and mask")
-        if features.dim() != 4 or features.shape[1] != in_dim or not features.is_floating_point():
-            raise ValueError(
-                f"SlideMamba expects features of shape (batch, {in_dim}, rows, cols) and a floating dtype, "
-                f"got {tuple(features.shape)} {features.dtype}"
-            )
-        batch, _, rows, cols = features.shape
-        if mask.dtype != torch.bool or tuple(mask.shape) != (batch, rows, cols):
-            raise ValueError(
-                f"SlideMamba expects a bool mask of shape {(batch, rows, cols)} (batch, rows, cols), "
-                f"got {tuple(mask.shape)} {mask.dtype}"
-            )
-        if batch < 1 or rows < 1 or cols < 1:
-            raise ValueError(f"SlideMamba expects a non-empty batch and grid, got features {tuple(features.shape)}")
-
     def forward_features(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Tokens after the blocks (B, dim, R, C), exactly 0 at background cells."""
-        self._check_inputs(features, mask)
+        check_grid_inputs("SlideMamba", features, mask, self.config.in_dim)
         weight = self.embed.weight
         if features.dtype != weight.dtype and not torch.is_autocast_enabled():
             features = features.to(weight.dtype)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..grid import check_grid_inputs
 from ..validation import check_float, check_int
 
 __all__ = [
@@ -135,25 +136,6 @@ def create_aggregator(name: str, in_dim: int, ignore_unknown: bool = False, **ov
     if ignore_unknown:
         overrides = {k: v for k, v in overrides.items() if k in spec.field_names()}
     return spec.cls(spec.config_cls(in_dim=in_dim, **overrides))
-
-
-def check_grid_inputs(owner: str, features: torch.Tensor, mask: torch.Tensor, in_dim: int) -> None:
-    """``ValueError`` unless features are (B, in_dim, R, C) floating and mask (B, R, C) bool, non-empty."""
-    if not isinstance(features, torch.Tensor) or not isinstance(mask, torch.Tensor):
-        raise ValueError(f"{owner} expects torch tensors for features and mask")
-    if features.dim() != 4 or features.shape[1] != in_dim or not features.is_floating_point():
-        raise ValueError(
-            f"{owner} expects features of shape (batch, {in_dim}, rows, cols) and a floating dtype, "
-            f"got {tuple(features.shape)} {features.dtype}"
-        )
-    batch, _, rows, cols = features.shape
-    if mask.dtype != torch.bool or tuple(mask.shape) != (batch, rows, cols):
-        raise ValueError(
-            f"{owner} expects a bool mask of shape {(batch, rows, cols)} (batch, rows, cols), "
-            f"got {tuple(mask.shape)} {mask.dtype}"
-        )
-    if batch < 1 or rows < 1 or cols < 1:
-        raise ValueError(f"{owner} expects a non-empty batch and grid, got features {tuple(features.shape)}")
 
 
 def tissue_features(module: nn.Module, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
