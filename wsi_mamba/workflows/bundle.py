@@ -37,7 +37,7 @@ FORMAT = ArtefactFormat("wsi-mamba/model", 1, kind="manifest")
 FORMAT_VERSION = FORMAT.version
 MANIFEST = "model.json"
 SHIPPED_MODELS = "shipped_models"  # package folder of the model folders that ship with wsi-mamba
-DEFAULT_MODEL = "synthetic-camelyon"
+DEFAULT_MODEL = "pcam-camelyon"
 
 
 @dataclass
