@@ -36,7 +36,8 @@ def main() -> None:
     from wsi_mamba.workflows.bundle import load_bundle
     from wsi_mamba.workflows.configs import TileOptions
     from wsi_mamba.workflows.domain import domain_warnings
-    from wsi_mamba.workflows.predict import predict_slide, score_tiles
+    from wsi_mamba.workflows.predict import predict_slide
+    from wsi_mamba.workflows.scoring import score_tiles
 
     bundle = load_bundle(args.model)
     encoder, options = bundle.encoder, TileOptions()

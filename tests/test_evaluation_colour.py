@@ -9,8 +9,9 @@ import pytest
 
 from wsi_mamba.evaluation import (
     COLOUR_STATS,
+    baseline_predict,
+    baseline_to_json,
     fit_colour_baseline,
-    predict_colour_baseline,
     slide_auc,
     slide_colour_vector,
     tile_colour_stats,
@@ -67,14 +68,15 @@ def test_baseline_separates_easy_case_and_is_deterministic() -> None:
     X = np.stack([synthetic_slide(bool(label), rng) for label in labels])
     train, test = slice(0, 40), slice(40, 60)
     model = fit_colour_baseline(X[train], labels[train])
-    probabilities = predict_colour_baseline(model, X[test])
+    probabilities = baseline_predict(baseline_to_json(model), X[test])
     assert probabilities.shape == (20,) and ((probabilities >= 0) & (probabilities <= 1)).all()
     assert slide_auc(labels[test], probabilities) > 0.9
-    again = predict_colour_baseline(fit_colour_baseline(X[train], labels[train]), X[test])
+    again = baseline_predict(baseline_to_json(fit_colour_baseline(X[train], labels[train])), X[test])
     np.testing.assert_array_equal(probabilities, again)
     # bool labels work and give the same model
     np.testing.assert_array_equal(
-        predict_colour_baseline(fit_colour_baseline(X[train], labels[train].astype(bool)), X[test]), probabilities
+        baseline_predict(baseline_to_json(fit_colour_baseline(X[train], labels[train].astype(bool))), X[test]),
+        probabilities,
     )
 
 

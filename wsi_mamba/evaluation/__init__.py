@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .colour import (
         COLOUR_STATS,
+        baseline_predict,
+        baseline_to_json,
         fit_colour_baseline,
-        predict_colour_baseline,
         slide_colour_vector,
         tile_colour_stats,
     )
@@ -35,7 +36,8 @@ _SOURCES = {
     "colour": (
         "COLOUR_STATS",
         "fit_colour_baseline",
-        "predict_colour_baseline",
+        "baseline_predict",
+        "baseline_to_json",
         "slide_colour_vector",
         "tile_colour_stats",
     ),
@@ -79,11 +81,12 @@ __all__ = [
     "FrocResult",
     "SlideDetections",
     "accuracy_at",
+    "baseline_predict",
+    "baseline_to_json",
     "bootstrap_auc_ci",
     "fit_colour_baseline",
     "froc",
     "match_detections",
-    "predict_colour_baseline",
     "sensitivity_at",
     "slide_auc",
     "slide_colour_vector",

@@ -120,10 +120,20 @@ def fit_colour_baseline(X_train: np.ndarray, y_train: np.ndarray) -> Pipeline:
     return model.fit(X, y)
 
 
-def predict_colour_baseline(model: Pipeline, X: np.ndarray) -> np.ndarray:
-    """(m,) probability of the positive class for (m, K) slide vectors."""
-    X = np.asarray(X, np.float64)
-    if X.ndim == 1:
-        X = X[None]
-    positive = int(np.flatnonzero(model.classes_ == 1)[0])
-    return model.predict_proba(X)[:, positive]
+def baseline_to_json(pipeline) -> dict:
+    """A fitted StandardScaler + LogisticRegression pipeline as plain numbers (no pickle)."""
+    scaler, logistic = pipeline[0], pipeline[-1]
+    return {
+        "kind": "colour-statistics logistic regression",
+        "mean": scaler.mean_.tolist(),
+        "scale": scaler.scale_.tolist(),
+        "coef": logistic.coef_.ravel().tolist(),
+        "intercept": float(logistic.intercept_[0]),
+    }
+
+
+def baseline_predict(baseline: dict, X: np.ndarray) -> np.ndarray:
+    """Probabilities of the baseline stored by :func:`baseline_to_json` for slide vectors ``X`` (m, K)."""
+    z = (np.asarray(X, np.float64) - np.asarray(baseline["mean"])) / np.asarray(baseline["scale"])
+    logit = z @ np.asarray(baseline["coef"]) + float(baseline["intercept"])
+    return 1.0 / (1.0 + np.exp(-logit))

@@ -15,6 +15,15 @@ from PIL import Image
 
 from .errors import SlideError
 
+
+def positive_float_or_none(value: Any) -> float | None:
+    """A metadata value as a positive float, or None (missing, unparsable, zero or negative)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
 if TYPE_CHECKING:  # dask.array (~0.4 s with the scipy.sparse it pulls in) only when to_dask is called
     import dask.array as da
 

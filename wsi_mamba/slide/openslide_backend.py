@@ -9,7 +9,7 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from .base import Slide, check_pixels
+from .base import Slide, check_pixels, positive_float_or_none
 from .errors import SlideError
 
 _CHUNK = 512  # OpenSlide hides its tiles for some formats: chunk dask arrays on this size
@@ -24,14 +24,6 @@ def rgba_to_rgb(image: Image.Image) -> np.ndarray:
     alpha = wide[:, :, 3:4]
     rgb = (wide[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
     return rgb.astype(np.uint8)
-
-
-def _float_or_none(value: str | None) -> float | None:
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number and number > 0 else None
 
 
 def dicom_file_in(folder: Path) -> Path | None:
@@ -59,9 +51,9 @@ class OpenSlideSlide(Slide):
         props = self._osr.properties
         self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
-        self.objective_power = _float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
-        mpp_x = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
-        mpp_y = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        self.objective_power = positive_float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        mpp_x = positive_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+        mpp_y = positive_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
         self.native_mpp = (mpp_x + mpp_y) / 2.0 if mpp_x and mpp_y else None
         self._init_mpp(mpp)
 
@@ -100,8 +92,8 @@ class OpenSlideSlide(Slide):
         images = {}
         props = self._osr.properties
         for name in list(self._osr.associated_images):
-            width = _float_or_none(props.get(f"openslide.associated.{name}.width")) or 0
-            height = _float_or_none(props.get(f"openslide.associated.{name}.height")) or 0
+            width = positive_float_or_none(props.get(f"openslide.associated.{name}.width")) or 0
+            height = positive_float_or_none(props.get(f"openslide.associated.{name}.height")) or 0
             try:
                 check_pixels(self.path, f"associated image {name!r}", int(width), int(height))
             except SlideError as exc:

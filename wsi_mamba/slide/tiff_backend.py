@@ -13,7 +13,7 @@ import tifffile
 import zarr
 from tifffile import RESUNIT, TIFF
 
-from .base import Slide, check_pixels, to_rgb_uint8
+from .base import Slide, check_pixels, positive_float_or_none, to_rgb_uint8
 from .errors import SlideError, TileDecodeError
 from .tile_cache import TileCache
 
@@ -76,14 +76,6 @@ def _aperio_fields(description: str) -> dict[str, str]:
     return fields
 
 
-def _float_or_none(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
-
-
 def _ome_mpp(ome_xml: str) -> float | None:
     """PhysicalSizeX/Y of the first OME Pixels element, in microns."""
     try:
@@ -94,7 +86,7 @@ def _ome_mpp(ome_xml: str) -> float | None:
         if element.tag.endswith("Pixels"):
             sizes = []
             for axis in "XY":
-                size = _float_or_none(element.get(f"PhysicalSize{axis}"))
+                size = positive_float_or_none(element.get(f"PhysicalSize{axis}"))
                 scale = _OME_UNIT_UM.get(element.get(f"PhysicalSize{axis}Unit", "µm"))
                 if size is None or scale is None:
                     return None
@@ -193,8 +185,8 @@ class TiffSlide(Slide):
         if tf.is_svs:
             fields = _aperio_fields(description)
             self.vendor = "aperio"
-            self.native_mpp = _float_or_none(fields.get("MPP"))
-            self.objective_power = _float_or_none(fields.get("AppMag"))
+            self.native_mpp = positive_float_or_none(fields.get("MPP"))
+            self.objective_power = positive_float_or_none(fields.get("AppMag"))
         elif tf.is_ome:
             self.vendor = "ome-tiff"
             self.native_mpp = _ome_mpp(tf.ome_metadata or "")

@@ -18,8 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..devices import resolve_device
 from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
@@ -229,22 +227,3 @@ def load_bundle(
         encoder.to(target)
         slide_model.to(target)
     return ModelBundle(path, encoder, slide_model.eval(), meta, baseline)
-
-
-def baseline_to_json(pipeline) -> dict:
-    """A fitted StandardScaler + LogisticRegression pipeline as plain numbers (no pickle)."""
-    scaler, logistic = pipeline[0], pipeline[-1]
-    return {
-        "kind": "colour-statistics logistic regression",
-        "mean": scaler.mean_.tolist(),
-        "scale": scaler.scale_.tolist(),
-        "coef": logistic.coef_.ravel().tolist(),
-        "intercept": float(logistic.intercept_[0]),
-    }
-
-
-def baseline_predict(baseline: dict, X: np.ndarray) -> np.ndarray:
-    """Probabilities of the baseline stored by :func:`baseline_to_json` for slide vectors ``X`` (m, K)."""
-    z = (np.asarray(X, np.float64) - np.asarray(baseline["mean"])) / np.asarray(baseline["scale"])
-    logit = z @ np.asarray(baseline["coef"]) + float(baseline["intercept"])
-    return 1.0 / (1.0 + np.exp(-logit))

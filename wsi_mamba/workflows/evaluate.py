@@ -12,14 +12,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..devices import DEFAULT_DEVICE
-from ..evaluation.colour import slide_colour_vector
+from ..evaluation.colour import baseline_predict, slide_colour_vector
 from ..evaluation.lesion_froc import SlideDetections, froc, tile_detections
 from ..evaluation.metrics import summarize
 from ..evaluation.roc_plot import write_roc_png
 from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
-from .bundle import ModelBundle, baseline_predict, load_bundle
+from .bundle import ModelBundle, load_bundle
 from .inputs import find_annotations, read_label_column, read_labels
-from .predict import score_tiles
+from .scoring import score_tiles
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
 
 if TYPE_CHECKING:

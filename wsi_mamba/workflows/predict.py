@@ -9,10 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..devices import autocast, module_device
-from ..models.grid import grid_tensors
 from ..outputs.atomic import json_safe, write_json_atomic
 from ..outputs.heatmap import score_grid, write_heatmap_png, write_regions_geojson, write_tiles_geojson
 from ..slide import open_slide
@@ -21,23 +18,9 @@ from .bundle import ModelBundle
 from .domain import domain_warnings
 from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
 from .region_mode import options_for_model
+from .scoring import score_tiles
 
 THUMBNAIL_PX = 1024
-
-
-def score_tiles(
-    bundle: ModelBundle, features: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int]
-) -> tuple[float, np.ndarray]:
-    """Slide probability and per-tile probabilities (in the order of ``features``) of at least one tile.
-    Features are rounded to float16 first, as a feature store keeps them, so predict and extract + evaluate
-    agree (a no-op for features read from a store). Runs where the slide model is (bf16 autocast on CUDA)."""
-    features = features.astype(np.float16).astype(np.float32)
-    grid_features, mask, (r0, c0) = grid_tensors(features, rows, cols, grid_shape)
-    device = module_device(bundle.slide_model)
-    with torch.inference_mode(), autocast(device):
-        out = bundle.slide_model(grid_features.to(device), mask.to(device))
-    tiles = torch.sigmoid(out.tile_logits[0, rows - r0, cols - c0].float()).cpu().numpy().astype(np.float32)
-    return float(torch.sigmoid(out.logit[0].float())), tiles
 
 
 def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:

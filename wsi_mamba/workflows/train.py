@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..devices import DEFAULT_DEVICE, autocast, resolve_device
-from ..evaluation.colour import fit_colour_baseline, slide_colour_vector
+from ..evaluation.colour import baseline_to_json, fit_colour_baseline, slide_colour_vector
 from ..evaluation.metrics import slide_auc
 from ..models.aggregators import Aggregator, aggregator_spec, create_aggregator
 from ..models.encoders import encoder_from_record
@@ -28,7 +28,7 @@ from ..models.grid import grid_tensors
 from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
 from ..outputs.lock import output_lock
 from ..slide.annotations import lesion_fractions_at
-from .bundle import baseline_to_json, check_model_output, save_bundle
+from .bundle import check_model_output, save_bundle
 from .configs import SlideTrainingConfig
 from .domain import domain_statistics
 from .inputs import find_annotations, read_labels
