@@ -983,3 +983,25 @@ def test_predict_out_with_a_250_character_slide_name(
     assert expected <= {p.name for p in out.iterdir()}
     assert json.loads((out / f"{stem}.json").read_text())["slide"] == name
     assert_no_temp_files(out)
+
+
+def test_extract_and_train_with_a_250_character_slide_name(
+    data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_mamba.workflows.batch import output_stem
+    from wsi_mamba.workflows.store import list_stores, read_store
+
+    name = "s" * 246
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copyfile(data.slide("test_001"), slides / f"{name}.tif")
+    shutil.copyfile(data.slide("test_002"), slides / "short.tif")
+    features = tmp_path / "features"
+    code, _, err = run(["extract", slides, "--encoder", data.encoder, "--out", features, *FAST], capsys)
+    assert code == 0 and "error:" not in err, err
+    stores = list_stores(features)
+    assert set(stores) == {name, "short"} and stores[name].name == f"{output_stem(name)}.zarr"
+    assert read_store(stores[name]).name == name
+    code, out, err = run(["extract", slides, "--encoder", data.encoder, "--out", features, *FAST], capsys)
+    assert code == 0 and "2 already complete" in out, out + err  # resumable: the clipped store is found again
+    assert_no_temp_files(features)

@@ -22,6 +22,7 @@ import zarr
 from ..outputs.artefact import ArtefactFormat
 from ..outputs.atomic import atomic_folder
 from ..outputs.lock import output_lock
+from .batch import output_stem
 
 FORMAT = ArtefactFormat("wsi-mamba/features", 1, kind="store")
 FORMAT_VERSION = FORMAT.version
@@ -30,8 +31,20 @@ PARTIAL = ".partial"
 
 
 def store_path(out_dir: str | Path, name: str) -> Path:
-    """Where the features of slide ``name`` live under ``out_dir``."""
-    return Path(out_dir) / f"{name}{SUFFIX}"
+    """Where the features of slide ``name`` live under ``out_dir`` (a name too long for a file name is clipped
+    with a hash, :func:`~wsi_mamba.workflows.batch.output_stem`; the store's ``slide_name`` attribute keeps it
+    whole)."""
+    return Path(out_dir) / f"{output_stem(name)}{SUFFIX}"
+
+
+def store_slide_name(path: Path) -> str:
+    """The slide a store belongs to: its ``slide_name`` attribute, or (older or unreadable stores) its folder stem."""
+    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name.split(SUFFIX)[0]
+    try:
+        name = zarr.open_group(str(path), mode="r").attrs.get("slide_name")
+    except Exception:  # damaged or partial: the stem names it
+        return stem
+    return name if isinstance(name, str) and name and output_stem(name) == stem else stem
 
 
 @dataclass
@@ -106,6 +119,7 @@ def write_store(path: Path, data: SlideFeatures) -> Path:
             {
                 **data.attrs,
                 **FORMAT.header(),
+                "slide_name": data.name,
                 "n_tiles": n,
                 "arrays": {key: _digest(array) for key, array in arrays.items()},
             }
@@ -166,7 +180,7 @@ def read_store(path: str | Path) -> SlideFeatures:
     digests = attrs.get("arrays") if isinstance(attrs.get("arrays"), dict) else {}
     arrays = {key: _read_array(group, key, path, digests.get(key)) for key in ARRAYS}
     return SlideFeatures(
-        name=path.name[: -len(SUFFIX)],
+        name=store_slide_name(path),
         features=arrays["features"].astype(np.float32),
         coords=arrays["coords"],
         grid=arrays["grid"],
@@ -194,7 +208,7 @@ def incomplete_stores(features_dir: str | Path) -> dict[str, Path]:
         found[p.name[: -len(SUFFIX + PARTIAL)]] = p
     for p in sorted(features_dir.glob(f"*{SUFFIX}")):
         if not is_complete(p):
-            found[p.name[: -len(SUFFIX)]] = p
+            found[store_slide_name(p)] = p
     return found
 
 
@@ -212,7 +226,7 @@ def list_stores(features_dir: str | Path, strict: bool = True) -> dict[str, Path
                 f"{features_dir}: {len(bad)} incomplete or damaged feature store(s) ({shown}): re-run extract "
                 "to finish them, or delete them"
             )
-    return {p.name[: -len(SUFFIX)]: p for p in sorted(features_dir.glob(f"*{SUFFIX}")) if is_complete(p)}
+    return {store_slide_name(p): p for p in sorted(features_dir.glob(f"*{SUFFIX}")) if is_complete(p)}
 
 
 MODE_KEYS = ("mode", "region_px", "region_overlap_px")
