@@ -21,13 +21,16 @@ examples:
   wsi-mamba info slide.svs
   wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png
   wsi-mamba synth data/synth --slides 6 --seed 0
+  wsi-mamba synth data/real --from-patches pcam/valid --slides 40 --test-fraction 1
   wsi-mamba model-info vmamba_tiny --resolution 1024
   wsi-mamba predict slide.svs --heatmap --out results/
+  wsi-mamba score-patches pcam/valid --out valid-scores.csv
+  wsi-mamba train-encoder --patches pcam/train --out encoder.safetensors
   wsi-mamba extract data/cohort/training --out features/
   wsi-mamba train --features features/ --labels labels.csv --out model/
   wsi-mamba evaluate --model model/ --features test-features/ --labels reference.csv --baseline --out eval/
   wsi-mamba cohort slides.csv --out results/ --workers 4
-  wsi-mamba run pipelines/synthetic-camelyon.yaml
+  wsi-mamba run pipelines/pcam-camelyon.yaml
   wsi-mamba COMMAND --help
 """
 

@@ -38,24 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="CSV of per-patch scores; NAME.metrics.json and NAME.roc.png go beside it")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, [index], [label], score}")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
-    p.add_argument("--threshold", type=float, help="decision threshold for accuracy (default: the model's, or 0.5)")
+    p.add_argument("--threshold", type=float, help="patch probability threshold for the accuracy (default 0.5)")
     p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default 128)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     device_argument(p)
     p.set_defaults(func=cmd_score_patches)
-
-
-def _model_threshold(model: str | None) -> float:
-
-    from ..workflows.bundle import MANIFEST, model_path
-
-    folder = model_path(model)
-    try:
-        value = float(json.loads((folder / MANIFEST).read_text()).get("patch_threshold", 0.5))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0.5
-    return value if 0 <= value <= 1 else 0.5
 
 
 def cmd_score_patches(args: argparse.Namespace) -> int:
@@ -81,7 +69,7 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
     encoder = load_patch_classifier(args.model, device, weights=args.encoder_weights)
-    threshold = args.threshold if args.threshold is not None else _model_threshold(args.model)
+    threshold = 0.5 if args.threshold is None else args.threshold
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
         result = score_patch_source(source, encoder, args.batch_size, args.tta, on_batch=bar.update)
     for message in result.errors.values():
