@@ -106,3 +106,13 @@ def test_variables_may_use_each_other_but_not_in_a_cycle(tmp_path: Path) -> None
     cyclic = 'vars:\n  a: ${b}\n  b: ${a}\nsteps:\n  - run: info x\n'
     with pytest.raises(ValueError, match="cycle"):
         load_recipe(_write(tmp_path, cyclic))
+
+
+def test_default_model_recipe_keeps_valid_patches_out_of_training() -> None:
+    """pcam-camelyon: PCam valid patches feed only the evaluation cohort and the patch scores."""
+    recipe = load_recipe(ROOT / "pipelines" / "pcam-camelyon.yaml", {"pcam": "/data/pcam"})
+    uses_valid = {s.name for s in recipe.steps if any("/data/pcam/valid" in a for a in s.argv)}
+    assert uses_valid == {"test-cohort", "score-valid-patches"}
+    train = {s.name: s.argv for s in recipe.steps}
+    assert "/data/pcam/train" in train["train-encoder"] and "--val-patches" not in train["train-encoder"]
+    assert "cohort-test" not in " ".join(train["train"]) and "features-test" not in " ".join(train["train"])
