@@ -53,17 +53,21 @@ def read_checkpoint_metadata(path: str | Path) -> dict:
     meta = FORMAT.read(meta_file)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("metadata", {}), dict):
         raise ValueError(f"{meta_file}: 'config' and 'metadata' must be JSON objects")
-    extra = meta.get("metadata", {})
-    try:  # the tile geometry an encoder's metadata may set
-        if "tile_px" in extra:
-            check_int("metadata", "tile_px", extra["tile_px"], 8, 8192)
-        if "mpp" in extra:
-            check_float("metadata", "mpp", extra["mpp"], 0.05, 100)
-        if "name" in extra and not isinstance(extra["name"], str):
-            raise ValueError(f"metadata: name must be a string, got {extra['name']!r}")
+    try:
+        check_encoder_metadata(meta.get("metadata", {}))
     except ValueError as exc:
         raise ValueError(f"{meta_file}: {exc}") from None
     return meta
+
+
+def check_encoder_metadata(extra: dict) -> None:
+    """``ValueError`` unless the tile geometry and name an encoder checkpoint's metadata may set are in range."""
+    if "tile_px" in extra:
+        check_int("metadata", "tile_px", extra["tile_px"], 8, 8192)
+    if "mpp" in extra:
+        check_float("metadata", "mpp", extra["mpp"], 0.05, 100)
+    if "name" in extra and not isinstance(extra["name"], str):
+        raise ValueError(f"metadata: name must be a string, got {extra['name']!r}")
 
 
 def load_checkpoint(path: str | Path, **overrides) -> VSSM:

@@ -23,7 +23,7 @@ import torch
 
 from ...outputs.artefact import ArtefactFormat, read_json_object
 from ...outputs.atomic import json_safe
-from ..checkpoint import read_safetensors, tensor_writer
+from ..checkpoint import check_encoder_metadata, read_safetensors, tensor_writer
 from ..state import check_state_dict
 from ..validation import check_float, check_int
 from .base import MEAN, STD, TileEncoder
@@ -291,12 +291,7 @@ def _check_checkpoint(meta: dict, meta_file: Path) -> tuple[dict, dict]:
                 raise ValueError(f"config.{key} must be a list of 3 numbers")
             for v in values:
                 check_float("config", key, v, -10.0 if key == "mean" else 1e-6, 10.0)
-        if "tile_px" in extra:
-            check_int("metadata", "tile_px", extra["tile_px"], 8, 8192)
-        if "mpp" in extra:
-            check_float("metadata", "mpp", extra["mpp"], 0.05, 100)
-        if "name" in extra and not isinstance(extra["name"], str):
-            raise ValueError(f"metadata: name must be a string, got {extra['name']!r}")
+        check_encoder_metadata(extra)
     except ValueError as exc:
         raise ValueError(f"{meta_file}: {exc}") from None
     return config, extra
