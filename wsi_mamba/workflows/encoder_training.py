@@ -29,6 +29,7 @@ from ..slide.tiling import make_tile_grid, read_tile
 from .configs import EncoderTrainingConfig
 from .extract import slide_name
 from .inputs import find_annotations
+from .optimisation import optimiser_step
 
 
 @dataclass
@@ -164,11 +165,7 @@ def train_encoder(
                 with autocast(device):
                     logit = head(encoder.features(encoder.preprocess(tiles))).squeeze(1)
                 loss = F.binary_cross_entropy_with_logits(logit.float(), target)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
-                schedule.step()
+                optimiser_step(loss, model, optimiser, schedule, clip_norm=1.0)
                 losses.append(float(loss))
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

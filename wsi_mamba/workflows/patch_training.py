@@ -33,6 +33,8 @@ from ..models.encoder import TileEncoder, load_encoder
 from ..models.encoders import save_encoder
 from ..outputs.atomic import write_csv_atomic
 from .configs import PatchTrainingConfig
+from .optimisation import optimiser_step
+from .score_patches import classify
 
 
 def duplicate_groups(source: PatchSource) -> np.ndarray:
@@ -77,17 +79,10 @@ def balanced_epoch(labels: np.ndarray, size: int, rng: np.random.Generator) -> n
     return rng.permutation(np.concatenate(picks))
 
 
-@torch.inference_mode()
 def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Tumour probabilities of (n, px, px, 3) uint8 patches from the encoder's classifier head."""
-    model = encoder.model.eval()
-    out = []
-    for start in range(0, len(patches), batch_size):
-        x = encoder.preprocess(patches[start : start + batch_size])
-        with autocast(x.device):
-            logits = model(x)
-        out.append(torch.sigmoid(logits.squeeze(1).float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    """Tumour probabilities of (n, px, px, 3) uint8 patches from the encoder's classifier head, a batch at a time."""
+    parts = [classify(encoder, patches[start : start + batch_size]) for start in range(0, len(patches), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def train_encoder_on_patches(
@@ -162,11 +157,7 @@ def train_encoder_on_patches(
                 with autocast(device):
                     logit = model(encoder.preprocess(x)).squeeze(1)
                 loss = F.binary_cross_entropy_with_logits(logit.float(), target)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
-                schedule.step()
+                optimiser_step(loss, model, optimiser, schedule, clip_norm=1.0)
                 losses.append(loss.item())
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")

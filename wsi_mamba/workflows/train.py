@@ -32,6 +32,7 @@ from .bundle import check_model_output, save_bundle
 from .configs import SlideTrainingConfig
 from .domain import domain_statistics
 from .inputs import find_annotations, read_labels
+from .optimisation import optimiser_step
 from .store import SlideFeatures, check_same_encoder, feature_mode, list_stores, read_attrs, read_store
 
 CPU = torch.device("cpu")
@@ -375,11 +376,7 @@ def _fit(
             losses = []
             for i in torch.randperm(len(train_set), generator=generator).tolist():
                 loss, _ = _loss(model, train_set[i], cfg.tile_loss_weight, device)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                optimiser.step()
-                schedule.step()
+                optimiser_step(loss, model, optimiser, schedule, cfg.clip_norm)
                 losses.append(float(loss.detach()))
             val_loss, val_auc = _evaluate(model, val_set, device) if val_set else (float("nan"), float("nan"))
             row = {
