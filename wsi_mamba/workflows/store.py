@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -258,28 +259,34 @@ def check_same_encoder(
     or when they differ from ``expected`` (the encoder of ``expected_by``, e.g. the model). The feature mode
     (:func:`feature_mode`: tile or region mode and its sizes) is part of the identity: stores of two modes, or of
     another mode than ``expected_mode``, are refused the same way."""
-    seen: tuple[str, str] | None = expected
-    first = expected_by if expected else None
-    for name, attrs in stores.items():
-        ident = (str(attrs.get("encoder")), str(attrs.get("encoder_hash")))
-        if seen is None:
-            seen, first = ident, name
-        elif ident != seen:
-            raise ValueError(
-                f"features of {name} come from encoder {ident[0]} ({ident[1]}), but {first} uses "
-                f"{seen[0]} ({seen[1]}): extract them again with the same encoder"
-            )
-    if seen is None:
+    if not stores and expected is None:
         raise ValueError("no feature stores given")
+    idents = {name: (str(attrs.get("encoder")), str(attrs.get("encoder_hash"))) for name, attrs in stores.items()}
+    seen, first, name = _first_difference(idents, expected, expected_by)
+    if name is not None:
+        ident = idents[name]
+        raise ValueError(
+            f"features of {name} come from encoder {ident[0]} ({ident[1]}), but {first} uses "
+            f"{seen[0]} ({seen[1]}): extract them again with the same encoder"
+        )
     modes = {name: feature_mode(attrs) for name, attrs in stores.items()}
-    mode_seen = feature_mode(expected_mode) if expected_mode is not None else None
-    mode_first = expected_by if expected_mode is not None else None
-    for name, mode in modes.items():
-        if mode_seen is None:
-            mode_seen, mode_first = mode, name
-        elif mode != mode_seen:
-            raise ValueError(
-                f"features of {name} were extracted in {describe_mode(mode)}, but {mode_first} uses "
-                f"{describe_mode(mode_seen)}: extract them again in one mode"
-            )
+    expected_feature_mode = feature_mode(expected_mode) if expected_mode is not None else None
+    mode_seen, mode_first, name = _first_difference(modes, expected_feature_mode, expected_by)
+    if name is not None:
+        raise ValueError(
+            f"features of {name} were extracted in {describe_mode(modes[name])}, but {mode_first} uses "
+            f"{describe_mode(mode_seen)}: extract them again in one mode"
+        )
     return seen
+
+
+def _first_difference(values: dict[str, Any], expected: Any, expected_by: str | None) -> tuple[Any, Any, str | None]:
+    """(reference value, whose it is, first name whose value differs or None): the reference is ``expected``
+    (``expected_by``'s) when given, else the first value."""
+    seen, first = (expected, expected_by) if expected is not None else (None, None)
+    for name, value in values.items():
+        if seen is None:
+            seen, first = value, name
+        elif value != seen:
+            return seen, first, name
+    return seen, first, None
