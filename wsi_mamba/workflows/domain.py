@@ -40,7 +40,8 @@ def domain_statistics(features: Sequence[np.ndarray], colours: Sequence[np.ndarr
     std = np.maximum(stacked.std(axis=0), 1e-6)
     distances = _distances(stacked, mean, std)
     threshold = float(np.quantile(distances, TILE_QUANTILE))
-    atypical = [float((_distances(f, mean, std) > threshold).mean()) for f in tiles]
+    per_slide = np.split(distances, np.cumsum([len(f) for f in tiles])[:-1])
+    atypical = [float((d > threshold).mean()) for d in per_slide]
     slide_colours = np.stack([np.asarray(c, np.float64).mean(axis=0) for c in colours if len(c)])
     return {
         "feature_mean": mean.tolist(),
