@@ -249,3 +249,16 @@ def test_real_pcam_folders() -> None:
     assert valid.counts() == {"tumor": 1500, "normal": 1500, "unknown": 0}
     assert valid.read([0, 2999]).shape == (2, 96, 96, 3)
     assert valid.geometry.px == 96 and 0.9 < valid.geometry.mpp < 1.0
+
+
+def test_train_encoder_patch_mpp_keeps_the_patch_size(
+    tmp_path: Path, one_torch_thread: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_folder(tmp_path / "p", 6)  # 32 px patches
+    out = tmp_path / "enc.safetensors"
+    argv = ["train-encoder", "--patches", root, "--out", out, "--model", "vmamba_pico", "--epochs", "1",
+            "--batch-size", "8", "--val-fraction", "0.34", "--patch-mpp", "0.5"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    meta = read_checkpoint_metadata(out)["metadata"]
+    assert meta["tile_px"] == PX and meta["mpp"] == 0.5

@@ -258,14 +258,13 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
 
 
 def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) -> int:
-    from ..data.patches import PCAM_GEOMETRY, PatchGeometry, open_patches
+    from ..data.patches import PatchGeometry, open_patches
     from ..workflows.patch_training import train_encoder_on_patches
 
     if args.slides or args.labels or args.annotations:
         raise UsageError("train-encoder: give either --patches or slides with --labels/--annotations, not both")
-    geometry = PatchGeometry(PCAM_GEOMETRY.px, args.patch_mpp) if args.patch_mpp else None
-    source = open_patches(args.patches, geometry=geometry)
-    if args.patch_mpp:  # keep each source's own patch size, with the stated resolution
+    source = open_patches(args.patches)
+    if args.patch_mpp:  # keep the source's own patch size, with the stated resolution
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
     val_source = open_patches(args.val_patches, geometry=source.geometry) if args.val_patches else None
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
