@@ -133,10 +133,6 @@ class FilePatches(PatchSource):
             arrays = list(self._pool.map(lambda i: read_image_patch(self.paths[i], px), indices))
         return np.stack(arrays) if arrays else np.zeros((0, px, px, 3), np.uint8)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> FilePatches:
-        """The patches ``indices`` as a new source."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return FilePatches([self.paths[i] for i in idx], self.labels[idx], self.geometry, self.description)
 
 
 def folder_label(relative: Path) -> int:
