@@ -7,7 +7,8 @@
 Rows (each section can be picked with ``--only`` or left out with ``--skip``):
 
 - ``scan-correct``: the Triton scan (forward and gradients) against the chunked ``cpu`` backend on the same fp32
-  inputs, dim 64, N 1/16, L up to 2^20: worst relative error (max |a - b| / max |b|) over y and every gradient;
+  inputs, dim 64, N 1/16, L up to 2^20, and dim 384, N 16, L 65,536: worst relative error (max |a - b| / max |b|)
+  over y and every gradient;
 - ``scan-speed``: Triton forward and forward + backward, bf16, dim 384, N 1 and 16, L 65,536 and 2^20, batch 1,
   4 groups (``triton.testing.do_bench`` medians) against a device-to-device copy of the bytes the call moves
   (the bandwidth floor, ``bench_scan.floor_seconds``);
@@ -144,8 +145,8 @@ def scan_correct_rows(args: argparse.Namespace) -> list[Row]:
     """Tested backend on the device against the cpu backend on the CPU, forward and every gradient."""
     tested = "reference" if args.smoke else "triton"
     cases = [(16, 4, 256), (16, 1, 1024)] if args.smoke else [(64, 16, 4096), (64, 16, 65536), (64, 1, 2**20)]
-    if not args.smoke:
-        cases.append((64, 16, 2**20))
+    if not args.smoke:  # dim 384 is scan-speed's shape: 11 L-segments of 12 channel blocks per group on an H100
+        cases += [(384, 16, 65536), (64, 16, 2**20)]
     rows = []
     for dim, dstate, length in cases:
         inputs = scan_inputs(dim, dstate, length, torch.float32, args.device)

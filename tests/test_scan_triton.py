@@ -103,12 +103,68 @@ def test_channels_per_group_not_a_multiple_of_block_d(monkeypatch):
 
 @pytest.mark.parametrize("chunks,step", [(1, -1), (1, 1), (3, 1)], ids=["BL-1", "BL+1", "3BL+1"])
 def test_chunk_boundaries(chunks, step, monkeypatch):
-    # L = BLOCK_L - 1, BLOCK_L + 1 and 3 BLOCK_L + 1, with a small BLOCK_L so that several chunks stay cheap.
+    # L = BLOCK_L - 1, BLOCK_L + 1 and 3 BLOCK_L + 1 (tile boundaries), with a small BLOCK_L so that several
+    # tiles stay cheap; one segment, so the state crosses every tile boundary inside one program.
     block_l = 64 if CUDA else 16
     monkeypatch.setattr(triton_scan, "BLOCK_L", block_l)
+    monkeypatch.setattr(triton_scan, "SEG_TILES", 1 << 20)
     length = chunks * block_l + step
     options = OPTION_PATTERNS[(chunks + step) % len(OPTION_PATTERNS)] | {"return_last_state"}
     _check((1, 4, length, 4, 2), options, torch.float32, seed=length)
+
+
+def test_plan_fills_an_h100():
+    # The grid arithmetic of the module docstring and docs/selective_scan.md, at the GPU block sizes.
+    sms = 132
+    for length, seg_tiles in ((65_536, 47), (2**20, 745)):
+        for groups, dblocks in ((4, 12), (1, 48)):
+            p = triton_scan.plan(1, 384, groups, length, sms, interpreted=False)
+            assert (p.block_d, p.block_l, p.n_dblocks) == (8, 128, dblocks)
+            assert (p.seg_tiles, p.n_segs) == (seg_tiles, 11)
+            assert groups * p.n_dblocks * p.n_segs >= triton_scan.PROGRAMS_PER_SM * sms
+    # a batch that fills the GPU alone keeps one segment; short sequences keep >= GPU_MIN_SEG_TILES tiles
+    assert triton_scan.plan(16, 384, 4, 65_536, sms, interpreted=False).n_segs == 1
+    short = triton_scan.plan(1, 384, 4, 1000, sms, interpreted=False)
+    assert (short.n_tiles, short.n_segs) == (8, 2)
+
+
+# (batch, dim, L, N, G, tiles per segment, segments): L split across programs with short segments (BLOCK_L
+# 16, or 64 on CUDA), so that h and the adjoint are carried across several segment boundaries.
+SEGMENT_CASES = [
+    ((1, 8, 3 * 32 + 5, 4, 2), 2, 4),  # 3 segments and a 5-step one: L is not a multiple of the segment
+    ((2, 4, 96, 2, 1), 2, 3),  # exactly 3 segments
+    ((1, 8, 20, 4, 4), 2, 1),  # L shorter than one segment
+    ((1, 4, 40, 16, 2), 2, 2),  # a last segment of one partial tile
+    ((1, 12, 70, 4, 2), 1, 5),  # one tile per segment, two channel blocks per group (see below)
+]
+
+
+@pytest.mark.parametrize("shape,seg_tiles,n_segs", SEGMENT_CASES,
+                         ids=[f"{_ids(s, frozenset())[:-5]}-seg{k}x{n}" for s, k, n in SEGMENT_CASES])
+def test_segments(shape, seg_tiles, n_segs, monkeypatch):
+    block_l = 64 if CUDA else 16
+    batch, dim, length, dstate, groups = shape
+    length = length * block_l // 16
+    monkeypatch.setattr(triton_scan, "BLOCK_L", block_l)
+    monkeypatch.setattr(triton_scan, "SEG_TILES", seg_tiles)
+    monkeypatch.setattr(triton_scan, "MAX_BLOCK_D", 4)  # 6 channels per group: dB/dC added by 2 programs
+    assert triton_scan.plan(batch, dim, groups, length, 132).n_segs == n_segs
+    options = OPTION_PATTERNS[length % len(OPTION_PATTERNS)] | {"return_last_state"}
+    _check((batch, dim, length, dstate, groups), options, torch.float32, seed=length)
+
+
+def test_segments_half_precision(monkeypatch):
+    monkeypatch.setattr(triton_scan, "SEG_TILES", 1)
+    _check((1, 8, 53, 4, 2), OPTION_PATTERNS[0], torch.bfloat16, seed=21)
+
+
+def test_segments_with_vanishing_decay(monkeypatch):
+    # exp(dt A) down to about e^-44 a step: a segment's decay product underflows to 0 in fp32, which the carry
+    # must take as it is (no division by it anywhere).
+    monkeypatch.setattr(triton_scan, "SEG_TILES", 1)
+    case = make_case(1, 4, 50, 4, 2, OPTION_PATTERNS[1] | {"return_last_state"}, seed=13)
+    case.inputs["delta"] *= 100.0
+    _check_case(case, torch.float32)
 
 
 def _strided(x: torch.Tensor) -> torch.Tensor:
@@ -189,24 +245,50 @@ def test_check_triton_device_errors(monkeypatch):
 
 
 _COMPILE_FOR_H100 = """
+import os
+import subprocess
+import tempfile
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from wsi_mamba_scan import triton_scan as ts
 
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resources(cubin):
+    # registers and stack (spills) per thread, as ptxas allotted them
+    if not os.access(CUOBJDUMP, os.X_OK):
+        return "(no cuobjdump)"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    return " ".join(w for line in out.splitlines() if "REG:" in line for w in line.split() if w[:4] in ("REG:", "STAC"))
+
+
 ptrs = ("u", "delta", "B", "C", "D", "z", "bias", "y", "dout", "du", "ddelta", "dz")
+kernels = (
+    (ts._fwd_local_kernel, {}, ts.FWD_NUM_WARPS),
+    (ts._carry_kernel, {"BLOCK": ts.CARRY_BLOCK, "REVERSE": True}, ts.CARRY_NUM_WARPS),
+    (ts._scan_fwd_kernel, {"SAVE_STATES": True, "HAS_INIT": True}, ts.FWD_NUM_WARPS),
+    (ts._bwd_local_kernel, {}, ts.FWD_NUM_WARPS),
+    (ts._scan_bwd_kernel, {"HAS_INIT": True}, ts.BWD_NUM_WARPS),
+)
 for dtype, dstate, flags in (("bf16", 16, True), ("fp16", 1, True), ("fp32", 4, False)):
     io = {f"{name}_ptr": f"*{dtype}" for name in ptrs}
-    for fn, extra, warps in ((ts._scan_fwd_kernel, {"SAVE_STATES": True}, ts.FWD_NUM_WARPS),
-                             (ts._scan_bwd_kernel, {}, ts.BWD_NUM_WARPS)):
-        consts = dict(N=dstate, N_PAD=triton.next_power_of_2(dstate), BLOCK_D=ts.GPU_MAX_BLOCK_D,
-                      BLOCK_L=ts.GPU_BLOCK_L, HAS_D=flags, HAS_Z=flags, HAS_BIAS=flags, SOFTPLUS=flags, **extra)
+    for fn, extra, warps in kernels:
+        every = dict(N=dstate, N_PAD=triton.next_power_of_2(dstate), BLOCK_D=ts.GPU_MAX_BLOCK_D,
+                     BLOCK_L=ts.GPU_BLOCK_L, HAS_D=flags, HAS_Z=flags, HAS_BIAS=flags, SOFTPLUS=flags, **extra)
+        consts = {name: value for name, value in every.items() if name in fn.arg_names}
         sig = {name: "constexpr" if name in consts else io.get(name, "*fp32") if name.endswith("_ptr") else "i32"
                for name in fn.arg_names}
         kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                                 options={"num_warps": warps})
         assert kernel.asm["cubin"], (fn.__name__, dtype)
+        print(f"{fn.__name__} {dtype} N {dstate}: {resources(kernel.asm['cubin'])}")
 print("compiled")
 """
 
@@ -224,3 +306,4 @@ def test_kernels_compile_for_h100_without_a_gpu():
     done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+    print(done.stdout)  # registers and stack bytes (spills) per kernel: pytest -s shows them
