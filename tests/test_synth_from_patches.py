@@ -18,12 +18,16 @@ from wsi_mamba.slide import open_slide
 from wsi_mamba.slide.annotations import rasterize, read_asap_xml
 from wsi_mamba.slide.tiling import make_tile_grid
 from wsi_mamba.synth.from_patches import (
+    APPEARANCE_BINS,
+    DEFAULT_COMPOSITION,
     MANIFEST,
     _clean_cells,
     _diameter_um,
     _outline,
     apply_dihedral,
     lesion_class,
+    mean_optical_density,
+    normal_tissue,
     plan_patch_cohort,
     write_patch_cohort,
 )
@@ -232,8 +236,12 @@ def test_lesion_size_classes_balanced() -> None:
         assert 29 <= spec.width // PX <= 40 and spec.height < spec.width
         assert 1 <= len(spec.lesions) <= 3 or item.spec.metastasis == "none"
         largest = max((lesion.diameter_um for lesion in spec.lesions), default=0)
-        assert {"macro": largest >= 2000, "micro": 200 <= largest < 2000, "itc": 0 < largest < 200,
-                "none": largest == 0}[spec.metastasis]
+        assert {
+            "macro": largest >= 2000,
+            "micro": 200 <= largest < 2000,
+            "itc": 0 < largest < 200,
+            "none": largest == 0,
+        }[spec.metastasis]
         assert 150 <= len(spec.cells) <= 1500
 
 
@@ -252,8 +260,10 @@ def test_lesion_outline() -> None:
         np.testing.assert_array_equal(MplPath(polygon).contains_points(centres).reshape(4, 4), cells)
     assert len(_outline(np.argwhere(cleaned), PX)) == 8  # a square: 4 cut corners
     assert len(_outline(np.array([[1, 1], [2, 1], [2, 2]]), PX)) == 11  # an L: 5 cut corners, 1 concave
-    assert _diameter_um(_outline(np.array([[0, 0], [0, 1]]), PX), MPP) < 200 <= _diameter_um(
-        _outline(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), PX), MPP
+    assert (
+        _diameter_um(_outline(np.array([[0, 0], [0, 1]]), PX), MPP)
+        < 200
+        <= _diameter_um(_outline(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), PX), MPP)
     )
 
 
@@ -266,6 +276,11 @@ class _FakeSource:
         self.labels = np.array([0] * normal + [1] * tumor, np.int64)
         self.geometry = PCAM_GEOMETRY
         self.description = "fake"
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Flat patches whose grey level is the index (darker with higher index)."""
+        grey = (250 - np.asarray(indices) * 200 // max(1, len(self.labels))).astype(np.uint8)
+        return np.broadcast_to(grey[:, None, None, None], (len(grey), 4, 4, 3)).copy()
 
 
 def test_cli_from_patches(patches_a: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -300,8 +315,15 @@ def test_cli_from_patches(patches_a: Path, tmp_path: Path, capsys: pytest.Captur
 def test_real_pcam_valid_slide(tmp_path: Path) -> None:
     """One small tumour slide from PCam's valid split: real patches on the cells, manifest ids in valid/."""
     plan = write_patch_cohort(
-        tmp_path, PCAM / "valid", slides=2, seed=0, test_fraction=0, max_cells=14, stain=0.0,
-        compression="lossless", classes=("micro",),
+        tmp_path,
+        PCAM / "valid",
+        slides=2,
+        seed=0,
+        test_fraction=0,
+        max_cells=14,
+        stain=0.0,
+        compression="lossless",
+        classes=("micro",),
     )
     source = open_patches(PCAM / "valid")
     spec = plan[1].spec
@@ -314,3 +336,59 @@ def test_real_pcam_valid_slide(tmp_path: Path) -> None:
     np.testing.assert_array_equal(tile, expected)
     for patch_id, label, _ in manifest(tmp_path):
         assert (PCAM / "valid" / patch_id).is_file() and patch_id.split("/")[0] == label
+
+
+def _mean_density(spec, source: _FakeSource) -> float:
+    normal = spec.patches[~spec.tumor]
+    return float(mean_optical_density(source.read(normal)).mean())
+
+
+def test_tissue_composition_varies_between_slides() -> None:
+    """Each slide draws its normal tissue from its own mix of appearance bins, so normal slides differ in mean
+    colour as real nodes do; composition 0 draws uniformly (every slide's mean nearly the same)."""
+    source = _FakeSource(normal=400, tumor=50)
+    spread = {}
+    for composition in (0.0, 0.5):
+        plan = plan_patch_cohort(
+            "unused",
+            source,
+            slides=8,
+            seed=3,
+            max_cells=30,
+            test_fraction=0,
+            composition=composition,
+            classes=("itc",),  # type: ignore[arg-type]
+        )
+        spread[composition] = np.std([_mean_density(item.spec, source) for item in plan])
+        mixes = [item.spec.tissue_mix for item in plan]
+        assert all(len(m) == (1 if composition == 0 else APPEARANCE_BINS) for m in mixes)
+        assert all(abs(sum(m) - 1) < 1e-3 for m in mixes)
+    assert spread[0.5] > 5 * spread[0.0]
+    again = plan_patch_cohort("unused", source, 8, 3, max_cells=30, test_fraction=0, composition=0.5, classes=("itc",))  # type: ignore[arg-type]
+    assert [i.spec.tissue_mix for i in again] == mixes and all(
+        np.array_equal(a.spec.patches, b.spec.patches) for a, b in zip(again, plan, strict=True)
+    )
+
+
+def test_normal_tissue_bins_by_density() -> None:
+    source = _FakeSource(normal=80, tumor=0)
+    tissue = normal_tissue(source, np.arange(80), composition=1.0, seed=0)  # type: ignore[arg-type]
+    assert len(tissue.bins) == APPEARANCE_BINS and sorted(np.concatenate(tissue.bins)) == list(range(80))
+    densities = [mean_optical_density(source.read(b)).mean() for b in tissue.bins]
+    assert densities == sorted(densities)  # lightest bin first
+    assert normal_tissue(source, np.arange(80), composition=0.0, seed=0).bins[0].tolist() == list(range(80))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="composition must be"):
+        normal_tissue(source, np.arange(80), composition=-1.0, seed=0)  # type: ignore[arg-type]
+
+
+def test_cli_composition_default_and_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsi_mamba.cli import build_parser
+
+    args = build_parser().parse_args(["synth", "out", "--from-patches", "p"])
+    assert args.composition == DEFAULT_COMPOSITION and args.stain == 1.0
+    root = write_patches(tmp_path / "p", seed=1)
+    for flag in ("--composition", "--stain"):
+        code = main(["synth", str(tmp_path / "o"), "--from-patches", str(root), "--slides", "1", flag, "-1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and "must be ≥ 0" in err[0]
+        assert not (tmp_path / "o").exists()

@@ -78,6 +78,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="real tissue: build every slide from the labelled patches in DIR (0/ and 1/, or normal/ and tumor/)",
     )
+    p.add_argument(
+        "--stain",
+        type=float,
+        default=1.0,
+        help="with --from-patches: strength of the per-slide HED stain shift (0 = none; default 1)",
+    )
+    p.add_argument(
+        "--composition",
+        type=float,
+        default=1.0,  # synth.from_patches.DEFAULT_COMPOSITION (tests/test_synth_from_patches.py checks)
+        help="with --from-patches: Dirichlet concentration of each slide's mix of normal-tissue appearance "
+        "(smaller = more varied slides; 0 = every slide drawn uniformly from the pool; default 1)",
+    )
     p.set_defaults(func=cmd_synth)
 
 
@@ -192,7 +205,13 @@ def _synth_from_patches(args: argparse.Namespace) -> int:
 
     source = open_patches(args.from_patches)
     max_cells = args.size // source.geometry.px if args.size else 60
-    options = dict(flavour=args.flavour, test_fraction=args.test_fraction, max_cells=max_cells)
+    options = dict(
+        flavour=args.flavour,
+        test_fraction=args.test_fraction,
+        max_cells=max_cells,
+        stain=args.stain,
+        composition=args.composition,
+    )
     plan = plan_patch_cohort(args.out, source, args.slides, args.seed, **options)  # input errors before the bar
     with tqdm(total=args.slides, unit="slide", desc=f"{args.slides} slides", file=sys.stderr) as bar:
         write_patch_cohort(args.out, source, args.slides, args.seed, **options, tick=bar.update, plan=plan)

@@ -10,6 +10,12 @@ is its largest lesion's, and classes are balanced (seeded) over each split's tum
 polygon per lesion traces its cells (convex corners cut by a quarter cell). A per-slide stain shift in HED
 space (a centre effect) applies to all the slide's tissue.
 
+Slides differ in tissue composition as real nodes do (fatty, sparse or densely cellular): the normal patches
+are sorted into appearance bins by their mean optical density, and each slide draws its normal tissue from a
+slide-specific Dirichlet mix of the bins (``composition`` is the concentration: smaller, more varied slides;
+0 draws every slide uniformly from the pool, which makes every normal slide's mean colour nearly the same and
+lets a colour-statistics baseline read tumour area off the mean colour).
+
 Everything but the pixels is planned first from the seed and the source's labels (cheap), so an
 interrupted cohort resumes with the same plan; files are written by the procedural generator's writer
 (``wsi_mamba.synth.writer.write_slide``: pyramidal TIFF/SVS, atomic) at the patches' mpp.
@@ -37,6 +43,7 @@ from .writer import COMPRESSIONS, FLAVOURS, write_slide
 __all__ = [
     "CLASSES",
     "MANIFEST",
+    "NormalTissue",
     "Oval",
     "PatchCohortSlide",
     "PatchLesion",
@@ -55,6 +62,9 @@ __all__ = [
 CLASSES = ("macro", "micro", "itc")
 MACRO_UM, ITC_UM = 2000.0, 200.0
 MANIFEST = "patches_used.txt"
+APPEARANCE_BINS = 8  # quantile bins of the normal patches' mean optical density
+DEFAULT_COMPOSITION = 1.0  # Dirichlet concentration of the per-slide mix of the bins (uniform on the simplex)
+MAX_APPEARANCE_PATCHES = 40_000  # normal patches read to bin (a seeded subset of larger pools)
 SOFT_PX = 3.0  # width of the tissue outline's soft edge (level-0 px)
 MARGIN_CELLS = 2  # glass between the section and the slide's border
 LESION_GAP = 2  # cells of normal tissue between two lesions
@@ -139,6 +149,7 @@ class PatchSlideSpec:
     stain_alpha: tuple[float, float, float] = (1.0, 1.0, 1.0)  # HED scale
     stain_beta: tuple[float, float, float] = (0.0, 0.0, 0.0)  # HED shift (optical density)
     lesions: list[PatchLesion] = field(default_factory=list)
+    tissue_mix: tuple[float, ...] = ()  # weights of the normal-appearance bins, lightest first
 
     @property
     def label(self) -> str:
@@ -187,9 +198,7 @@ def _fit_oval(rng: np.random.Generator, box: tuple[float, float, float, float], 
     return Oval(float(cx), float(cy), float(a), float(b), angle, amplitudes, phases)
 
 
-def _tissue(
-    rng: np.random.Generator, rows: int, cols: int, px: int
-) -> tuple[list[Oval], np.ndarray, np.ndarray]:
+def _tissue(rng: np.random.Generator, rows: int, cols: int, px: int) -> tuple[list[Oval], np.ndarray, np.ndarray]:
     """Ovals of a section on a rows × cols grid, and per cell: tissue (any coverage) and interior masks."""
     w, h, m = cols * px, rows * px, MARGIN_CELLS * px
     if rng.random() < 0.35 and cols >= 12:  # two pieces side by side, the bigger one left or right
@@ -322,9 +331,7 @@ def _lesion(
     return None
 
 
-def _build(
-    rng: np.random.Generator, shape: np.ndarray, allowed: np.ndarray, px: int, mpp: float
-) -> PatchLesion | None:
+def _build(rng: np.random.Generator, shape: np.ndarray, allowed: np.ndarray, px: int, mpp: float) -> PatchLesion | None:
     cells = _place(rng, shape, allowed)
     if cells is None:
         return None
@@ -364,6 +371,53 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate(rounds)[:n].astype(np.int64)
 
 
+@dataclass(frozen=True)
+class NormalTissue:
+    """The normal patches a cohort draws from, in appearance bins (darkest last), and the Dirichlet
+    concentration of each slide's mix of the bins (0: uniform draws from the whole pool)."""
+
+    bins: tuple[np.ndarray, ...]
+    composition: float = 0.0
+
+    @property
+    def pool(self) -> np.ndarray:
+        return np.concatenate(self.bins)
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` patch indices for one slide in random order, and the slide's bin weights."""
+        if self.composition <= 0 or len(self.bins) == 1:
+            return _draw(rng, self.pool, n), np.full(len(self.bins), 1 / len(self.bins))
+        weights = rng.dirichlet(np.full(len(self.bins), self.composition))
+        counts = rng.multinomial(n, weights)
+        picked = np.concatenate([_draw(rng, b, int(k)) for b, k in zip(self.bins, counts, strict=True)])
+        return rng.permutation(picked).astype(np.int64), weights
+
+
+def mean_optical_density(patches: np.ndarray) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> (n,) mean optical density -log10((I + 1) / 256) over pixels and channels."""
+    table = -np.log10((np.arange(256, dtype=np.float64) + 1) / 256)
+    return table[patches.reshape(len(patches), -1)].mean(axis=1)
+
+
+def normal_tissue(
+    source: PatchSource, normal: np.ndarray, composition: float, seed: int, chunk: int = 512
+) -> NormalTissue:
+    """Bin the ``normal`` patches of ``source`` by mean optical density (reads them once; at most
+    ``MAX_APPEARANCE_PATCHES``, a seeded subset of a larger pool); no reading when ``composition`` is 0."""
+    if composition < 0:
+        raise ValueError(f"composition must be ≥ 0 (0 = no per-slide tissue mix), got {composition}")
+    if composition == 0 or len(normal) < 2 * APPEARANCE_BINS:
+        return NormalTissue((normal,), 0.0)
+    if len(normal) > MAX_APPEARANCE_PATCHES:
+        pick = np.random.default_rng([seed, 0xB1]).choice(len(normal), MAX_APPEARANCE_PATCHES, replace=False)
+        normal = np.sort(normal[pick])
+    density = np.concatenate(
+        [mean_optical_density(source.read(normal[s : s + chunk])) for s in range(0, len(normal), chunk)]
+    )
+    order = normal[np.argsort(density, kind="stable")]
+    return NormalTissue(tuple(np.array_split(order, APPEARANCE_BINS)), composition)
+
+
 def macro_min_cells(px: int, mpp: float) -> int:
     """The long side (cells) a slide needs to hold a macro-metastasis inside its section."""
     return math.ceil(MACRO_RANGE[0] / (px * mpp) / 0.7) + 2 * MARGIN_CELLS
@@ -373,14 +427,17 @@ def plan_slide(
     seed: int,
     index: int,
     kind: str,
-    normal_pool: np.ndarray,
+    normal: NormalTissue | np.ndarray,
     tumor_pool: np.ndarray,
     px: int,
     mpp: float,
     max_cells: int = 60,
     stain: float = 1.0,
 ) -> PatchSlideSpec:
-    """A reproducible slide description: ``kind`` is macro | micro | itc | none (a normal slide)."""
+    """A reproducible slide description: ``kind`` is macro | micro | itc | none (a normal slide); ``normal``
+    the normal patches (binned, with the per-slide mix) or a plain index pool."""
+    if not isinstance(normal, NormalTissue):
+        normal = NormalTissue((np.asarray(normal),))
     rng = np.random.default_rng([seed, index, 0x7A])
     min_cells = max(8, round(max_cells * 0.72))
     for _ in range(40):
@@ -409,7 +466,7 @@ def plan_slide(
     cells = np.argwhere(tissue)
     tumor = tumor_grid[cells[:, 0], cells[:, 1]]
     patches = np.zeros(len(cells), np.int64)
-    patches[~tumor] = _draw(rng, normal_pool, int((~tumor).sum()))
+    patches[~tumor], mix = normal.draw(rng, int((~tumor).sum()))
     if tumor.any():
         patches[tumor] = _draw(rng, tumor_pool, int(tumor.sum()))
     transforms = rng.integers(0, 8, len(cells)).astype(np.int64)
@@ -433,6 +490,7 @@ def plan_slide(
         stain_alpha=tuple(float(a) for a in alpha),  # type: ignore[arg-type]
         stain_beta=tuple(float(b) for b in beta),  # type: ignore[arg-type]
         lesions=lesions,
+        tissue_mix=tuple(round(float(w), 4) for w in mix),
     )
 
 
@@ -469,10 +527,13 @@ def plan_patch_cohort(
     max_cells: int = 60,
     stain: float = 1.0,
     classes: Sequence[str] = CLASSES,
+    composition: float = DEFAULT_COMPOSITION,
 ) -> list[PatchCohortSlide]:
     """Plan a real-tissue cohort in CAMELYON16 layout (as ``cohort.plan_cohort``): normal and tumour
     alternate, tumour slides of each split get ``classes`` in a balanced seeded mix. ``max_cells`` bounds
-    the slide's long side in cells (slides are 72 % of it to all of it; macro slides at least 80 %)."""
+    the slide's long side in cells (slides are 72 % of it to all of it; macro slides at least 80 %);
+    ``stain`` scales the per-slide stain shift and ``composition`` is the Dirichlet concentration of each
+    slide's mix of normal-tissue appearance (0: uniform draws; reads the normal patches once otherwise)."""
     if flavour not in (*FLAVOURS, "mixed"):
         raise ValueError(f"flavour must be mixed, svs or tiff, got {flavour!r}")
     if not classes or any(c not in CLASSES for c in classes):
@@ -489,6 +550,9 @@ def plan_patch_cohort(
             f"slides of at most {max_cells} patches ({max_cells * px} px) a side cannot hold a macro-metastasis "
             f"(> 2 mm): allow at least {need} patches ({need * px} px, --size)"
         )
+    if stain < 0:
+        raise ValueError(f"stain must be ≥ 0 (0 = no per-slide stain shift), got {stain}")
+    tissue = normal_tissue(source, normal, composition, seed)
     rng = np.random.default_rng([seed, 0xC0])
     kinds: dict[int, str] = {}
     for split in ("training", "testing"):
@@ -497,7 +561,7 @@ def plan_patch_cohort(
     plan = []
     for index, (split, name, path, _) in enumerate(layout):
         kind = flavour if flavour != "mixed" else FLAVOURS[index % 2 if index < 2 else int(rng.integers(2))]
-        spec = plan_slide(seed, index, kinds.get(index, "none"), normal, tumor, px, mpp, max_cells, stain)
+        spec = plan_slide(seed, index, kinds.get(index, "none"), tissue, tumor, px, mpp, max_cells, stain)
         plan.append(PatchCohortSlide(split, name, path, spec, kind))
     return plan
 
@@ -560,7 +624,7 @@ class _Pyramid:
             if not h or not w:
                 break
             block = current[: h * factor, : w * factor].reshape(h, factor, w, factor, 3)
-            current = ((block.sum(axis=(1, 3), dtype=np.uint32) + factor * factor // 2) // (factor * factor))
+            current = (block.sum(axis=(1, 3), dtype=np.uint32) + factor * factor // 2) // (factor * factor)
             current = current.astype(np.uint8)
             ds *= factor
             self.levels[ds] = current
@@ -635,13 +699,15 @@ def write_patch_cohort(
     stain: float = 1.0,
     compression: str = "jpeg",
     classes: Sequence[str] = CLASSES,
+    composition: float = DEFAULT_COMPOSITION,
     tick: Callable[[], None] | None = None,
     plan: list[PatchCohortSlide] | None = None,
 ) -> list[PatchCohortSlide]:
     """Write a real-tissue cohort under ``out`` from the labelled patches ``patches`` (a folder or anything
     ``open_patches`` takes): slides (CAMELYON16 layout), lesion XML, labels.csv / reference.csv and
     ``patches_used.txt``. Resumable: slides already there are kept (same seed, same plan, same pixels).
-    ``stain=0`` switches the per-slide stain shift off; ``compression="lossless"`` writes deflate tiles;
+    ``stain=0`` switches the per-slide stain shift off, ``composition=0`` the per-slide tissue mix;
+    ``compression="lossless"`` writes deflate tiles;
     ``classes`` are the tumour slides' lesion classes to mix; ``tick`` is called once per slide; ``plan``
     (from :func:`plan_patch_cohort` with the same arguments) skips planning again."""
     if compression not in COMPRESSIONS:
@@ -653,7 +719,9 @@ def write_patch_cohort(
     root = root.resolve() if root.is_dir() else None
     out = Path(out)
     if plan is None:
-        plan = plan_patch_cohort(out, source, slides, seed, flavour, test_fraction, max_cells, stain, classes)
+        plan = plan_patch_cohort(
+            out, source, slides, seed, flavour, test_fraction, max_cells, stain, classes, composition
+        )
     for item in plan:
         item.path.parent.mkdir(parents=True, exist_ok=True)
         if not item.path.exists():
