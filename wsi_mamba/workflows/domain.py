@@ -7,7 +7,9 @@ a ``warnings`` field in its JSON) when
 
 - the slide's resolution is coarser than the model's (its tiles would be upsampled),
 - many of its tiles lie further from the training tiles than almost any training tile did, or
-- its mean colour is outside what the training slides showed.
+- its mean colour is outside what the training slides showed: outside their range in some statistic, or
+  (with enough training slides) far from them jointly — a Mahalanobis distance over the colour statistics,
+  which catches a slide whose statistics are each in range but whose combination is not.
 
 A warning does not change the score: it says the score is less trustworthy.
 """
@@ -22,6 +24,9 @@ TILE_QUANTILE = 0.995  # a tile is atypical beyond this quantile of the training
 MAX_ATYPICAL_FRACTION = 0.5  # ... and a slide with more atypical tiles than this is out of domain
 COLOUR_MARGIN = 4.0  # slide mean colour more than this many training-slide sd outside the training range
 MPP_COARSER = 1.25  # slide mpp above model mpp × this: tiles upsampled
+COLOUR_DISTANCE_FACTOR = 1.5  # joint colour distance above this × the largest training slide's: out of domain
+COLOUR_SHRINKAGE = 0.02  # covariance shrunk this far towards its diagonal (few slides, correlated statistics)
+MIN_SLIDES_PER_STATISTIC = 2  # the joint check needs at least this many training slides per colour statistic
 
 
 def _distances(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -44,6 +49,7 @@ def domain_statistics(features: Sequence[np.ndarray], colours: Sequence[np.ndarr
     atypical = [float((d > threshold).mean()) for d in per_slide]
     slide_colours = np.stack([np.asarray(c, np.float64).mean(axis=0) for c in colours if len(c)])
     return {
+        **_joint_colour_statistics(slide_colours),
         "feature_mean": mean.tolist(),
         "feature_std": std.tolist(),
         "tile_distance_threshold": threshold,
@@ -54,6 +60,49 @@ def domain_statistics(features: Sequence[np.ndarray], colours: Sequence[np.ndarr
         "slides": len(tiles),
         "tiles": len(stacked),
     }
+
+
+def _joint_colour_statistics(slide_colours: np.ndarray) -> dict:
+    """Mean, (shrunk) precision matrix and largest training distance of the slides' mean colours; empty
+    when there are too few slides for a covariance of that many statistics."""
+    n, k = slide_colours.shape
+    if n < MIN_SLIDES_PER_STATISTIC * k:
+        return {}
+    mean = slide_colours.mean(axis=0)
+    cov = np.cov(slide_colours, rowvar=False)
+    diagonal = np.maximum(np.diag(cov), 1e-8)
+    cov = (1 - COLOUR_SHRINKAGE) * cov + COLOUR_SHRINKAGE * np.diag(diagonal)
+    precision = np.linalg.inv(cov)
+    return {
+        "colour_mean": mean.tolist(),
+        "colour_precision": precision.tolist(),
+        "colour_distance_max": float(_mahalanobis(slide_colours, mean, precision).max()),
+    }
+
+
+def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    d = np.asarray(x, np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", d, precision, d), 0.0))
+
+
+def _colour_reason(stats: dict, colour: np.ndarray) -> str | None:
+    """Why the slide's mean colour is unlike the training slides', or None."""
+    slide_colour = np.asarray(colour, np.float64).mean(axis=0)
+    low, high = np.asarray(stats["colour_min"]), np.asarray(stats["colour_max"])
+    margin = COLOUR_MARGIN * np.asarray(stats["colour_sd"])
+    if ((slide_colour < low - margin) | (slide_colour > high + margin)).any():
+        return "its colour statistics are outside those of the training slides"
+    if "colour_precision" in stats:
+        distance = float(
+            _mahalanobis(slide_colour, np.asarray(stats["colour_mean"]), np.asarray(stats["colour_precision"]))
+        )
+        largest = stats["colour_distance_max"]
+        if distance > COLOUR_DISTANCE_FACTOR * largest:
+            return (
+                f"its colour statistics are unlike the training slides' (distance {distance:.1f}; "
+                f"training slides at most {largest:.1f})"
+            )
+    return None
 
 
 def domain_warnings(
@@ -80,10 +129,7 @@ def domain_warnings(
                 f"{atypical:.0%} of its tiles are unlike the training tiles (at most "
                 f"{stats.get('training_atypical_fraction_max', 0):.0%} on a training slide)"
             )
-    if len(colour):
-        slide_colour = np.asarray(colour, np.float64).mean(axis=0)
-        low, high = np.asarray(stats["colour_min"]), np.asarray(stats["colour_max"])
-        margin = COLOUR_MARGIN * np.asarray(stats["colour_sd"])
-        if ((slide_colour < low - margin) | (slide_colour > high + margin)).any():
-            reasons.append("its colour statistics are outside those of the training slides")
+    reason = _colour_reason(stats, colour) if len(colour) else None
+    if reason:
+        reasons.append(reason)
     return reasons
