@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import stat
 from itertools import pairwise
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from wsi_mamba.outputs import (
     write_text_atomic,
     write_tiles_geojson,
 )
+from wsi_mamba.outputs.atomic import FILE_MODE
 from wsi_mamba.outputs.heatmap import (
     DEFAULT_ALPHA,
     DEFAULT_CMAP,
@@ -56,6 +58,20 @@ def test_atomic_path_renames_on_success(tmp_path: Path) -> None:
         assert not target.exists()  # nothing under the final name while writing
     assert target.read_bytes() == b"done"
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_path_gives_results_the_usual_mode(tmp_path: Path) -> None:
+    """A writer that creates its file private (safetensors, mkstemp: 0600) still leaves a result file with
+    the mode ``open()`` gives, so results are readable like any other output."""
+    target = tmp_path / "model.safetensors"
+    with atomic_path(target) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"x")
+        os.close(fd)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == FILE_MODE
 
 
 def test_atomic_path_error_leaves_nothing(tmp_path: Path) -> None:

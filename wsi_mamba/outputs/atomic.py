@@ -41,6 +41,22 @@ TEMP_MARKER = ".tmp-"
 """What temporary names carry between the target's name and the process id (``x.json.tmp-1234``)."""
 
 
+def _process_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` both sets and returns, racing threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+FILE_MODE = 0o666 & ~_process_umask()
+"""Mode of every result file: what ``open()`` would give. Some writers (safetensors, ``mkstemp``) create their
+files private (0600); results are then renamed into place with this mode, readable as any other output."""
+
+
 def _fsync(path: Path) -> None:
     """Best effort: push ``path``'s content to disk (not possible on every platform and file system)."""
     try:
@@ -74,6 +90,8 @@ def atomic_path(path: str | PathLike[str], fsync: bool = True) -> Iterator[Path]
             raise FileNotFoundError(f"atomic write of {target}: nothing was written to {tmp}")
         if fsync:
             _fsync(tmp)
+        if tmp.is_file():
+            os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
