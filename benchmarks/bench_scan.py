@@ -3,20 +3,27 @@
     python benchmarks/bench_scan.py                 # CPU table (fp32) and, when CUDA is present, GPU (bf16)
     python benchmarks/bench_scan.py --quick         # smaller lengths, for a smoke run
     python benchmarks/bench_scan.py --device cuda   # only the GPU table
+    python benchmarks/bench_scan.py --device cpu --threads 1 --shapes 384x65536   # the issue's CPU rows
 
 Each CPU measurement runs in a fresh subprocess so that its peak RSS is its own: the memory column is
 the peak resident-set growth after the inputs exist, and ``mem/io`` divides it by the bytes of the
 inputs, outputs and gradients. The floor is, on CPU, one elementwise ``exp`` over dim * L * N elements;
 on GPU, a device-to-device copy of the bytes the call must move (``triton.testing.do_bench`` medians).
 ``x ref`` is the reference loop's time divided by the row's time, at the same shape (small L only).
+On CPU every backend is called once on a small input before the timed calls (numba loads or compiles its
+kernels there); the first table line gives the numba kernels' compile time in a fresh cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,6 +31,7 @@ import torch
 from rss import current_rss, peak_rss, reset_peak_rss, run_isolated
 
 from wsi_mamba_scan import selective_scan, triton_available
+from wsi_mamba_scan.cpu_fused import numba_importable
 
 DIRECTIONS = 4  # VMamba's four scan routes: grouped B and C, G = 4
 
@@ -86,6 +94,12 @@ def measure(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[st
             for value in inputs.values():
                 value.grad = None
 
+    if shape.device == "cpu":  # load (or compile) numba's kernels, outside the timing and the memory
+        small = make_inputs(Shape(shape.dim, shape.dstate, 16, shape.dtype, "cpu"), backward)
+        y = selective_scan(**small, backend=backend)
+        if backward:
+            y.sum().backward()
+
     if shape.device == "cuda":
         import triton.testing
 
@@ -131,16 +145,41 @@ def run_child(shape: Shape, backend: str, backward: bool, repeats: int) -> dict[
     return run_isolated(__file__, spec, ["--threads", str(torch.get_num_threads())])
 
 
-def plan(device: str, quick: bool) -> list[tuple[Shape, list[str]]]:
-    """(shape, backends) rows: the issue's grid, with the reference loop at small L."""
+def compile_seconds(fresh: bool) -> dict[str, float]:
+    """First forward and backward call of the numba kernels (float32) in a fresh interpreter: with an empty
+    numba cache (``fresh``: the compile) or the usual one."""
+    command = [sys.executable, __file__, "--compile-child", "--threads", str(torch.get_num_threads())]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache} if fresh else None
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def first_calls() -> dict[str, float]:
+    """Seconds of the first numba forward and backward calls (the compile, when the cache is empty)."""
+    inputs = make_inputs(Shape(32, 4, 64, "float32", "cpu"), True)
+    start = time.perf_counter()
+    y = selective_scan(**inputs, backend="numba")
+    forward = time.perf_counter() - start
+    start = time.perf_counter()
+    y.sum().backward()
+    return {"forward": forward, "backward": time.perf_counter() - start}
+
+
+def plan(device: str, quick: bool, shapes: list[str] | None = None) -> list[tuple[Shape, list[str]]]:
+    """(shape, backends) rows: the issue's grid, with the reference loop at small L; ``shapes``: only these
+    ``DIMxL`` rows."""
     rows = []
     if device == "cpu":
         lengths = [(384, 4096), (384, 65536), (64, 4096), (64, 1 << 20)]
         if quick:
             lengths = [(384, 4096), (64, 4096), (64, 1 << 16)]
+        if shapes:
+            lengths = [tuple(int(v) for v in text.lower().split("x")) for text in shapes]
+        fused = ["numba"] if numba_importable() else []
         for dstate in (1, 16):
             for dim, length in lengths:
-                backends = ["cpu"] + (["reference"] if length <= 4096 else [])
+                backends = ["cpu", *fused] + (["reference"] if length <= 4096 else [])
                 rows.append((Shape(dim, dstate, length, "float32", "cpu"), backends))
     else:
         lengths = [4096, 65536] if quick else [4096, 65536, 1 << 20]
@@ -156,10 +195,15 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="smaller lengths")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--shapes", nargs="+", metavar="DIMxL", help="CPU rows of these (dim, L) only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if opts.compile_child:
+        print(json.dumps(first_calls()))
+        return
     if opts.child:
         spec = json.loads(opts.child)
         torch.manual_seed(0)
@@ -172,12 +216,21 @@ def main() -> None:
         print("# no CUDA device with Triton: GPU rows skipped")
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    if "cpu" in devices and numba_importable():
+        import numba
+
+        cold = compile_seconds(fresh=True)
+        compile_seconds(fresh=False)  # fills the usual cache if it is empty
+        cached = compile_seconds(fresh=False)
+        print(f"# numba {numba.__version__}, float32 kernels, first call in a new process: forward "
+              f"{cold['forward']:.1f} s, backward {cold['backward']:.1f} s with an empty cache (the compile); "
+              f"{cached['forward']:.2f} s, {cached['backward']:.2f} s from numba's on-disk cache")
     header = ("| device | backend | dtype | dim | N | L | pass | time ms | peak MiB | mem/io | MB moved | "
               "floor ms | x floor | x ref |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for device in devices:
-        for shape, backends in plan(device, opts.quick):
+        for shape, backends in plan(device, opts.quick, opts.shapes):
             for backward in (False, True):
                 floor = floor_seconds(shape, backward)
                 results = {}

@@ -3,6 +3,7 @@
     python benchmarks/bench_vmamba.py                                   # nano + tiny at 224 and 512, CPU/CUDA
     python benchmarks/bench_vmamba.py --quick                           # nano at 64 and 128, a smoke run
     python benchmarks/bench_vmamba.py --models vmamba_base --sizes 1024 --device cuda --dtype bfloat16
+    python benchmarks/bench_vmamba.py --models vmamba_tiny --sizes 1024 --threads 1 --compare-backends numba cpu
 
 Times are medians over ``--repeats`` runs after one warm-up. ``GFLOP/s`` divides the analytic forward
 FLOPs (official fvcore rule, ``wsi_mamba.models.analysis``) by the forward time. Memory, forward (``fwd
@@ -10,6 +11,9 @@ MiB``) and training step (``step MiB``): on CUDA the peak allocated bytes; on CP
 over the RSS once the model and input exist, each row in a fresh process (rows do not see each other).
 ``x prev`` is the step memory over the previous size's (4 for memory linear in pixels when the size
 doubles). ``est act`` is the analytic activation estimate (fp32, times the batch).
+
+``--compare-backends`` times the forward alone with each selective-scan backend in turn, interleaved in one
+process on the same model and input (so that a busy machine slows them alike), after one warm-up call each.
 """
 
 from __future__ import annotations
@@ -86,6 +90,43 @@ def bench_case(name: str, size: int, args: argparse.Namespace) -> dict:
     }
 
 
+def _forward_with(model: torch.nn.Module, backend: str, x: torch.Tensor, autocast) -> torch.Tensor:
+    model.set_scan_backend(backend)
+    with torch.no_grad(), autocast:
+        return model(x)
+
+
+def compare_backends(args: argparse.Namespace) -> None:
+    """Forward (inference) time of each scan backend, interleaved in this process; ``x first``: time over the
+    first backend's time."""
+    print(f"# {platform.processor() or args.device}, {args.dtype}, batch {args.batch}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}; forward medians of {args.repeats}, backends interleaved")
+    print("| model | size | backend | fwd s | runs s | x first | max abs diff to first |")
+    print("|---|---|---|---|---|---|---|")
+    dtype = getattr(torch, args.dtype)
+    for name in args.models:
+        model = create_model(name).to(args.device).eval()
+        for size in args.sizes:
+            x = torch.randn(args.batch, 3, size, size, device=args.device)
+            autocast = torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32)
+            outputs, times = {}, {backend: [] for backend in args.compare_backends}
+            for backend in args.compare_backends:  # warm-up: numba loads (or compiles) its kernels here
+                outputs[backend] = _forward_with(model, backend, x, autocast)
+            for _ in range(args.repeats):
+                for backend in args.compare_backends:
+                    start = time.perf_counter()
+                    _forward_with(model, backend, x, autocast)
+                    _sync(args.device)
+                    times[backend].append(time.perf_counter() - start)
+            first = args.compare_backends[0]
+            for backend in args.compare_backends:
+                median = statistics.median(times[backend])
+                diff = (outputs[backend].float() - outputs[first].float()).abs().max().item()
+                print(f"| {name} | {size} | {backend} | {median:.3f} | "
+                      f"{' '.join(f'{t:.2f}' for t in times[backend])} | "
+                      f"{median / statistics.median(times[first]):.2f} | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vmamba_nano", "vmamba_tiny"])
@@ -98,6 +139,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--quick", action="store_true", help="vmamba_nano at 64 and 128, one repeat")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument("--compare-backends", nargs="+", metavar="BACKEND",
+                        help="only the forward, each of these scan backends in turn in this process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -108,6 +151,9 @@ def main() -> None:
     if args.quick:
         args.models, args.sizes, args.repeats = ["vmamba_nano"], [64, 128], 1
     torch.set_num_threads(args.threads)
+    if args.compare_backends:
+        compare_backends(args)
+        return
     if args.device == "cuda":
         rows = [bench_case(name, size, args) for name in args.models for size in args.sizes]
     else:

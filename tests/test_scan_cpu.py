@@ -116,6 +116,9 @@ def test_last_state_matches_reference_and_has_no_grad() -> None:
     torch.testing.assert_close(last.double(), last_ref.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_auto_backend_on_cpu_is_cpu() -> None:
+def test_auto_backend_on_cpu_without_numba_is_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsi_mamba_scan.cpu_fused as fused
+
+    monkeypatch.setattr(fused, "numba_importable", lambda: False)
     assert resolve_backend("auto", torch.device("cpu")) == "cpu"
     assert resolve_backend("reference", torch.device("cpu")) == "reference"

@@ -53,7 +53,7 @@ def test_reference_and_cpu_backends_agree(nano: torch.nn.Module) -> None:
 
 
 def test_unknown_scan_backend_is_refused(nano: torch.nn.Module) -> None:
-    with pytest.raises(ValueError, match="scan backend is 'cuda', expected one of auto, reference, cpu, triton"):
+    with pytest.raises(ValueError, match="scan backend is 'cuda', expected one of auto, reference, cpu, numba, triton"):
         nano.set_scan_backend("cuda")
     assert {m.scan_backend for m in nano.modules() if hasattr(m, "scan_backend")} == {"cpu"}
     with pytest.raises(ValueError, match="scan_backend is 'cuda'"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-SCAN_BACKENDS = ("auto", "reference", "cpu", "triton")
+SCAN_BACKENDS = ("auto", "reference", "cpu", "numba", "triton")
 TRITON_MAX_STATE = 16
 
 
@@ -121,6 +121,8 @@ def check_scan_args(
                 f"selective_scan: {name} with shape {tuple(tensor.shape)} is on {tensor.device}, "
                 f"expected u's device {u.device}"
             )
+    if backend == "numba" and u.device.type != "cpu":
+        raise ValueError(f"selective_scan: u is on {u.device}, expected CPU tensors for the numba backend")
     if backend == "triton" and dstate > TRITON_MAX_STATE:
         raise _fail("A", A, f"(dim, N) with N <= {TRITON_MAX_STATE} for the triton backend")
     return ScanArgs(u, delta, A, B, C, D, z, delta_bias)

@@ -240,7 +240,7 @@ class SlideMamba(nn.Module):
         self.apply(_init_weights)
 
     def set_scan_backend(self, backend: str) -> None:
-        """Select the selective-scan backend of every block ("auto", "reference", "cpu", "triton")."""
+        """Select the selective-scan backend of every block ("auto", "reference", "cpu", "numba", "triton")."""
         if backend not in SCAN_BACKENDS:
             raise ValueError(f"scan backend is {backend!r}, expected one of {', '.join(SCAN_BACKENDS)}")
         for module in self.modules():

@@ -102,6 +102,7 @@ CONFIGS: dict[str, VMambaConfig] = {
     # VMamba-B [s2l15] = vmambav2_base_224.yaml: 88,557,800 params
     "vmamba_base": VMambaConfig(128, (2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.6),
     # small CPU models for tests, demos and the default tile encoder
+    "vmamba_micro": VMambaConfig(48, (1, 1, 2, 1), ssm_ratio=1.0, drop_path_rate=0.0),
     "vmamba_nano": VMambaConfig(32, (1, 1, 2, 1), ssm_ratio=1.0, drop_path_rate=0.0),
     "vmamba_pico": VMambaConfig(16, (1, 1, 2, 1), ssm_ratio=1.0, drop_path_rate=0.0),
 }
@@ -181,7 +182,7 @@ class VSSM(nn.Module):
         self.grad_checkpointing = enable
 
     def set_scan_backend(self, backend: str) -> None:
-        """Select the selective-scan backend of every SS2D ("auto", "reference", "cpu", "triton")."""
+        """Select the selective-scan backend of every SS2D ("auto", "reference", "cpu", "numba", "triton")."""
         if backend not in SCAN_BACKENDS:
             raise ValueError(f"scan backend is {backend!r}, expected one of {', '.join(SCAN_BACKENDS)}")
         for module in self.modules():
