@@ -39,6 +39,7 @@ DEFAULTS = [
     ("train-encoder", "patience", PatchTrainingConfig, "patience"),
     ("train-encoder", "val_fraction", PatchTrainingConfig, "val_fraction"),
     ("train-encoder", "epoch_patches", PatchTrainingConfig, "epoch_patches"),
+    ("train-encoder", "model_args", PatchTrainingConfig, "model_args"),
     ("train-encoder", "seed", PatchTrainingConfig, "seed"),
     ("train-encoder", "seed", EncoderTrainingConfig, "seed"),
     ("train", "epochs", SlideTrainingConfig, "epochs"),

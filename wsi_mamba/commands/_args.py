@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 TILE_DEFAULTS = TileOptions()
+THREADS_HELP = "torch CPU threads (default: the cores idle when the command starts, at least 1; wsi_mamba/threads.py)"
 
 
 class UsageError(ValueError):
@@ -43,6 +44,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object (``'{"channels": [16, 32]}'``)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object ({{...}}), got {text!r}")
     return value
 
 
@@ -162,7 +176,8 @@ def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None
     """``--encoder-weights`` (local weights of a ``timm:NAME`` encoder) and, with ``geometry``,
     ``--encoder-tile-px`` / ``--encoder-mpp`` (override the tile geometry the checkpoint or model config gives)."""
     p.add_argument(
-        "--encoder-weights", metavar="PATH",
+        "--encoder-weights",
+        metavar="PATH",
         help="local weights of a timm:NAME encoder: .safetensors, weights-only .pth/.bin, or a Hugging Face-style "
         "folder (config.json + model.safetensors | pytorch_model.bin); nothing is downloaded",
     )

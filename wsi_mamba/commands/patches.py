@@ -7,6 +7,7 @@ import json
 import sys
 
 from ._args import (
+    THREADS_HELP,
     command_device,
     command_parser,
     device_argument,
@@ -41,17 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="patch probability threshold for the accuracy (default 0.5)")
     p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default 128)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     device_argument(p)
     p.set_defaults(func=cmd_score_patches)
 
 
 def cmd_score_patches(args: argparse.Namespace) -> int:
     device = command_device(args)
-    import torch
     from tqdm import tqdm
 
     from ..data.patches import PatchGeometry, open_patches
+    from ..threads import apply_threads
     from ..workflows.score_patches import (
         load_patch_classifier,
         patch_metrics,
@@ -60,8 +61,7 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
         write_patch_outputs,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     source = open_patches(args.paths, labels_csv=args.labels)

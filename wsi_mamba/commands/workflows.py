@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 from ..slide.base import set_max_pixels
 from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig, TileOptions
 from ._args import (
+    THREADS_HELP,
     UsageError,
     command_device,
     command_parser,
     device_argument,
     encoder_arguments,
     encoder_options,
+    json_object,
     max_pixels_argument,
     positive_float,
     positive_int,
@@ -35,17 +37,14 @@ def _tile_arguments(p: argparse.ArgumentParser) -> None:
     """The tile options of ``extract`` and ``predict``: the shared ones, the decoding limit, torch threads."""
     tile_arguments(p, workers_alias=True)
     max_pixels_argument(p)
-    p.add_argument(
-        "--threads", type=positive_int, help="torch CPU threads (default: torch's; 1 is often faster on 2 cores)"
-    )
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
 
 
 def _tile_options(args: argparse.Namespace) -> TileOptions:
     """The tile options, after setting torch's thread count and the decoding limit from ``args``."""
-    import torch
+    from ..threads import apply_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     set_max_pixels(args.max_pixels)
     return tile_options(args)
 
@@ -85,11 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     slide_defaults = EncoderTrainingConfig()
     p.add_argument("slides", nargs="*", help="slide files or folders (training on slides)")
     p.add_argument(
-        "--patches", nargs="+", metavar="SRC",
+        "--patches",
+        nargs="+",
+        metavar="SRC",
         help="labelled patches: ROOT/0|1 or normal|tumor image folders, PCam *_x.h5 (+ *_y.h5), CSV path,label",
     )
     p.add_argument(
-        "--val-patches", nargs="+", metavar="SRC",
+        "--val-patches",
+        nargs="+",
+        metavar="SRC",
         help="validation patches for early stopping (default: carved from --patches; never the evaluation set)",
     )
     p.add_argument("--labels", help="CSV of slide labels (image,label), training on slides")
@@ -99,6 +102,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         help=f"backbone: registry name or timm:NAME (default {patch_defaults.model} on patches, "
         f"{slide_defaults.model} on slides)",
+    )
+    p.add_argument(
+        "--model-args",
+        type=json_object,
+        default=dict(patch_defaults.model_args),
+        metavar="JSON",
+        help="build options of the architecture as a JSON object, kept in the checkpoint (patches), e.g. "
+        "'{\"channels\": [16, 32, 64, 128]}' for timm:resnet50 at a quarter width",
     )
     encoder_arguments(p, geometry=False)
     p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
@@ -116,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
     )
     p.add_argument("--seed", type=int, default=patch_defaults.seed)
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     device_argument(p)
     p.set_defaults(func=cmd_train_encoder)
 
@@ -229,12 +240,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     device = command_device(args)
-    if args.threads:
-        import torch
+    from ..threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.patches:
         return _train_encoder_on_patches(args, device)
+    if args.model_args:
+        raise UsageError("train-encoder: --model-args applies to training on --patches")
     if not args.slides or not args.labels or not args.annotations:
         raise UsageError("train-encoder needs --patches SRC, or slides with --labels and --annotations")
     from ..workflows.encoder_training import train_encoder
@@ -270,6 +282,7 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
     cfg = PatchTrainingConfig(
         model=args.model or PatchTrainingConfig.model,
+        model_args=args.model_args,
         weights=args.encoder_weights,
         epochs=args.epochs or PatchTrainingConfig.epochs,
         batch_size=args.batch_size or PatchTrainingConfig.batch_size,
@@ -285,16 +298,31 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..threads import apply_threads
+
+    apply_threads(None)  # no --threads here: the cores idle now (OMP_NUM_THREADS wins)
     device = command_device(args)
     from ..workflows.train import train_slide_model
 
     cfg = SlideTrainingConfig(
-        epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
-        aggregator=args.aggregator, folds=args.folds,
+        epochs=args.epochs,
+        lr=args.lr,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        aggregator=args.aggregator,
+        folds=args.folds,
     )
     path = train_slide_model(
-        args.features, args.labels, args.out, args.encoder, args.annotations, cfg, name=args.name,
-        overwrite=args.overwrite, device=device,
+        args.features,
+        args.labels,
+        args.out,
+        args.encoder,
+        args.annotations,
+        cfg,
+        name=args.name,
+        overwrite=args.overwrite,
+        device=device,
     )
     meta = json.loads((Path(path) / "model.json").read_text())["training"]
     folds = meta.get("cross_validation")
@@ -317,11 +345,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..threads import apply_threads
+
+    apply_threads(None)  # no --threads here: the cores idle now (OMP_NUM_THREADS wins)
     device = command_device(args)
     from ..workflows.evaluate import evaluate
 
     metrics = evaluate(
-        args.model, args.features, args.labels, args.out, args.annotations, args.baseline, args.bootstrap,
+        args.model,
+        args.features,
+        args.labels,
+        args.out,
+        args.annotations,
+        args.baseline,
+        args.bootstrap,
         device=device,
     )
     if args.json:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         slide_colour_vector,
         tile_colour_stats,
     )
+    from .delong import DeLongResult, delong_covariance, delong_test, paired_permutation_p
     from .lesion_froc import (
         TARGET_FP_RATES,
         DetectionMatch,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
         tile_detections,
     )
     from .metrics import accuracy_at, bootstrap_auc_ci, slide_auc, summarize, youden_threshold
-    from .roc_plot import write_roc_png
+    from .roc_plot import write_roc_panels, write_roc_png
 
 _SOURCES = {
     "colour": (
@@ -48,11 +49,13 @@ _SOURCES = {
         "SlideDetections",
         "froc",
         "match_detections",
+        "paired_permutation_p",
         "sensitivity_at",
         "tile_detections",
     ),
     "metrics": ("accuracy_at", "bootstrap_auc_ci", "slide_auc", "summarize", "youden_threshold"),
-    "roc_plot": ("write_roc_png",),
+    "delong": ("DeLongResult", "delong_covariance", "delong_test", "paired_permutation_p"),
+    "roc_plot": ("write_roc_png", "write_roc_panels"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
@@ -77,6 +80,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "COLOUR_STATS",
     "TARGET_FP_RATES",
+    "DeLongResult",
     "DetectionMatch",
     "FrocResult",
     "SlideDetections",
@@ -84,15 +88,19 @@ __all__ = [
     "baseline_predict",
     "baseline_to_json",
     "bootstrap_auc_ci",
+    "delong_covariance",
+    "delong_test",
     "fit_colour_baseline",
     "froc",
     "match_detections",
+    "paired_permutation_p",
     "sensitivity_at",
     "slide_auc",
     "slide_colour_vector",
     "summarize",
     "tile_colour_stats",
     "tile_detections",
+    "write_roc_panels",
     "write_roc_png",
     "youden_threshold",
 ]

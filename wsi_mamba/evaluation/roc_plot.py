@@ -23,15 +23,8 @@ from .metrics import _check
 Curve = tuple[np.ndarray | Sequence[float], np.ndarray | Sequence[float]]
 
 
-def write_roc_png(curves: Mapping[str, Curve], path: str | PathLike[str], title: str = "") -> Path:
-    """Draw one ROC curve per ``name -> (labels, scores)`` entry (legend "name (AUC 0.xxx)") and the
-    chance diagonal; write the PNG atomically to ``path`` (parent folders are created). Returns ``path``."""
-    if not curves:
-        raise ValueError("no curves to draw")
-    path = Path(path)
-    figure = Figure(figsize=(5.0, 5.0), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+def _draw_curves(axes, curves: Mapping[str, Curve], title: str) -> None:
+    """One ROC curve per entry (legend "name (AUC 0.xxx)") and the chance diagonal on ``axes``."""
     for name, (labels, scores) in curves.items():
         y, s = _check(labels, scores)
         fpr, tpr, _ = roc_curve(y, s)
@@ -47,8 +40,10 @@ def write_roc_png(curves: Mapping[str, Curve], path: str | PathLike[str], title:
         axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
 
+
+def _save_atomic(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG under a temporary name beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -59,3 +54,31 @@ def write_roc_png(curves: Mapping[str, Curve], path: str | PathLike[str], title:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_roc_png(curves: Mapping[str, Curve], path: str | PathLike[str], title: str = "") -> Path:
+    """Draw one ROC curve per ``name -> (labels, scores)`` entry (legend "name (AUC 0.xxx)") and the
+    chance diagonal; write the PNG atomically to ``path`` (parent folders are created). Returns ``path``."""
+    if not curves:
+        raise ValueError("no curves to draw")
+    figure = Figure(figsize=(5.0, 5.0), dpi=120)
+    FigureCanvasAgg(figure)
+    _draw_curves(figure.add_subplot(), curves, title)
+    figure.tight_layout()
+    return _save_atomic(figure, Path(path))
+
+
+def write_roc_panels(panels: Mapping[str, Mapping[str, Curve]], path: str | PathLike[str], title: str = "") -> Path:
+    """One figure, one panel per ``panel title -> {name: (labels, scores)}`` side by side, the curves of a panel
+    overlaid; written atomically to ``path``. Empty panels are left out. Returns ``path``."""
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        raise ValueError("no curves to draw")
+    figure = Figure(figsize=(5.0 * len(panels), 5.4 if title else 5.0), dpi=120)
+    FigureCanvasAgg(figure)
+    for index, (panel_title, curves) in enumerate(panels.items(), start=1):
+        _draw_curves(figure.add_subplot(1, len(panels), index), curves, panel_title)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save_atomic(figure, Path(path))

@@ -45,6 +45,7 @@ class PatchTrainingConfig:
     """Hyper-parameters of patch training (the recipe sets them; the CLI's defaults are these)."""
 
     model: str = "vmamba_nano"  # a registry name, or FAMILY:NAME (timm:resnet18)
+    model_args: dict = field(default_factory=dict)  # build options of the architecture (timm kwargs, VMamba config)
     weights: str | None = None  # start from these local weights (timm: a file or a Hugging Face-style folder)
     epochs: int = 12
     batch_size: int = 64

@@ -85,6 +85,7 @@ def evaluate(
             detections.append(SlideDetections(name, points, lesions, float(data.attrs["slide_mpp"])))
     ys_arr, scores_arr = np.asarray(ys), np.asarray(scores)
     metrics: dict = {"model": bundle.name, "slides": summarize(ys_arr, scores_arr, n_boot=n_boot)}
+    metrics["model_path"] = str(Path(bundle.path).resolve())
     metrics["missing_features"] = missing
     classes = read_label_column(labels_csv, "lesion_class")
     if classes:

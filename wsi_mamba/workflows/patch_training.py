@@ -102,6 +102,7 @@ def train_encoder_on_patches(
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
     metrics_path = Path(metrics_path) if metrics_path else out.with_name(out.stem + ".metrics.csv")
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch log is written before the checkpoint
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if val_source is not None:
@@ -120,8 +121,16 @@ def train_encoder_on_patches(
     if len(set(train_labels.tolist())) < 2:
         raise ValueError(f"{source.description}: too few patches to train on after carving validation")
     geometry = source.geometry
+    reserved = sorted({"num_classes", "drop_path_rate"} & set(cfg.model_args))
+    if reserved:
+        raise ValueError(f"model_args: {', '.join(reserved)} are set by the training itself, not as model arguments")
     encoder = load_encoder(
-        cfg.model, seed=cfg.seed, weights=cfg.weights, drop_path_rate=cfg.drop_path_rate, num_classes=1
+        cfg.model,
+        seed=cfg.seed,
+        weights=cfg.weights,
+        drop_path_rate=cfg.drop_path_rate,
+        num_classes=1,
+        **cfg.model_args,
     ).to(device)
     encoder.tile_px, encoder.mpp = geometry.px, geometry.mpp
     model = encoder.model

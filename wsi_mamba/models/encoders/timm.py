@@ -216,6 +216,9 @@ def build_encoder(
     cfg = dict(model.pretrained_cfg)
     head_now = int(model.num_classes)
     native = int(cfg.get("input_size", (3, 224, 224))[-1])
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a model built at another img_size
+    if built:
+        native = int(built[-1] if isinstance(built, (tuple, list)) else built)
     fixed = bool(cfg.get("fixed_input_size", False)) and not getattr(model, "dynamic_img_size", False)
     saved = dict(preprocessing or {})
     mean = tuple(float(v) for v in saved.get("mean", cfg.get("mean", MEAN)))

@@ -1,0 +1,84 @@
+"""``wsi-mamba compare``: thin wrapper around ``wsi_mamba.workflows.compare`` (the table of pipelines/compare.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._args import THREADS_HELP, UsageError, command_parser, positive_int
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def labelled_folder(text: str) -> tuple[str, Path]:
+    """argparse type: ``LABEL=FOLDER`` (the label may hold spaces; the last ``=`` separates)."""
+    label, sep, folder = text.rpartition("=")
+    if not sep or not label.strip() or not folder:
+        raise argparse.ArgumentTypeError(f"expected LABEL=FOLDER, got {text!r}")
+    return label.strip(), Path(folder)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``compare`` to the CLI."""
+    p = command_parser(
+        subparsers,
+        "compare",
+        "One markdown table and one ROC figure comparing encoders (train-encoder + score-patches folders), feature "
+        "modes and aggregators (evaluate folders), with DeLong's paired test between two of them.",
+        "wsi-mamba compare --out comparison --encoder VMamba=encoders/vmamba --encoder ResNet=encoders/resnet "
+        "--aggregator SS2D=eval/ss2d --aggregator ABMIL=eval/abmil --paired SS2D ABMIL",
+    )
+    p.add_argument("--out", required=True, help="folder for comparison.md, comparison.png, comparison.json")
+    p.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        type=labelled_folder,
+        metavar="LABEL=FOLDER",
+        help="an encoder: FOLDER holds encoder.safetensors and valid-patches.csv + .metrics.json (repeatable)",
+    )
+    p.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        type=labelled_folder,
+        metavar="LABEL=FOLDER",
+        help="a feature mode (tile, region): an evaluate output folder (repeatable)",
+    )
+    p.add_argument(
+        "--aggregator",
+        action="append",
+        default=[],
+        type=labelled_folder,
+        metavar="LABEL=FOLDER",
+        help="a slide aggregator: an evaluate output folder (repeatable)",
+    )
+    p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="DeLong's paired test between these two labels")
+    p.add_argument("--no-profile", action="store_true", help="skip the encoders' GFLOPs and CPU speed")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed batches per encoder (median; default 3)")
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if not (args.encoder or args.mode or args.aggregator):
+        raise UsageError("compare needs at least one --encoder, --mode or --aggregator")
+    from ..threads import apply_threads
+    from ..workflows.compare import compare
+
+    apply_threads(args.threads)
+    summary = compare(
+        args.out,
+        args.encoder,
+        args.mode,
+        args.aggregator,
+        tuple(args.paired) if args.paired else None,
+        profile=not args.no_profile,
+        repeats=args.repeats,
+    )
+    print(Path(args.out, "comparison.md").read_text())
+    paired = summary.get("paired")
+    if paired:
+        print(f"{paired['a']} vs {paired['b']}: DeLong p = {paired['p_value']:.4f}")
+    print(f"wrote {args.out}/comparison.md, comparison.png, comparison.json")
+    return 0

@@ -1,0 +1,67 @@
+"""How many torch CPU threads a command uses when ``--threads`` is not given.
+
+torch's own default is one thread per core. On a machine whose cores are already busy, OpenMP threads then
+wait at each parallel region's barrier for a thread that is not running: measured on the 2-core machine with
+one other busy process, ``predict`` of a 911-tile slide took 24.7 s with torch's 2 threads and 8.7 s with one
+(BENCHMARKS.md, "Thread defaults"). So the default is the number of cores that are idle *now*, sampled from
+``/proc/stat`` over a short interval (Linux), at least one; elsewhere, or when ``OMP_NUM_THREADS`` is set, torch's
+default stands. ``--threads N`` always wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+SAMPLE_SECONDS = 0.05
+"""How long the CPU is watched before choosing (part of every model command's start-up)."""
+
+_STAT = Path("/proc/stat")
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs together, or None where /proc/stat is unreadable."""
+    try:
+        with _STAT.open() as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(cores: int, sample_seconds: float = SAMPLE_SECONDS) -> float | None:
+    """How many of ``cores`` are busy right now (a fraction of all CPU time × cores), or None if unknown."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(sample_seconds)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    return cores * (second[0] - first[0]) / (second[1] - first[1])
+
+
+def idle_threads(cores: int, busy: float | None) -> int:
+    """Threads for ``cores`` cores of which ``busy`` are in use: the idle ones, rounded, at least one."""
+    if busy is None:
+        return cores
+    return max(1, min(cores, cores - round(busy)))
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's CPU thread count: ``requested`` when given, else :func:`idle_threads` of the cores now
+    (unless ``OMP_NUM_THREADS`` says otherwise). Returns the count in use."""
+    import torch
+
+    if requested:
+        torch.set_num_threads(requested)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        cores = os.cpu_count() or torch.get_num_threads()
+        cores = min(cores, torch.get_num_threads())
+        torch.set_num_threads(idle_threads(cores, busy_cores(cores)))
+    return torch.get_num_threads()

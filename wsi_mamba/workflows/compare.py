@@ -1,0 +1,436 @@
+"""The comparison table and figure of ``pipelines/compare.yaml`` (issue 11), from the outputs of other commands.
+
+Three parts, each a list of ``(label, folder)``:
+
+* encoders: folders with ``encoder.safetensors`` (``train-encoder --patches``) and ``valid-patches.csv`` +
+  ``.metrics.json`` (``score-patches``): parameters, GFLOPs at the tile size (``torch.utils.flop_counter``:
+  matmuls, convolutions, attention), CPU tiles/s, training budget and time, patch AUC with its 95 % interval;
+* feature modes and aggregators: ``evaluate`` folders (``metrics.json``, ``per_slide.csv``; the slide model is
+  found through ``metrics.json``'s ``model_path``): slide AUC with its 95 % interval, FROC, sensitivity per
+  lesion class, the slide model's parameters;
+* a paired test (DeLong) between two of the aggregators on the slides both scored.
+
+:func:`compare` writes ``comparison.md`` (one markdown table with a caption that says what was scaled down,
+from the checkpoints' own training records), ``comparison.png`` (ROC curves overlaid, one panel per part) and
+``comparison.json``, each atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..outputs.atomic import json_safe, write_json_atomic, write_text_atomic
+
+Entry = tuple[str, Path]
+LESION_CLASSES = ("macro", "micro", "itc")
+PUBLISHED = "VMamba region 94.2 %, ResNet-152 92.8 %, Swin-T sliding window 91.5 % slide AUC"
+
+
+def count_gflops(model, x) -> float:
+    """GFLOPs (2 × multiply-accumulates of matmuls, convolutions and attention, as ``torch.utils.flop_counter``
+    counts them) of one forward pass of ``model`` on ``x``, divided by the batch size. Fused attention is
+    switched off while counting (timm's ``fused_attn``) so attention is counted as its matmuls."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    try:
+        for module, _ in fused:
+            module.fused_attn = False
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            model.eval()(x)
+    finally:
+        for module, value in fused:
+            module.fused_attn = value
+    return counter.get_total_flops() / len(x) / 1e9
+
+
+def profile_encoder(checkpoint: str | Path, batch: int = 64, repeats: int = 3) -> dict:
+    """Parameters, GFLOPs per tile and CPU inference tiles/s (median of ``repeats`` batches after a warm-up,
+    at torch's current thread count) of an encoder checkpoint at its own tile size."""
+    import torch
+
+    from ..models.encoder import load_encoder
+
+    encoder = load_encoder(checkpoint).to("cpu")
+    model = encoder.model.eval()
+    px = encoder.input_px or encoder.tile_px
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, px, px, generator=generator)
+    gflops = count_gflops(model, x[:2])
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    # training speed: forward + backward + AdamW step of the same batch, on a copy (the encoder stays untouched)
+    import copy
+
+    trainee = copy.deepcopy(model).train()
+    optimiser = torch.optim.AdamW(trainee.parameters(), 1e-4)
+    target = torch.zeros(batch)
+    step_times = []
+    for k in range(repeats + 1):
+        start = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(trainee(x)[:, 0], target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if k:  # the first step is a warm-up
+            step_times.append(time.perf_counter() - start)
+    return {
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "gflops": gflops,
+        "tile_px": int(px),
+        "tiles_per_s": batch / statistics.median(times),
+        "train_patches_per_s": batch / statistics.median(step_times),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    from ..outputs.artefact import read_json_object
+
+    if not path.is_file():
+        raise ValueError(f"{path}: not found")
+    return read_json_object(path)
+
+
+def _scored_rows(path: Path, label_key: str, score_key: str) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Rows of a CSV with a label and a score (others skipped), with the labels and scores as arrays."""
+    if not path.is_file():
+        raise ValueError(f"{path}: not found")
+    with path.open(newline="") as stream:
+        rows = [r for r in csv.DictReader(stream) if r.get(label_key, "") != "" and r.get(score_key, "") != ""]
+    if not rows:
+        raise ValueError(f"{path}: no rows with a {label_key} and a {score_key}")
+    labels = np.array([int(r[label_key]) for r in rows], np.int64)
+    scores = np.array([float(r[score_key]) for r in rows], np.float64)
+    return rows, labels, scores
+
+
+def read_encoder_run(label: str, folder: str | Path, profile: bool = True, repeats: int = 3) -> dict:
+    """One encoder of the comparison: its training record, size and speed, and its patch scores."""
+    folder = Path(folder)
+    checkpoint = folder / "encoder.safetensors"
+    meta = _read_json(checkpoint.with_suffix(".json"))
+    extra = meta.get("metadata", {})
+    training = extra.get("training", {})
+    config = training.get("config", {})
+    history = training.get("history", [])
+    metrics = _read_json(folder / "valid-patches.metrics.json")
+    rows, labels, scores = _scored_rows(folder / "valid-patches.csv", "label", "score")
+    result = {
+        "label": label,
+        "folder": str(folder),
+        "model": config.get("model"),
+        "model_args": config.get("model_args", {}),
+        "budget": {k: config.get(k) for k in ("epochs", "epoch_patches", "batch_size", "lr", "seed", "augment")},
+        "training_patches": sum(training.get("patches", {}).values()),
+        "validation": training.get("validation"),
+        "epochs_run": len(history),
+        "best_epoch": training.get("best_epoch"),
+        "best_val_auc": training.get("best_val_auc"),
+        "training_seconds": float(sum(r.get("seconds", 0.0) for r in history)),
+        "patch": {k: metrics.get(k) for k in ("n", "n_positive", "auc", "auc_ci_low", "auc_ci_high")},
+        "names": [f"{r['path']}#{r.get('index', '')}" for r in rows],
+        "labels": labels,
+        "scores": scores,
+    }
+    if profile:
+        result.update(profile_encoder(checkpoint, repeats=repeats))
+    return result
+
+
+def _slide_model_info(model_path: str | None) -> dict:
+    """Aggregator, feature mode, training slides and parameters of the slide model at ``model_path``."""
+    if not model_path or not (Path(model_path) / "model.json").is_file():
+        return {}
+    from ..models.checkpoint import read_safetensors
+
+    folder = Path(model_path)
+    meta = _read_json(folder / "model.json")
+    slides = meta.get("training", {}).get("slides", {})
+    info = {
+        "aggregator": meta.get("aggregator"),
+        "feature_mode": meta.get("feature_mode", {}),
+        "encoder": meta.get("encoder"),
+        "training_slides": len(slides.get("train", [])),
+        "validation_slides": len(slides.get("validation", [])),
+        "best_epoch": meta.get("training", {}).get("best_epoch"),
+    }
+    weights = folder / "slide_model.safetensors"
+    if weights.is_file():
+        info["params"] = int(sum(t.numel() for t in read_safetensors(weights).values()))
+    return info
+
+
+def read_slide_run(label: str, folder: str | Path) -> dict:
+    """One slide-level result of the comparison (an ``evaluate`` folder): metrics, per-slide scores, model."""
+    folder = Path(folder)
+    metrics = _read_json(folder / "metrics.json")
+    rows, labels, scores = _scored_rows(folder / "per_slide.csv", "label", "score")
+    return {
+        "label": label,
+        "folder": str(folder),
+        "slides": metrics.get("slides", {}),
+        "froc": (metrics.get("froc") or {}).get("score"),
+        "by_lesion_class": metrics.get("by_lesion_class", {}),
+        "model": _slide_model_info(metrics.get("model_path")),
+        "names": [r["slide"] for r in rows],
+        "labels": labels,
+        "scores": scores,
+    }
+
+
+def paired_delong(a: dict, b: dict) -> dict:
+    """DeLong's test of runs ``a`` against ``b`` (slides or patches, by ``names``) on the items both scored (same
+    labels required)."""
+    from ..evaluation.delong import delong_test
+
+    common = sorted(set(a["names"]) & set(b["names"]))
+    index_a = {n: i for i, n in enumerate(a["names"])}
+    index_b = {n: i for i, n in enumerate(b["names"])}
+    ia, ib = [index_a[n] for n in common], [index_b[n] for n in common]
+    labels = a["labels"][ia]
+    if not np.array_equal(labels, b["labels"][ib]):
+        raise ValueError(f"{a['folder']} and {b['folder']}: the labels of the same items differ")
+    result = delong_test(labels, a["scores"][ia], b["scores"][ib]).to_dict()
+    return {"a": a["label"], "b": b["label"], "test": "DeLong (paired, two-sided)", **result}
+
+
+# --- the table -------------------------------------------------------------------------------------------
+
+
+def _ci(auc: float | None, low: float | None, high: float | None, bold: bool = False) -> str:
+    if auc is None:
+        return "–"
+    value = f"**{auc:.3f}**" if bold else f"{auc:.3f}"
+    return f"{value} ({low:.3f}–{high:.3f})" if low is not None and high is not None else value
+
+
+def _sensitivities(by_class: dict) -> tuple[str, str]:
+    parts = []
+    for cls in LESION_CLASSES:
+        entry = by_class.get(cls)
+        if entry is None:
+            parts.append("–")
+        else:
+            parts.append(f"{round(entry['sensitivity'] * entry['slides'])}/{entry['slides']}")
+    normal = by_class.get("none") or by_class.get("normal")
+    fp = "–" if normal is None else f"{round(normal['false_positive_rate'] * normal['slides'])}/{normal['slides']}"
+    return " · ".join(parts), fp
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n / 1e3:.0f} k" if n >= 10_000 else f"{n:,}"
+
+
+def _p(value: float) -> str:
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
+
+
+def _best(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+HEADER = [
+    "part",
+    "model",
+    "params",
+    "GFLOPs / tile",
+    "CPU tiles/s infer / train",
+    "evaluated on",
+    "AUC (95 % CI)",
+    "FROC",
+    "sensitivity macro / micro / ITC",
+    "false positives",
+]
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    """The rows of the comparison table (``HEADER``'s columns); the best AUC of each part in bold."""
+    rows = []
+    encoders = results.get("encoders", [])
+    best = _best([e["patch"]["auc"] for e in encoders])
+    for e in encoders:
+        p = e["patch"]
+        rows.append(
+            [
+                "(a) encoder",
+                e["label"],
+                _count(e.get("params")),
+                f"{e['gflops']:.3f}" if e.get("gflops") is not None else "–",
+                f"{e['tiles_per_s']:.0f} / {e['train_patches_per_s']:.0f}" if e.get("tiles_per_s") is not None else "–",
+                f"{p['n']:,} PCam valid patches" if p.get("n") else "PCam valid patches",
+                _ci(p["auc"], p.get("auc_ci_low"), p.get("auc_ci_high"), p["auc"] == best),
+                "–",
+                "–",
+                "–",
+            ]
+        )
+    for part, key in (("(b) VMamba mode", "modes"), ("(c) aggregator", "aggregators")):
+        runs = results.get(key, [])
+        best = _best([r["slides"].get("auc") for r in runs])
+        for r in runs:
+            s = r["slides"]
+            sens, fp = _sensitivities(r["by_lesion_class"])
+            rows.append(
+                [
+                    part,
+                    r["label"],
+                    _count(r["model"].get("params")),
+                    "–",
+                    "–",
+                    f"{s.get('n', len(r['labels']))} held-out slides",
+                    _ci(s.get("auc"), s.get("auc_ci_low"), s.get("auc_ci_high"), s.get("auc") == best),
+                    f"{r['froc']:.3f}" if r.get("froc") is not None else "–",
+                    sens,
+                    fp,
+                ]
+            )
+    return rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table; ``|`` in a cell is escaped."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *(line(r) for r in rows)])
+
+
+def _budget_text(encoders: list[dict]) -> str:
+    if not encoders:
+        return ""
+    budgets = [json.dumps(e["budget"], sort_keys=True) for e in encoders]
+    b = encoders[0]["budget"]
+    draws = b.get("epoch_patches")
+    per_epoch = f"{draws:,} class-balanced draws" if draws else f"all {encoders[0]['training_patches']:,} patches"
+    same = "the same for every encoder" if len(set(budgets)) == 1 else "NOT the same for every encoder (see JSON)"
+    times = ", ".join(f"{e['label']} {e['training_seconds'] / 60:.0f} min" for e in encoders)
+    return (
+        f"Encoders trained from scratch on PCam train ({encoders[0]['training_patches']:,} patches; "
+        f"{encoders[0]['validation']} for the best epoch) for **{b.get('epochs')} epochs × {per_epoch}** "
+        f"(batch {b.get('batch_size')}, AdamW lr {b.get('lr'):g} one-cycle, histology augmentations, seed "
+        f"{b.get('seed')}; {same}) — scaled down from the default recipe's 12 epochs × ~18,000 patches. "
+        f"Training wall time (1 thread; the shared machine's load varied between the runs, so compare speeds in the "
+        f"train column, measured together): {times}."
+    )
+
+
+def _slide_text(results: dict) -> str:
+    runs = results.get("modes", []) + results.get("aggregators", [])
+    if not runs:
+        return ""
+    r = runs[0]
+    classes = ", ".join(f"{r['by_lesion_class'][c]['slides']} {c}" for c in LESION_CLASSES if c in r["by_lesion_class"])
+    n, pos = r["slides"].get("n"), r["slides"].get("n_positive")
+    train = r["model"].get("training_slides"), r["model"].get("validation_slides")
+    trained = (
+        f"trained on {train[0] + train[1]} real-tissue slides ({train[0]} train / {train[1]} validation)"
+        if all(v is not None for v in train)
+        else "trained on the training cohort"
+    )
+    return (
+        f"Slide models {trained}, evaluated on {n} held-out slides built from PCam valid patches only "
+        f"({pos} tumour: {classes}); sensitivity and false positives at probability 0.5; FROC: CAMELYON16 "
+        f"lesion-level (ITCs neither counted nor penalised). (b) and (c) use the default recipe's encoder."
+    )
+
+
+def caption(results: dict) -> str:
+    """What the table shows and what was scaled down, from the runs' own records."""
+    parts = [
+        "**Comparison (issue 11)** — (a) encoders at matched size, patch AUC on PCam valid; (b) VMamba tile mode "
+        "against region mode, slide AUC; (c) slide aggregators on the same tile features, slide AUC. 95 % "
+        "intervals: stratified bootstrap (2,000 resamples); best AUC of each part in bold. Params: the encoder's "
+        "in (a), the slide model's in (b) and (c). GFLOPs per tile: `torch.utils.flop_counter` (2 per "
+        "multiply-add of matmuls, convolutions and attention; the selective scan's elementwise recurrence is not "
+        "counted); CPU tiles/s: inference / training step (forward, backward, AdamW), batch 64, one torch thread, "
+        "median of timed batches, all measured together at the end on a shared 2-core machine (indicative).",
+        _budget_text(results.get("encoders", [])),
+        _slide_text(results),
+    ]
+    paired = results.get("paired")
+    if paired:
+        parts.append(
+            f"Paired test, {paired['a']} vs {paired['b']} on the same {paired['n']} slides ({paired['test']}): "
+            f"ΔAUC {paired['difference']:+.3f} (95 % CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}), "
+            f"z = {paired['z']:.2f}, **{_p(paired['p_value'])}**."
+        )
+    tests = results.get("encoder_tests") or []
+    if tests:
+        against = "; ".join(f"{t['a']} {t['difference']:+.3f} ({_p(t['p_value'])})" for t in tests)
+        parts.append(f"Patch AUC against {tests[0]['b']} on the same patches (DeLong): {against}.")
+    parts.append(f"Published claim (CAMELYON16 case study, full-size slides): {PUBLISHED}.")
+    return " ".join(p for p in parts if p)
+
+
+def write_figure(results: dict, path: str | Path) -> Path:
+    """The ROC curves of every part overlaid, one panel per part, in one PNG (atomic)."""
+    from ..evaluation.roc_plot import write_roc_panels
+
+    panels = {
+        "(a) encoders: PCam valid patches": {e["label"]: (e["labels"], e["scores"]) for e in results["encoders"]},
+        "(b) VMamba tile vs region: slides": {r["label"]: (r["labels"], r["scores"]) for r in results["modes"]},
+        "(c) aggregators: slides": {r["label"]: (r["labels"], r["scores"]) for r in results["aggregators"]},
+    }
+    return write_roc_panels(panels, path)
+
+
+def compare(
+    out: str | Path,
+    encoders: Sequence[Entry] = (),
+    modes: Sequence[Entry] = (),
+    aggregators: Sequence[Entry] = (),
+    paired: tuple[str, str] | None = None,
+    profile: bool = True,
+    repeats: int = 3,
+) -> dict:
+    """Read the runs, run the paired test, and write ``comparison.md``, ``.png`` and ``.json`` under ``out``;
+    returns the results (without the per-patch arrays)."""
+    if not (encoders or modes or aggregators):
+        raise ValueError("nothing to compare: give encoders, modes or aggregators")
+    results: dict = {
+        "encoders": [read_encoder_run(label, folder, profile, repeats) for label, folder in encoders],
+        "modes": [read_slide_run(label, folder) for label, folder in modes],
+        "aggregators": [read_slide_run(label, folder) for label, folder in aggregators],
+    }
+    if paired:
+        by_label = {r["label"]: r for r in results["aggregators"] + results["modes"]}
+        missing = [p for p in paired if p not in by_label]
+        if missing:
+            raise ValueError(f"--paired: no aggregator or mode labelled {', '.join(missing)}")
+        results["paired"] = paired_delong(by_label[paired[0]], by_label[paired[1]])
+    first, *others = results["encoders"] or [None]
+    results["encoder_tests"] = [paired_delong(other, first) for other in others]  # each against the first
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = write_figure(results, out / "comparison.png")
+    text = "\n\n".join([markdown_table(HEADER, table_rows(results)), caption(results)]) + "\n"
+    write_text_atomic(out / "comparison.md", text)
+    arrays = ("labels", "scores", "names")
+    summary = {
+        key: [{k: v for k, v in run.items() if k not in arrays} for run in results[key]]
+        for key in ("encoders", "modes", "aggregators")
+    }
+    summary["paired"] = results.get("paired")
+    summary["encoder_tests"] = results["encoder_tests"]
+    summary["figure"] = str(figure)
+    write_json_atomic(out / "comparison.json", json_safe(summary))
+    return summary
