@@ -14,6 +14,7 @@ from test_patches import run, write_folder
 
 from wsi_mamba.cli import build_parser
 from wsi_mamba.evaluation.delong import delong_covariance, delong_test, paired_permutation_p
+from wsi_mamba.outputs.atomic import TEMP_MARKER
 from wsi_mamba.workflows.compare import compare, count_gflops, markdown_table, profile_encoder
 from wsi_mamba.workflows.recipe import load_recipe
 
@@ -244,7 +245,7 @@ def test_compare_writes_one_table_one_figure_and_the_paired_test(
     (test,) = summary["encoder_tests"]  # each encoder against the first, on the same patches
     assert test["a"] == "ResNet" and test["b"] == "VMamba" and test["n"] == 60 and "Patch AUC against VMamba" in text
     png = (out / "comparison.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and not list(out.glob(".*tmp"))
+    assert png.startswith(b"\x89PNG") and not list(out.glob(f"*{TEMP_MARKER}*"))  # no temporary file left
     data = json.loads((out / "comparison.json").read_text())
     assert [e["label"] for e in data["encoders"]] == ["VMamba", "ResNet"] and "scores" not in data["encoders"][0]
     # the CLI: the same through `wsi-mamba compare`, and its usage errors

@@ -7,8 +7,6 @@ and renamed into place, so a reader never sees a half-written PNG.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -44,15 +42,11 @@ def _draw_curves(axes, curves: Mapping[str, Curve], title: str) -> None:
 
 def _save_atomic(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as a PNG under a temporary name beside ``path``, then rename it into place."""
+    from ..outputs.atomic import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as stream:
+        figure.savefig(stream, format="png")
     return path
 
 
