@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,21 @@ def test_console_script_runs() -> None:
     script = Path(sys.executable).with_name("wsi-mamba")  # installed beside this interpreter
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_console_script_delivers_all_output_before_its_fast_exit(tmp_path: Path) -> None:
+    """The console script skips the interpreter's teardown (os._exit): stdout, stderr and the files a command
+    wrote are complete, and the exit code is main's."""
+    script = Path(sys.executable).with_name("wsi-mamba")
+    done = subprocess.run([str(script), "model-info", "vmamba_nano", "--resolution", "64", "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)  # the whole JSON document arrived
+    out = tmp_path / "c"
+    done = subprocess.run([str(script), "synth", str(out), "--slides", "1", "--size", "512"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.endswith("\n") and (out / "training" / "labels.csv").stat().st_size
+    done = subprocess.run([str(script), "info", str(tmp_path / "missing.svs")], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error:")
 
 
 def test_closed_pipe_is_quiet() -> None:
