@@ -155,6 +155,16 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
 
 
 @triton.jit
+def _gated_dout(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
+    """The gradient reaching the scan's output at ``offs`` (float32): dout, times z·sigmoid(z) when gated."""
+    dy = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = dy * z * tl.sigmoid(z)
+    return dy
+
+
+@triton.jit
 def _program_setup(
     A_ptr, D_ptr, bias_ptr, dim, L, G, H, n_tiles, seg_tiles, n_segs, SEG_OFFSET: tl.constexpr,
     N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -343,10 +353,7 @@ def _bwd_local_kernel(
         tr_mask = tr < L64
         mask_r = d_mask[:, None] & tr_mask[None, :]
         offs_r = row[:, None] + tr[None, :]
-        dy_r = tl.load(dout_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zr = tl.load(z_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-            dy_r = dy_r * zr * tl.sigmoid(zr)
+        dy_r = _gated_dout(dout_ptr, z_ptr, offs_r, mask_r, HAS_Z)
         mask_n = d_mask[:, None] & (tr + 1 < L64)[None, :]
         dt_n, _xn = _load_dt(delta_ptr, offs_r + 1, mask_n, bias, HAS_BIAS, SOFTPLUS)
         for n in range(N):
@@ -423,10 +430,7 @@ def _scan_bwd_kernel(
         tr_mask = tr < L64
         mask_r = d_mask[:, None] & tr_mask[None, :]
         offs_r = row[:, None] + tr[None, :]
-        dy_r = tl.load(dout_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zr = tl.load(z_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-            dy_r = dy_r * zr * tl.sigmoid(zr)
+        dy_r = _gated_dout(dout_ptr, z_ptr, offs_r, mask_r, HAS_Z)
 
         h0 = tl.load(states_ptr + st_row[:, None] + c * N + cols[None, :], mask=state_mask, other=0.0)
         acc_gB = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n g B
