@@ -70,7 +70,8 @@ def plan_work(args: ScanArgs, threads: int) -> tuple[int, int]:
     return splits, max(1, min(threads, args.batch * args.groups * splits))
 
 
-def _mark_broken(error: BaseException) -> None:
+def mark_broken(error: BaseException) -> None:
+    """Remember that the numba kernels failed (``backend="auto"`` uses the chunked path from now on); warn once."""
     _status["broken"] = error
     if not _status["warned"]:
         _status["warned"] = True
@@ -199,7 +200,7 @@ class FusedScan(torch.autograd.Function):
         except KernelUnavailable as error:
             if not fallback:
                 raise
-            _mark_broken(error)
+            mark_broken(error)
             y, last_state, ckpt = chunked_forward(args, softplus)
             ckpt = ckpt[:0]  # empty: the backward recomputes the chunked path's block starts
         if not save:
@@ -220,7 +221,7 @@ class FusedScan(torch.autograd.Function):
             except KernelUnavailable as error:
                 if not ctx.fallback:
                     raise
-                _mark_broken(error)
+                mark_broken(error)
         if grads is None:
             _, _, block_starts = chunked_forward(args, ctx.softplus)
             grads = chunked_backward(args, ctx.softplus, block_starts, grad_y)

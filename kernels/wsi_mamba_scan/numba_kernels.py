@@ -275,6 +275,30 @@ def _lane_A(A, g, heads, lane0, count, dstate, dtype):
     return a_lanes
 
 
+@njit(**JIT)
+def _scan_chunk(ut, dtt, out, h, a, d_lanes, b_rows, c_rows, t0, steps, w):
+    """The forward recurrence over one chunk of one lane: h[w] (N, LANES) carried in place, out[w, t] = C_t . h_t
+    + D u_t. ``b_rows``, ``c_rows``: (L, N) time-major rows of B and C, read from row ``t0``."""
+    dstate = h.shape[1]
+    for t in range(steps):
+        b_tn = b_rows[t0 + t, 0]
+        c_tn = c_rows[t0 + t, 0]
+        for c in range(LANES):  # n = 0 peeled: it initialises out with D u
+            dt = dtt[w, t, c]
+            uv = ut[w, t, c]
+            hv = fexp(dt * a[w, 0, c]) * h[w, 0, c] + dt * uv * b_tn
+            h[w, 0, c] = hv
+            out[w, t, c] = c_tn * hv + d_lanes[w, c] * uv
+        for n in range(1, dstate):
+            b_tn = b_rows[t0 + t, n]
+            c_tn = c_rows[t0 + t, n]
+            for c in range(LANES):
+                dt = dtt[w, t, c]
+                hv = fexp(dt * a[w, n, c]) * h[w, n, c] + dt * ut[w, t, c] * b_tn
+                h[w, n, c] = hv
+                out[w, t, c] += c_tn * hv
+
+
 @njit(parallel=PARALLEL, **OPTIONS)
 def scan_forward(u, delta, A, Bt, Ct, D, bias, z, softplus, gated, chunk, splits, workers, y, last, ckpt, save):
     """y (batch, dim, L) and the last state (batch, dim, N); ``ckpt`` (batch, dim, chunks, N) when ``save``.
@@ -326,23 +350,7 @@ def scan_forward(u, delta, A, Bt, Ct, D, bias, z, softplus, gated, chunk, splits
                         for c in range(width):
                             for n in range(dstate):
                                 ckpt[b, c0 + c, k, n] = h[w, n, c]
-                    for t in range(steps):
-                        b_tn = Bt[b, g, t0 + t, 0]
-                        c_tn = Ct[b, g, t0 + t, 0]
-                        for c in range(LANES):  # n = 0 peeled: it initialises out with D u
-                            dt = dtt[w, t, c]
-                            uv = ut[w, t, c]
-                            hv = fexp(dt * a[w, 0, c]) * h[w, 0, c] + dt * uv * b_tn
-                            h[w, 0, c] = hv
-                            out[w, t, c] = c_tn * hv + d_lanes[w, c] * uv
-                        for n in range(1, dstate):
-                            b_tn = Bt[b, g, t0 + t, n]
-                            c_tn = Ct[b, g, t0 + t, n]
-                            for c in range(LANES):
-                                dt = dtt[w, t, c]
-                                hv = fexp(dt * a[w, n, c]) * h[w, n, c] + dt * ut[w, t, c] * b_tn
-                                h[w, n, c] = hv
-                                out[w, t, c] += c_tn * hv
+                    _scan_chunk(ut, dtt, out, h, a, d_lanes, Bt[b, g], Ct[b, g], t0, steps, w)
                     if gated:
                         _gather(z, b, c0, width, t0, steps, zt, w)
                         for t in range(steps):
@@ -521,3 +529,128 @@ def scan_backward(u, delta, A, Bt, Ct, D, bias, z, softplus, gated, chunk, split
                         dA_part[b, c0 + c, n] = grad_a[j, n, c]
                     dD_part[b, c0 + c] = grad_d[j, c]
                     dbias_part[b, c0 + c] = grad_bias[j, c]
+
+
+
+@njit(inline="always", **JIT)
+def _route_position(t, length, reverse):
+    """Map position of step ``t`` along a route that walks its map forwards or (``reverse``) backwards."""
+    return length - 1 - t if reverse else t
+
+
+@njit(**JIT)
+def _gather_route_rows(x_dbl, b, g, reverse, t0, steps, rows, w):
+    """rows[w, t, k] = x_dbl[b, g, k, position of step t0 + t]: one chunk's (Δ factor, B, C) rows of route g."""
+    length = x_dbl.shape[3]
+    for t in range(steps):
+        p = _route_position(t0 + t, length, reverse)
+        for k in range(x_dbl.shape[2]):
+            rows[w, t, k] = x_dbl[b, g, k, p]
+
+
+@njit(**JIT)
+def _gather_route(src, b, c0, width, reverse, t0, steps, tiles, w):
+    """tiles[w, t, c] = src[b, c0 + c, position of step t0 + t] for c < width, 0 beyond (16 x 16 tiles)."""
+    if not reverse:
+        _gather(src, b, c0, width, t0, steps, tiles, w)
+        return
+    end = src.shape[2] - 1 - t0
+    for t in range(steps):
+        for c in range(LANES):
+            tiles[w, t, c] = 0
+    for tb in range(0, steps, 16):
+        for t in range(tb, min(tb + 16, steps)):
+            for c in range(width):
+                tiles[w, t, c] = src[b, c0 + c, end - t]
+
+
+@njit(**JIT)
+def _scatter_add_route(tiles, w, dst, b, c0, width, reverse, t0, steps):
+    """dst[b, c0 + c, position of step t0 + t] += tiles[w, t, c] for c < width."""
+    if reverse:
+        low = dst.shape[2] - t0 - steps  # the chunk's lowest position, that of its last step
+        for c in range(width):
+            for t in range(steps):
+                dst[b, c0 + c, low + t] += tiles[w, steps - 1 - t, c]
+    else:
+        for c in range(width):
+            for t in range(steps):
+                dst[b, c0 + c, t0 + t] += tiles[w, t, c]
+
+
+@njit(**JIT)
+def _low_rank_delta(rows, w, weight_lanes, rank, steps, dtt):
+    """dtt[w, t, c] = sum_r weight_lanes[w, r, c] rows[w, t, r]: Δ before its bias, from its low-rank factor."""
+    for t in range(steps):
+        for c in range(LANES):
+            dtt[w, t, c] = 0
+        for r in range(rank):
+            factor = rows[w, t, r]
+            for c in range(LANES):
+                dtt[w, t, c] += weight_lanes[w, r, c] * factor
+
+
+@njit(parallel=PARALLEL, **OPTIONS)
+def cross_scan_forward(map_rows, map_cols, x_dbl, dt_weight, A, D, bias, rank, chunk, splits, workers,
+                       y_rows, y_cols):
+    """SS2D's four-route scan in one pass, for inference: adds routes 0 and 2 into ``y_rows``, 1 and 3 into
+    ``y_cols``.
+
+    map_rows: (batch, Di, L) the map row-major, map_cols: the same column-major (its transpose); route 0 walks
+    map_rows forwards, 1 map_cols forwards, 2 and 3 the same backwards. x_dbl: (batch, 4, R + 2N, L) per route
+    the low-rank Δ factor, B and C, in the order of that route's map; dt_weight: (4·Di, R); A: (4·Di, N);
+    D, bias: (4·Di,). Δ = softplus(dt_weight · factor + bias). Items are runs of 16-channel lanes of one batch
+    element; an item scans its lanes along every route in turn, so no two items write the same element.
+    """
+    batch, heads, length = map_rows.shape
+    groups, dstate = x_dbl.shape[1], A.shape[1]
+    lanes_per_group = (heads + LANES - 1) // LANES
+    per_item = (lanes_per_group + splits - 1) // splits
+    chunks = (length + chunk - 1) // chunk
+    dtype = map_rows.dtype
+    ut = np.empty((workers, chunk, LANES), dtype)
+    dtt = np.empty((workers, chunk, LANES), dtype)
+    out = np.empty((workers, chunk, LANES), dtype)
+    rows = np.empty((workers, chunk, x_dbl.shape[2]), dtype)
+    h = np.empty((workers, dstate, LANES), dtype)
+    a = np.empty((workers, dstate, LANES), dtype)
+    weight_lanes = np.empty((workers, rank, LANES), dtype)
+    d_lanes = np.empty((workers, LANES), dtype)
+    bias_lanes = np.empty((workers, LANES), dtype)
+    for w in prange(workers):
+        for item in range(w, batch * splits, workers):
+            b = item // splits
+            lane0 = (item % splits) * per_item
+            count = min(lanes_per_group, lane0 + per_item) - lane0
+            if count <= 0:
+                continue
+            for g in range(groups):
+                source = map_rows if g % 2 == 0 else map_cols
+                target = y_rows if g % 2 == 0 else y_cols
+                reverse = g >= 2
+                state = np.zeros((count, dstate, LANES), dtype)
+                a_lanes = _lane_A(A, g, heads, lane0, count, dstate, dtype)
+                for k in range(chunks):
+                    t0 = k * chunk
+                    steps = min(chunk, length - t0)
+                    _gather_route_rows(x_dbl, b, g, reverse, t0, steps, rows, w)
+                    for j in range(count):
+                        channel = (lane0 + j) * LANES  # in the map
+                        c0 = g * heads + channel  # in the route-stacked parameters
+                        width = min(LANES, heads - channel)
+                        _gather_route(source, b, channel, width, reverse, t0, steps, ut, w)
+                        for r in range(rank):
+                            for c in range(LANES):
+                                weight_lanes[w, r, c] = 0
+                            for c in range(width):
+                                weight_lanes[w, r, c] = dt_weight[c0 + c, r]
+                        _low_rank_delta(rows, w, weight_lanes, rank, steps, dtt)
+                        _lane_values(bias, c0, width, bias_lanes, w)
+                        _lane_values(D, c0, width, d_lanes, w)
+                        _time_steps(dtt, dtt, w, bias_lanes, True, steps, False)
+                        _copy_lane(state, j, h, w, True)
+                        _copy_lane(a_lanes, j, a, w, True)
+                        b_rows, c_rows = rows[w, :, rank:], rows[w, :, rank + dstate:]
+                        _scan_chunk(ut, dtt, out, h, a, d_lanes, b_rows, c_rows, 0, steps, w)
+                        _scatter_add_route(out, w, target, b, channel, width, reverse, t0, steps)
+                        _copy_lane(state, j, h, w, False)

@@ -1,7 +1,9 @@
 """SS2D, the 2-D selective-scan mixer of VMamba, forward type "v05_noz" (all released v2 models).
 
 in_proj → depthwise 3×3 conv → SiLU → cross scan (4 routes) → one grouped selective scan →
-cross merge (sum) → LayerNorm → out_proj. Parameter names and shapes are the official ones.
+cross merge (sum) → LayerNorm → out_proj. Parameter names and shapes are the official ones. For inference on
+CPU (no gradient wanted, numba usable, backend "auto" or "numba") the cross scan, Δ's projection, the scan and
+the cross merge run as one fused kernel (:mod:`wsi_mamba_scan.cross_scan`); otherwise as separate steps.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 from torch import nn
 
 from wsi_mamba_scan import selective_scan
+from wsi_mamba_scan.cpu_fused import mark_broken
+from wsi_mamba_scan.cross_scan import KernelUnavailable, cross_scan_supported, cross_selective_scan
 
 from .layers import LayerNorm2d, Linear2d
 
@@ -136,10 +140,39 @@ class SS2D(nn.Module):
             "delta_bias": self.dt_projs_bias.reshape(-1).float(),
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.conv2d(self.in_proj(x)))
+    def _scan_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.x_proj_weight, self.A_logs, self.Ds, self.dt_projs_weight, self.dt_projs_bias
+
+    def fused_cross_scan_applies(self, h: torch.Tensor) -> bool:
+        """True when :meth:`forward` runs the fused four-route kernel on ``h``: inference on CPU (no tensor
+        wanting a gradient), numba usable, and a scan backend of "auto" or "numba"."""
+        if self.scan_backend not in ("auto", "numba") or not cross_scan_supported(h):
+            return False
+        return not (torch.is_grad_enabled() and any(t.requires_grad for t in (h, *self._scan_tensors())))
+
+    def cross_scan_fused(self, h: torch.Tensor) -> torch.Tensor:
+        """The four routes' scan of the conv output ``h`` (B, Di, H, W), merged, by the fused kernel."""
+        x_dbl = torch.einsum("bdl,kcd->bkcl", h.flatten(2), self.x_proj_weight.to(h.dtype))
+        A = -torch.exp(self.A_logs.to(h.dtype))
+        return cross_selective_scan(h, x_dbl, self.dt_projs_weight, A, self.Ds, self.dt_projs_bias.reshape(-1))
+
+    def cross_scan_unfused(self, h: torch.Tensor) -> torch.Tensor:
+        """The same as :meth:`cross_scan_fused` in separate steps (any device, dtype and backend; autograd)."""
         batch, d_inner, height, width = h.shape
         ys = selective_scan(**self.scan_inputs(h), delta_softplus=True, backend=self.scan_backend)
-        y = cross_merge(ys.reshape(batch, K_ROUTES, d_inner, height * width), height, width)
+        return cross_merge(ys.reshape(batch, K_ROUTES, d_inner, height * width), height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.conv2d(self.in_proj(x)))
+        y = None
+        if self.fused_cross_scan_applies(h):
+            try:
+                y = self.cross_scan_fused(h)
+            except KernelUnavailable as error:
+                if self.scan_backend != "auto":
+                    raise
+                mark_broken(error)
+        if y is None:
+            y = self.cross_scan_unfused(h)
         y = self.out_norm(y).to(x.dtype)
         return self.out_proj(y)

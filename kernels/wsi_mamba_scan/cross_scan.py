@@ -1,0 +1,73 @@
+"""SS2D's four-route scan fused into one CPU kernel, for inference (numba; no autograd).
+
+The unfused SS2D builds the four route sequences of the map (row-major, column-major and both reversed) as one
+(batch, 4·Di, L) copy, projects them to Δ, B and C route by route, scans, and flips and transposes the four
+outputs back before summing them: several passes over 4·Di·L values besides the scan, and Δ (4·Di·L) written
+and read again. Here the kernel reads the map in place (and one transposed copy for the column routes), walks
+it forwards or backwards, computes Δ from its low-rank factor in registers, and adds each route's output into
+a row-major and a column-major result, summed at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cpu_fused import _LOCK, CHUNK, KernelUnavailable, _first_call_checked, _kernels, _threads, fused_available
+
+ROUTES = 4
+FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def cross_scan_supported(h: torch.Tensor) -> bool:
+    """True when the fused kernel can take the map ``h``: a float32/float64 CPU tensor, numba usable."""
+    return h.device.type == "cpu" and h.dtype in FUSED_DTYPES and fused_available()
+
+
+def cross_selective_scan(
+    h: torch.Tensor,
+    x_dbl: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Sum over the four routes of the selective scan of ``h`` (batch, Di, H, W), back in map order.
+
+    ``x_dbl`` (batch, 4, R + 2N, H·W): per map position and route the low-rank Δ factor, B and C (map order);
+    ``dt_weight`` (4, Di, R); ``A`` (4·Di, N); ``D``, ``delta_bias`` (4·Di,); Δ goes through softplus. Raises
+    :class:`~wsi_mamba_scan.cpu_fused.KernelUnavailable` when numba cannot run the kernel."""
+    batch, heads, height, width = h.shape
+    length = height * width
+    dtype = h.dtype
+    rank = dt_weight.shape[-1]
+    dstate = A.shape[-1]
+    if x_dbl.shape != (batch, ROUTES, rank + 2 * dstate, length):
+        raise ValueError(f"cross_selective_scan: x_dbl has shape {tuple(x_dbl.shape)}, expected "
+                         f"{(batch, ROUTES, rank + 2 * dstate, length)}")
+
+    def array(x: torch.Tensor):
+        return x.detach().to(dtype).contiguous().numpy()
+
+    kernels = _kernels()
+    map_rows = h.detach().reshape(batch, heads, length)
+    map_cols = h.detach().transpose(2, 3).reshape(batch, heads, length)
+    # routes 1 and 3 read their projections in column-major order, as they read the map
+    x_dbl = x_dbl.detach().clone()
+    x_dbl[:, 1::2] = x_dbl[:, 1::2].unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)
+    y_rows = torch.zeros((batch, heads, length), dtype=dtype)
+    y_cols = torch.zeros((batch, heads, length), dtype=dtype)
+    with _LOCK:
+        threads = _threads()
+        lanes = -(-heads // 16)
+        splits = max(1, min(lanes, -(-2 * threads // batch)))
+        workers = max(1, min(threads, batch * splits))
+        _first_call_checked(
+            kernels.cross_scan_forward, "cross scan", dtype, array(map_rows), array(map_cols), array(x_dbl),
+            array(dt_weight.reshape(ROUTES * heads, rank)), array(A), array(D), array(delta_bias), rank, CHUNK,
+            splits, workers, y_rows.numpy(), y_cols.numpy(),
+        )
+    y = y_rows.view(batch, heads, height, width)
+    return y.add_(y_cols.view(batch, heads, width, height).transpose(2, 3))
+
+
+__all__ = ["KernelUnavailable", "cross_scan_supported", "cross_selective_scan"]
