@@ -19,6 +19,9 @@ import importlib.util
 import os
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
 
 import torch
 
@@ -123,7 +126,16 @@ def _kernels():
         raise KernelUnavailable(f"numba does not import: {error}") from error
 
 
-def _first_call_checked(kernel, name: str, dtype: torch.dtype, *arguments) -> None:
+@contextmanager
+def kernel_launch() -> Iterator[tuple[ModuleType, int]]:
+    """(the kernel module, the numba thread count to plan for), held under the lock that serialises launches.
+    Raises ``KernelUnavailable`` when numba does not import."""
+    kernels = _kernels()
+    with _LOCK:
+        yield kernels, _threads()
+
+
+def first_call_checked(kernel, name: str, dtype: torch.dtype, *arguments) -> None:
     """Run ``kernel``; a failure on its first call per dtype (the compilation) raises ``KernelUnavailable``."""
     key = (name, dtype)
     if key in _status["compiled"]:
@@ -138,7 +150,6 @@ def _first_call_checked(kernel, name: str, dtype: torch.dtype, *arguments) -> No
 
 def fused_forward(args: ScanArgs, softplus: bool, save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y in u's dtype, last state, chunk checkpoints (batch, dim, chunks, N) or an empty tensor)."""
-    kernels = _kernels()
     dtype = compute_dtype(args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias)
     prepared = Prepared(args, dtype)
     chunk = CHUNK
@@ -146,9 +157,9 @@ def fused_forward(args: ScanArgs, softplus: bool, save: bool) -> tuple[torch.Ten
     y = torch.empty((args.batch, args.dim, args.length), dtype=dtype)
     last = torch.empty((args.batch, args.dim, args.dstate), dtype=dtype)
     ckpt = torch.empty((args.batch, args.dim, chunks, args.dstate) if save else (1, 1, 1, 1), dtype=dtype)
-    with _LOCK:
-        splits, workers = plan_work(args, _threads())
-        _first_call_checked(
+    with kernel_launch() as (kernels, threads):
+        splits, workers = plan_work(args, threads)
+        first_call_checked(
             kernels.scan_forward, "forward", dtype, *prepared.inputs(), softplus, prepared.gated, chunk, splits,
             workers, y.numpy(), last.numpy(), ckpt.numpy(), save,
         )
@@ -157,7 +168,6 @@ def fused_forward(args: ScanArgs, softplus: bool, save: bool) -> tuple[torch.Ten
 
 def fused_backward(args: ScanArgs, softplus: bool, ckpt: torch.Tensor, grad_y: torch.Tensor) -> dict:
     """Gradients of every input, each in its input's dtype."""
-    kernels = _kernels()
     dtype = ckpt.dtype
     prepared = Prepared(args, dtype)
     chunk = CHUNK
@@ -168,11 +178,11 @@ def fused_backward(args: ScanArgs, softplus: bool, ckpt: torch.Tensor, grad_y: t
     dA = torch.empty((args.batch, args.dim, args.dstate), dtype=torch.float64)
     dD = torch.empty((args.batch, args.dim), dtype=torch.float64)
     dbias = torch.empty((args.batch, args.dim), dtype=torch.float64)
-    with _LOCK:
-        splits, workers = plan_work(args, _threads())
+    with kernel_launch() as (kernels, threads):
+        splits, workers = plan_work(args, threads)
         grouped = (splits, args.batch, args.groups, args.length, args.dstate)
         dBt, dCt = torch.empty(grouped, dtype=dtype), torch.empty(grouped, dtype=dtype)
-        _first_call_checked(
+        first_call_checked(
             kernels.scan_backward, "backward", dtype, *prepared.inputs(), softplus, prepared.gated, chunk, splits,
             workers, ckpt.numpy(), dy.numpy(), du.numpy(), ddelta.numpy(), dz.numpy(), dA.numpy(), dD.numpy(),
             dbias.numpy(), dBt.numpy(), dCt.numpy(),

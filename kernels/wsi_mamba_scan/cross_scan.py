@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .cpu_fused import _LOCK, CHUNK, KernelUnavailable, _first_call_checked, _kernels, _threads, fused_available
+from .cpu_fused import CHUNK, KernelUnavailable, first_call_checked, fused_available, kernel_launch
 
 ROUTES = 4
 FUSED_DTYPES = (torch.float32, torch.float64)
@@ -48,7 +48,6 @@ def cross_selective_scan(
     def array(x: torch.Tensor):
         return x.detach().to(dtype).contiguous().numpy()
 
-    kernels = _kernels()
     map_rows = h.detach().reshape(batch, heads, length)
     map_cols = h.detach().transpose(2, 3).reshape(batch, heads, length)
     # routes 1 and 3 read their projections in column-major order, as they read the map
@@ -56,12 +55,11 @@ def cross_selective_scan(
     x_dbl[:, 1::2] = x_dbl[:, 1::2].unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)
     y_rows = torch.zeros((batch, heads, length), dtype=dtype)
     y_cols = torch.zeros((batch, heads, length), dtype=dtype)
-    with _LOCK:
-        threads = _threads()
+    with kernel_launch() as (kernels, threads):
         lanes = -(-heads // 16)
         splits = max(1, min(lanes, -(-2 * threads // batch)))
         workers = max(1, min(threads, batch * splits))
-        _first_call_checked(
+        first_call_checked(
             kernels.cross_scan_forward, "cross scan", dtype, array(map_rows), array(map_cols), array(x_dbl),
             array(dt_weight.reshape(ROUTES * heads, rank)), array(A), array(D), array(delta_bias), rank, CHUNK,
             splits, workers, y_rows.numpy(), y_cols.numpy(),
