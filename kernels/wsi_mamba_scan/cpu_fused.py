@@ -65,12 +65,18 @@ def load_kernels():
     return numba_kernels
 
 
+def plan_items(channels: int, units: int, threads: int) -> tuple[int, int]:
+    """(items per unit, parallel workers) for ``units`` independent runs of ``channels`` channels each. Items:
+    about two per thread, at most one per 16-channel lane group; each worker takes every ``workers``-th item and
+    owns one set of scratch buffers."""
+    lanes = -(-channels // LANES)
+    splits = max(1, min(lanes, -(-2 * threads // units)))
+    return splits, max(1, min(threads, units * splits))
+
+
 def plan_work(args: ScanArgs, threads: int) -> tuple[int, int]:
-    """(items per (batch, group), parallel workers). Items: about two per thread, at most one per 16-channel
-    lane group; each worker takes every ``workers``-th item and owns one set of scratch buffers."""
-    lanes = -(-(args.dim // args.groups) // LANES)
-    splits = max(1, min(lanes, -(-2 * threads // (args.batch * args.groups))))
-    return splits, max(1, min(threads, args.batch * args.groups * splits))
+    """(items per (batch, group), parallel workers) of the scan: :func:`plan_items` over batch · groups."""
+    return plan_items(args.dim // args.groups, args.batch * args.groups, threads)
 
 
 def mark_broken(error: BaseException) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .cpu_fused import CHUNK, KernelUnavailable, first_call_checked, fused_available, kernel_launch
+from .cpu_fused import CHUNK, KernelUnavailable, first_call_checked, fused_available, kernel_launch, plan_items
 
 ROUTES = 4
 FUSED_DTYPES = (torch.float32, torch.float64)
@@ -56,9 +56,7 @@ def cross_selective_scan(
     y_rows = torch.zeros((batch, heads, length), dtype=dtype)
     y_cols = torch.zeros((batch, heads, length), dtype=dtype)
     with kernel_launch() as (kernels, threads):
-        lanes = -(-heads // 16)
-        splits = max(1, min(lanes, -(-2 * threads // batch)))
-        workers = max(1, min(threads, batch * splits))
+        splits, workers = plan_items(heads, batch, threads)  # items: runs of lanes of one batch element
         first_call_checked(
             kernels.cross_scan_forward, "cross scan", dtype, array(map_rows), array(map_cols), array(x_dbl),
             array(dt_weight.reshape(ROUTES * heads, rank)), array(A), array(D), array(delta_bias), rank, CHUNK,

@@ -550,7 +550,7 @@ def _gather_route_rows(x_dbl, b, g, reverse, t0, steps, rows, w):
 
 @njit(**JIT)
 def _gather_route(src, b, c0, width, reverse, t0, steps, tiles, w):
-    """tiles[w, t, c] = src[b, c0 + c, position of step t0 + t] for c < width, 0 beyond (16 x 16 tiles)."""
+    """tiles[w, t, c] = src[b, c0 + c, position of step t0 + t] for c < width, 0 beyond."""
     if not reverse:
         _gather(src, b, c0, width, t0, steps, tiles, w)
         return
@@ -558,10 +558,8 @@ def _gather_route(src, b, c0, width, reverse, t0, steps, tiles, w):
     for t in range(steps):
         for c in range(LANES):
             tiles[w, t, c] = 0
-    for tb in range(0, steps, 16):
-        for t in range(tb, min(tb + 16, steps)):
-            for c in range(width):
-                tiles[w, t, c] = src[b, c0 + c, end - t]
+        for c in range(width):
+            tiles[w, t, c] = src[b, c0 + c, end - t]
 
 
 @njit(**JIT)

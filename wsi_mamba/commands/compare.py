@@ -29,30 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--aggregator SS2D=eval/ss2d --aggregator ABMIL=eval/abmil --paired SS2D ABMIL",
     )
     p.add_argument("--out", required=True, help="folder for comparison.md, comparison.png, comparison.json")
-    p.add_argument(
-        "--encoder",
-        action="append",
-        default=[],
-        type=labelled_folder,
-        metavar="LABEL=FOLDER",
-        help="an encoder: FOLDER holds encoder.safetensors and valid-patches.csv + .metrics.json (repeatable)",
-    )
-    p.add_argument(
-        "--mode",
-        action="append",
-        default=[],
-        type=labelled_folder,
-        metavar="LABEL=FOLDER",
-        help="a feature mode (tile, region): an evaluate output folder (repeatable)",
-    )
-    p.add_argument(
-        "--aggregator",
-        action="append",
-        default=[],
-        type=labelled_folder,
-        metavar="LABEL=FOLDER",
-        help="a slide aggregator: an evaluate output folder (repeatable)",
-    )
+    labelled_options = {
+        "--encoder": "an encoder: FOLDER holds encoder.safetensors and valid-patches.csv + .metrics.json",
+        "--mode": "a feature mode (tile, region): an evaluate output folder",
+        "--aggregator": "a slide aggregator: an evaluate output folder",
+    }
+    for option, what in labelled_options.items():
+        p.add_argument(
+            option, action="append", default=[], type=labelled_folder, metavar="LABEL=FOLDER",
+            help=f"{what} (repeatable)",
+        )
     p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="DeLong's paired test between these two labels")
     p.add_argument("--no-profile", action="store_true", help="skip the encoders' GFLOPs and CPU speed")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed batches per encoder (median; default 3)")
