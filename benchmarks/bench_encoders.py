@@ -63,7 +63,7 @@ def patch_auc(checkpoint: str, patches: str) -> tuple[float, float, float]:
     from wsi_mamba.data.patches import open_patches
     from wsi_mamba.workflows.score_patches import load_patch_classifier, patch_metrics, score_patch_source
 
-    result = score_patch_source(open_patches(patches), load_patch_classifier(checkpoint))
+    result = score_patch_source(open_patches(patches), load_patch_classifier(checkpoint)[0])
     metrics = patch_metrics(result)
     if metrics is None:
         raise SystemExit(f"{patches}: needs labelled patches of both classes for an AUC")

@@ -4,6 +4,7 @@ the same tiles.
     python benchmarks/bench_predict.py                          # 20000 x 20000 px, the shipped default model
     python benchmarks/bench_predict.py --size 4096 --model runs/model --threads 2
     python benchmarks/bench_predict.py --slide my.svs --model runs/model --json
+    python benchmarks/bench_predict.py --views 1                                 # one view instead of the model's
 
 The slide (a tumour slide of the synthetic cohort, seed ``--seed``) is written once into ``--cache`` and
 reused. Both phases run in this process, one after the other, on the same tile grid (the model encoder's
@@ -112,7 +113,7 @@ def encode_phase(path: Path, encoder, options, limit: int) -> dict:
         stream.close()
     start = time.perf_counter()
     for tiles in batches:
-        encoder.encode(tiles)
+        encoder.encode(tiles, options.views)
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the tile encoder runs")
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (as predict)")
     parser.add_argument("--read-threads", type=int, default=4, help="tile-reading threads (as predict)")
+    parser.add_argument("--views", type=int, choices=(1, 4, 8), help="test-time views (default: the model's)")
     parser.add_argument("--encode-tiles", type=int, default=1024, help="tiles timed in the encode phase (0: none)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
@@ -163,7 +165,8 @@ def main() -> None:
     bundle = load_model(args, parser)
     bundle.encoder.to(args.device)
     path = slide_path(args)
-    options = TileOptions(batch_size=args.batch_size, workers=args.read_threads)
+    views = args.views or int(bundle.feature_mode.get("views", 1))
+    options = TileOptions(batch_size=args.batch_size, workers=args.read_threads, views=views)
     warm = np.zeros((min(args.batch_size, 8), bundle.encoder.tile_px, bundle.encoder.tile_px, 3), np.uint8)
     bundle.encoder.encode(warm)  # first-call costs (allocator, kernels) are not the slide's
     base_mib = current_rss() / 2**20
@@ -186,6 +189,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "reader_threads": args.read_threads,
         "batch_size": args.batch_size,
+        "views": views,
         "tiles": read["tiles"],
         "read_s": read["seconds"],
         "predict_s": predict["seconds"],
@@ -207,7 +211,7 @@ def main() -> None:
     print(
         f"# model {r['model']} (encoder {r['encoder']}, {r['tile_px']} px tiles at {r['mpp']} µm/px) on "
         f"{r['device']}, {r['torch_threads']} torch threads, {r['reader_threads']} reader threads, "
-        f"batch {r['batch_size']}; RSS before {r['base_rss_mib']:.0f} MiB; score {r['score']}"
+        f"batch {r['batch_size']}, {r['views']} view(s); RSS before {r['base_rss_mib']:.0f} MiB; score {r['score']}"
     )
     print(
         "| slide px | tissue tiles | read s | encode s | predict s | predict / read | predict / floor | read tiles/s "

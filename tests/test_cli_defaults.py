@@ -28,6 +28,7 @@ TILE_OPTIONS = [
     ("slide_mpp", TileOptions, "slide_mpp"),
     ("region_px", TileOptions, "region_px"),
     ("region_overlap_px", TileOptions, "region_overlap_px"),
+    ("views", TileOptions, "views"),
 ]
 
 # (command, option dest, dataclass, field)

@@ -14,9 +14,14 @@ from PIL import Image
 from wsi_mamba.cli import main
 from wsi_mamba.data.augment import AugmentConfig, augment_patches, dihedral, hed_jitter
 from wsi_mamba.data.patches import PatchReadError, open_patches, require_labelled
-from wsi_mamba.models.checkpoint import read_checkpoint_metadata
+from wsi_mamba.models.checkpoint import read_checkpoint_metadata, read_safetensors
 from wsi_mamba.workflows.configs import PatchTrainingConfig
-from wsi_mamba.workflows.patch_training import carve_validation, duplicate_groups, train_encoder_on_patches
+from wsi_mamba.workflows.patch_training import (
+    carve_validation,
+    duplicate_groups,
+    train_encoder_on_patches,
+    weight_average,
+)
 
 PCAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam"
 PX = 32
@@ -216,10 +221,40 @@ def test_train_on_patches_writes_checkpoint_with_geometry(
     assert (tmp_path / "s" / "scores.roc.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "s" / "scores.metrics.json").read_text())
     assert metrics["n"] == 48 and 0.5 < metrics["auc"] <= 1 and metrics["auc_ci_low"] <= metrics["auc"]
+    assert metrics["views"] == 1  # an encoder checkpoint: one view unless told
     code, out, _ = run(["score-patches", x_file, "--model", path, "--json", "--tta"], capsys)
     rows = json.loads(out)
     assert code == 0 and len(rows) == 48 and {"path", "index", "score", "label"} <= set(rows[0])
     assert [r["index"] for r in rows] == list(range(48)) and all(0 <= r["score"] <= 1 for r in rows)
+
+
+def test_weight_average_is_an_exponential_moving_average() -> None:
+    model = torch.nn.Linear(3, 2)
+    averaged = weight_average(model, 0.9)
+    expected: dict[str, torch.Tensor] = {}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        averaged.update_parameters(model)
+        # the first update copies the weights; each later one moves a tenth of the way towards them
+        expected = {k: 0.9 * expected[k] + 0.1 * v if expected else v.clone() for k, v in model.state_dict().items()}
+    for key, value in averaged.module.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+    assert weight_average(model, None) is None
+    with pytest.raises(ValueError, match="decay"):
+        weight_average(model, 1.5)
+
+
+def test_train_on_patches_keeps_the_averaged_weights(tmp_path: Path, one_torch_thread: None) -> None:
+    source = open_patches(write_h5(tmp_path / "h5", 32))
+    common = dict(model="vmamba_pico", epochs=1, batch_size=8, lr=3e-3, patience=1, val_fraction=0.25)
+    raw = read_safetensors(train_encoder_on_patches(source, tmp_path / "raw", PatchTrainingConfig(**common)))
+    path = train_encoder_on_patches(source, tmp_path / "ema", PatchTrainingConfig(**common, ema_decay=0.5))
+    ema = read_safetensors(path)
+    assert read_checkpoint_metadata(path)["metadata"]["training"]["config"]["ema_decay"] == 0.5
+    # same seed, same steps: the averaged weights lag the raw ones, so they differ
+    assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in raw)
 
 
 def test_score_patches_reports_a_corrupt_jpeg_and_scores_the_rest(

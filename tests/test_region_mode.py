@@ -148,7 +148,7 @@ def test_stores_record_the_mode_and_modes_never_mix(slide_path: Path, encoder: T
 def test_predict_takes_the_model_mode() -> None:
     region = {"mode": "region", "region_px": 256, "region_overlap_px": 64}
     options = TileOptions(workers=1)
-    assert options_for_model(options, None, "m") is options
+    assert options_for_model(options, None, "m") == TileOptions(workers=1, views=1)  # tile mode: the model's views
     taken = options_for_model(options, region, "m")
     assert (taken.region_px, taken.region_overlap_px, taken.workers) == (256, 64, 1)
     assert options_for_model(TileOptions(region_px=256), region, "m").region_overlap_px == 64

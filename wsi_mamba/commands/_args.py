@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..data.augment_config import VIEW_COUNTS
 from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
 from ..workflows.configs import TileOptions
 
@@ -129,7 +130,7 @@ def command_device(args: argparse.Namespace) -> torch.device:
 
 def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> None:
     """The :class:`~wsi_mamba.workflows.configs.TileOptions` options: ``--batch-size``, ``--read-threads``,
-    ``--min-tissue``, ``--slide-mpp``, ``--region-px``, ``--region-overlap``. ``workers_alias`` adds
+    ``--min-tissue``, ``--slide-mpp``, ``--region-px``, ``--region-overlap``, ``--views``. ``workers_alias`` adds
     ``--workers``, the old name of ``--read-threads`` (deprecated: ``--workers`` means worker processes, as in
     ``cohort``)."""
     d = TILE_DEFAULTS
@@ -163,12 +164,26 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         default=d.region_overlap_px,
         help="region mode: px shared by neighbouring regions, whole tiles (default: a quarter of --region-px)",
     )
+    p.add_argument(
+        "--views",
+        type=int,
+        choices=VIEW_COUNTS,
+        default=d.views,
+        help="tile mode: average each tile's features over 1, 4 (rotations) or 8 (and mirror images) views; 4x/8x "
+        "the encoding time (default: 1; predict: the model's)",
+    )
 
 
 def tile_options(args: argparse.Namespace) -> TileOptions:
     """The :class:`TileOptions` of the options :func:`tile_arguments` added."""
     return TileOptions(
-        args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp, args.region_px, args.region_overlap_px
+        args.min_tissue,
+        args.batch_size,
+        args.read_threads,
+        args.slide_mpp,
+        args.region_px,
+        args.region_overlap_px,
+        args.views,
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..data.augment_config import VIEW_COUNTS
 from ._args import (
     THREADS_HELP,
     command_device,
@@ -38,7 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="CSV with path,label columns naming the patches' labels")
     p.add_argument("--out", help="CSV of per-patch scores; NAME.metrics.json and NAME.roc.png go beside it")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, [index], [label], score}")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
+    p.add_argument(
+        "--views",
+        type=int,
+        choices=VIEW_COUNTS,
+        help="score each patch as the mean logit of 1, 4 (rotations) or 8 (and mirror images) views (default: the "
+        "model folder's, 1 for an encoder checkpoint)",
+    )
+    p.add_argument("--tta", dest="views", action="store_const", const=8, help="the same as --views 8")
     p.add_argument("--threshold", type=float, help="patch probability threshold for the accuracy (default 0.5)")
     p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default 128)")
@@ -68,15 +76,16 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     if args.patch_mpp:
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
-    encoder = load_patch_classifier(args.model, device, weights=args.encoder_weights)
+    encoder, model_views = load_patch_classifier(args.model, device, weights=args.encoder_weights)
+    views = args.views or model_views
     threshold = 0.5 if args.threshold is None else args.threshold
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
-        result = score_patch_source(source, encoder, args.batch_size, args.tta, on_batch=bar.update)
+        result = score_patch_source(source, encoder, args.batch_size, views, on_batch=bar.update)
     for message in result.errors.values():
         print(f"error: {message}", file=sys.stderr)
     metrics = patch_metrics(result, threshold)
     if metrics is not None:
-        metrics.update(model=args.model or "default", tta=args.tta, unreadable=len(result.errors))
+        metrics.update(model=args.model or "default", views=views, unreadable=len(result.errors))
     if args.out:
         written = write_patch_outputs(result, args.out, metrics, encoder.name)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)

@@ -124,6 +124,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=patch_defaults.val_fraction, help="carved validation part")
     p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
     p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="validate and keep a moving average of the weights, DECAY per step, e.g. 0.998 (patches)",
+    )
+    p.add_argument(
         "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
     )
     p.add_argument("--seed", type=int, default=patch_defaults.seed)
@@ -290,6 +296,7 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
         patience=args.patience,
         val_fraction=args.val_fraction,
         epoch_patches=args.epoch_patches,
+        ema_decay=args.ema,
         seed=args.seed,
     )
     path = train_encoder_on_patches(source, args.out, cfg, val_source, device=device)

@@ -1,8 +1,11 @@
-"""Strengths of the histology augmentations (a plain dataclass, importable without torch)."""
+"""Strengths of the histology augmentations and the test-time view counts (plain data, importable without torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+VIEW_COUNTS = (1, 4, 8)
+"""Test-time views a tile can be encoded in: itself, its four 90° rotations, or those and their mirror images."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..data.augment_config import VIEW_COUNTS
 from ..devices import resolve_device
 from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
@@ -163,6 +164,8 @@ def check_manifest(meta: dict) -> None:
     if mode["mode"] == "region":
         check_int("model feature_mode", "region_px", mode.get("region_px"), 1, 1_000_000)
         check_int("model feature_mode", "region_overlap_px", mode.get("region_overlap_px"), 0, 1_000_000)
+    elif mode.get("views", 1) not in VIEW_COUNTS:
+        raise ValueError(f"feature_mode views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {mode['views']!r}")
 
 
 def check_baseline(baseline: object) -> None:
@@ -183,6 +186,16 @@ def check_baseline(baseline: object) -> None:
     if any(v == 0 for v in baseline["scale"]):
         raise ValueError("scale must not hold zeros")
     check_float("baseline", "intercept", baseline.get("intercept"), -1e12, 1e12)
+
+
+def model_views(folder: Path) -> int:
+    """The dihedral views a model folder's tiles are encoded in (its ``feature_mode``; 1 before views existed)."""
+    meta = FORMAT.read(folder / MANIFEST)
+    try:
+        check_manifest(meta)
+    except ValueError as exc:
+        raise ValueError(f"{folder / MANIFEST}: {exc}") from None
+    return int((meta.get("feature_mode") or {}).get("views", 1))
 
 
 def load_bundle(

@@ -19,6 +19,7 @@ class TileOptions:
     slide_mpp: float | None = None  # override for slides without resolution metadata
     region_px: int | None = None  # region mode: whole regions of this many px per encoder pass (None: tile mode)
     region_overlap_px: int | None = None  # px shared by neighbouring regions (None: a quarter, in whole tiles)
+    views: int | None = None  # tile mode: features averaged over 1, 4 or 8 dihedral views (None: 1; predict: model's)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class PatchTrainingConfig:
     max_val_patches: int = 4000
     epoch_patches: int | None = None  # class-balanced draws per epoch (default: the training part's size)
     patience: int = 4  # epochs without a better validation AUC before stopping
+    ema_decay: float | None = None  # validate and keep an exponential moving average of the weights (per step)
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

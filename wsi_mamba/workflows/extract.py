@@ -90,6 +90,7 @@ def encode_slide(
     cannot be decoded (a damaged JPEG tile) is left out with a warning naming it and counted in
     ``corrupt_tiles``; more than :data:`MAX_CORRUPT_FRACTION` of them fail the slide. With
     ``options.region_px`` the tiles are encoded in region mode (:mod:`.region_mode`)."""
+    mode = _mode_attrs(options, encoder)  # checked before any work
     tissue = detect_tissue(slide)
     grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
     features = np.zeros((len(grid), encoder.dim), np.float32)
@@ -107,7 +108,7 @@ def encode_slide(
             on_batch(len(bad))
         keep = np.setdiff1d(np.arange(len(grid)), bad)
         grid, features, colour = _leave_out(grid, bad), features[keep], colour[keep]
-    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), _mode_attrs(options, encoder))
+    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), mode)
 
 
 def _mode_attrs(options: TileOptions, encoder: TileEncoder) -> dict:

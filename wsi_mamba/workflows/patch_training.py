@@ -12,6 +12,7 @@ slides are later tiled at the patches' resolution.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..data.augment import augment_patches
@@ -85,6 +87,15 @@ def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 12
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def weight_average(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (and buffers) with ``decay`` per step, or None."""
+    if not decay:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"weight-average decay must be in (0, 1), got {decay}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_encoder_on_patches(
     source: PatchSource,
     out: str | Path,
@@ -140,6 +151,8 @@ def train_encoder_on_patches(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
+    averaged = weight_average(model, cfg.ema_decay)
+    validated = dataclasses.replace(encoder, model=averaged.module) if averaged is not None else encoder
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     best = {"auc": -1.0, "epoch": 0, "state": None}
@@ -167,10 +180,12 @@ def train_encoder_on_patches(
                     logit = model(encoder.preprocess(x)).squeeze(1)
                 loss = F.binary_cross_entropy_with_logits(logit.float(), target)
                 optimiser_step(loss, model, optimiser, schedule, clip_norm=1.0)
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 losses.append(loss.item())
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        scores = patch_scores(encoder, val_patches)
+        scores = patch_scores(validated, val_patches)
         val_auc = slide_auc(val_labels, scores)
         val_acc = float(((scores >= 0.5) == (val_labels == 1)).mean())
         row = {
@@ -185,7 +200,7 @@ def train_encoder_on_patches(
         write_csv_atomic(metrics_path, list(row), [list(r.values()) for r in history])
         improved = val_auc > best["auc"]
         if improved:
-            best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(validated.model.state_dict())}
         print(
             f"epoch {epoch}: loss {row['train_loss']:.4f}, validation AUC {val_auc:.4f}, accuracy {val_acc:.3f}"
             f"{' (best)' if improved else ''}, {row['seconds']:.0f} s",

@@ -42,14 +42,15 @@ def prepare_batch(pin: bool) -> Callable[[np.ndarray], Prepared]:
 
 
 @torch.inference_mode()
-def launch(encoder: TileEncoder, tiles: np.ndarray, pinned: torch.Tensor | None) -> tuple:
-    """Start encoding a batch: on the CPU the finished (n, dim) features and no event; on CUDA the features
-    copying (non-blocking) into a pinned host tensor and the event recorded after the copy."""
+def launch(encoder: TileEncoder, tiles: np.ndarray, pinned: torch.Tensor | None, views: int = 1) -> tuple:
+    """Start encoding a batch (features averaged over ``views`` dihedral views): on the CPU the finished (n, dim)
+    features and no event; on CUDA the features copying (non-blocking) into a pinned host tensor and the event
+    recorded after the copy."""
     if pinned is None:
-        return encoder.encode(tiles), None
+        return encoder.encode(tiles, views), None
     x = encoder.preprocess(pinned)  # non-blocking host-to-device copy from pinned memory
     with autocast(x.device):
-        out = encoder.features(x)
+        out = encoder.view_features(x, views)
     host = torch.empty(tuple(out.shape), dtype=torch.float32, pin_memory=True)
     host.copy_(out.float(), non_blocking=True)
     event = torch.cuda.Event()
@@ -89,7 +90,7 @@ def encode_tiles(
     for batch in batches:
         stats, pinned = batch.prepared
         colour[batch.indices] = stats
-        launched = (batch.indices, *launch(encoder, batch.tiles, pinned), pinned)
+        launched = (batch.indices, *launch(encoder, batch.tiles, pinned, options.views or 1), pinned)
         if in_flight is not None:
             finish(in_flight)  # the previous batch's features, while the device works on this one
         in_flight = launched

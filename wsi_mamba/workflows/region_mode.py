@@ -21,6 +21,7 @@ normalised in place, and the selective scan's chunked CPU path needs memory inde
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ import torch
 from ..devices import autocast
 from ..evaluation.colour import COLOUR_STATS, tile_colour_stats
 from ..models.encoder import TileEncoder
+from ..models.encoders.base import check_views
 from ..models.vmamba import VSSM
 from ..slide.base import Slide, check_pixels, resize_rgb
 from ..slide.errors import TileDecodeError
@@ -73,8 +75,11 @@ def region_cells(options: TileOptions, tile_px: int) -> tuple[int, int]:
 
 def mode_attrs(options: TileOptions, tile_px: int) -> dict:
     """What a feature store (and a model trained on it) records about how features were made."""
+    views = check_views(options.views or 1)
     if not options.region_px:
-        return dict(TILE_MODE)
+        return {**TILE_MODE, "views": views} if views > 1 else dict(TILE_MODE)
+    if views > 1:
+        raise ValueError(f"--views {views} is for tile mode: region mode encodes whole regions, not tiles")
     k, overlap = region_cells(options, tile_px)
     return {"mode": "region", "region_px": k * tile_px, "region_overlap_px": overlap * tile_px}
 
@@ -96,12 +101,13 @@ def check_region_mode(options: TileOptions, encoder: TileEncoder) -> dict:
 
 def options_for_model(options: TileOptions, model_mode: dict | None, model: str) -> TileOptions:
     """``options`` in the mode a model was trained in (``model_mode``: its ``feature_mode``, None: tile mode);
-    ``ValueError`` when ``options`` ask for a region mode other than the model's."""
+    ``ValueError`` when ``options`` ask for a region mode other than the model's. In tile mode the model's views
+    are used unless ``options`` name others, which earns a warning (the slide model saw features of its own)."""
     model_mode = model_mode or TILE_MODE
     region = model_mode.get("mode") == "region"
     if options.region_px is None:
         if not region:
-            return options
+            return views_for_model(options, int(model_mode.get("views", 1)), model)
         return replace(
             options, region_px=int(model_mode["region_px"]), region_overlap_px=int(model_mode["region_overlap_px"])
         )
@@ -116,6 +122,19 @@ def options_for_model(options: TileOptions, model_mode: dict | None, model: str)
             f"({options.region_px} px): leave --region-px out to use the model's mode"
         )
     return replace(options, region_overlap_px=int(model_mode["region_overlap_px"]))
+
+
+def views_for_model(options: TileOptions, model_views: int, model: str) -> TileOptions:
+    """``options`` with the model's tile views unless they name others (then a warning)."""
+    if options.views is None:
+        return replace(options, views=model_views)
+    if options.views != model_views:
+        warnings.warn(
+            f"model {model} was trained on features averaged over {model_views} view(s), not {options.views}: "
+            "its scores will differ from its evaluation",
+            stacklevel=3,
+        )
+    return options
 
 
 def _axis_layout(n: int, k: int, overlap: int) -> tuple[np.ndarray, int, np.ndarray]:

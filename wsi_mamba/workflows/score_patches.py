@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import dihedral
 from ..data.patches import PatchReadError, PatchSource
 from ..devices import autocast, resolve_device
 from ..models.encoder import TileEncoder, load_encoder
-from .bundle import MANIFEST, model_path
+from ..models.encoders.base import check_views, dihedral_views
+from .bundle import MANIFEST, model_path, model_views
 
 MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
 
@@ -38,10 +38,12 @@ class PatchScores:
 
 def load_patch_classifier(
     model: str | Path | None = None, device: str | torch.device | None = None, weights: str | Path | None = None
-) -> TileEncoder:
-    """The tile encoder with its tumour head: from a model folder (its ``encoder.safetensors``; None = the
-    shipped default model), an encoder checkpoint (``.safetensors``), or ``timm:NAME`` with local ``weights``
-    whose head has one output; on ``device`` (None: the CPU)."""
+) -> tuple[TileEncoder, int]:
+    """The tile encoder with its tumour head and the views its model scores tiles in: from a model folder (its
+    ``encoder.safetensors`` and ``feature_mode`` views; None = the shipped default model), an encoder checkpoint
+    (``.safetensors``; 1 view), or ``timm:NAME`` with local ``weights`` whose head has one output; on ``device``
+    (None: the CPU)."""
+    views = 1
     if weights is not None:
         if model is None:
             raise ValueError(f"{weights}: name the architecture of the weights (e.g. --model timm:resnet18)")
@@ -52,11 +54,12 @@ def load_patch_classifier(
         if path.is_dir() and not (path / "config.json").is_file():
             if not (path / MANIFEST).exists():
                 raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
+            views = model_views(path)
             path = path / "encoder.safetensors"
         encoder = load_encoder(path)
     if encoder.num_classes != 1:
         raise ValueError(f"{path}: the encoder has {encoder.num_classes} outputs, not one tumour logit")
-    return encoder if device is None else encoder.to(resolve_device(device))
+    return (encoder if device is None else encoder.to(resolve_device(device))), views
 
 
 def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
@@ -71,20 +74,18 @@ def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
 
 
 @torch.inference_mode()
-def classify(encoder: TileEncoder, patches: np.ndarray, tta: bool = False) -> np.ndarray:
-    """Tumour probabilities of (n, px, px, 3) uint8 patches (resized to the encoder's tile size); with
-    ``tta`` the mean over the 8 dihedral transforms."""
-    x = torch.from_numpy(np.ascontiguousarray(patches))
-    views = [dihedral(x, torch.full((len(x),), k)) for k in range(8)] if tta else [x]
-    probabilities = []
+def classify(encoder: TileEncoder, patches: np.ndarray, views: int = 1) -> np.ndarray:
+    """Tumour probabilities of (n, px, px, 3) uint8 patches (resized to the encoder's tile size): the sigmoid of
+    the mean logit over ``views`` dihedral views (1, 4 or 8), as the features of :meth:`TileEncoder.encode`."""
     model = encoder.model.eval()
-    for view in views:
-        batch = encoder.preprocess(view)  # resized there to the input size of a fixed-size model
-        if encoder.input_px is None and batch.shape[-1] != encoder.tile_px:
-            batch = F.interpolate(batch, size=(encoder.tile_px,) * 2, mode="bilinear", antialias=True)
-        with autocast(batch.device):
-            probabilities.append(torch.sigmoid(model(batch).squeeze(1).float()).cpu())
-    return torch.stack(probabilities).mean(0).numpy()
+    batch = encoder.preprocess(np.ascontiguousarray(patches))  # resized there to a fixed-size model's input
+    if encoder.input_px is None and batch.shape[-1] != encoder.tile_px:
+        batch = F.interpolate(batch, size=(encoder.tile_px,) * 2, mode="bilinear", antialias=True)
+    logits = []
+    for view in dihedral_views(batch, check_views(views)):
+        with autocast(view.device):
+            logits.append(model(view).squeeze(1).float())
+    return torch.sigmoid(torch.stack(logits).mean(0)).cpu().numpy()
 
 
 def _read_batch(source: PatchSource, indices: np.ndarray, errors: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +108,7 @@ def score_patch_source(
     source: PatchSource,
     encoder: TileEncoder,
     batch_size: int = 128,
-    tta: bool = False,
+    views: int = 1,
     on_batch: Callable[[int], None] | None = None,
 ) -> PatchScores:
     """Score every patch of ``source``; unreadable patches get NaN and an entry in ``errors``."""
@@ -118,7 +119,7 @@ def score_patch_source(
         indices = np.arange(start, min(start + batch_size, len(source)))
         good, patches = _read_batch(source, indices, errors)
         if len(good):
-            scores[good] = classify(encoder, patches, tta)
+            scores[good] = classify(encoder, patches, views)
         if on_batch is not None:
             on_batch(len(indices))
     locations = [source.location(i) for i in range(len(source))]

@@ -235,17 +235,19 @@ MODE_KEYS = ("mode", "region_px", "region_overlap_px")
 
 def feature_mode(attrs: dict) -> dict:
     """How a store's (or a model's) features were made: ``{"mode": "tile"}`` (also for stores written before
-    modes existed) or ``{"mode": "region", "region_px": …, "region_overlap_px": …}``."""
+    modes existed), ``{"mode": "tile", "views": 4}`` (features averaged over dihedral views) or
+    ``{"mode": "region", "region_px": …, "region_overlap_px": …}``."""
     if attrs.get("mode", "tile") == "tile":
-        return {"mode": "tile"}
+        views = int(attrs.get("views", 1))
+        return {"mode": "tile", "views": views} if views > 1 else {"mode": "tile"}
     return {key: attrs.get(key) for key in MODE_KEYS}
 
 
 def describe_mode(mode: dict) -> str:
-    """``tile mode`` or ``region mode (1024 px, overlap 256 px)``."""
+    """``tile mode``, ``tile mode (4 views)`` or ``region mode (1024 px, overlap 256 px)``."""
     mode = feature_mode(mode)
     if mode["mode"] == "tile":
-        return "tile mode"
+        return f"tile mode ({mode['views']} views)" if "views" in mode else "tile mode"
     return f"{mode['mode']} mode ({mode['region_px']} px, overlap {mode['region_overlap_px']} px)"
 
 

@@ -15,11 +15,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...data.augment_config import VIEW_COUNTS
 from ...devices import autocast
 
 # ImageNet statistics, as the published VMamba models were trained with (and most timm models).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+
+
+def check_views(views: int) -> int:
+    """``views`` when it is one of :data:`VIEW_COUNTS`; ``ValueError`` otherwise."""
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {views!r}")
+    return views
+
+
+def dihedral_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """The first ``views`` dihedral transforms of an (n, c, h, w) batch: 90° rotations, then their mirror images."""
+    rotations = [x] + [torch.rot90(x, k, dims=(2, 3)) for k in range(1, min(views, 4))]
+    return rotations + [r.flip(3) for r in rotations[: views - 4]]
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -98,14 +112,23 @@ class TileEncoder:
         """Pre-logit features of preprocessed tiles (differentiable; used by encoder training)."""
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
+    def view_features(self, x: torch.Tensor, views: int = 1) -> torch.Tensor:
+        """Features of preprocessed square tiles averaged over ``views`` dihedral views (:data:`VIEW_COUNTS`;
+        1: the tiles as they are). With 4 or 8 views a rotated tile gets the same features; the classifier head
+        being linear, its logit is the mean of the views' logits."""
+        if check_views(views) == 1:
+            return self.features(x)
+        return torch.stack([self.features(view).float() for view in dihedral_views(x, views)]).mean(0)
+
     @torch.inference_mode()
-    def encode(self, tiles: np.ndarray) -> np.ndarray:
-        """(n, h, w, 3) uint8 tiles → (n, dim) float32 features (bf16 autocast on CUDA)."""
+    def encode(self, tiles: np.ndarray, views: int = 1) -> np.ndarray:
+        """(n, h, w, 3) uint8 tiles → (n, dim) float32 features, averaged over ``views`` dihedral views (bf16
+        autocast on CUDA)."""
         if len(tiles) == 0:
             return np.zeros((0, self.dim), np.float32)
         x = self.preprocess(tiles)
         with autocast(x.device):
-            out = self.features(x)
+            out = self.view_features(x, views)
         return out.float().cpu().numpy()
 
     def identity(self) -> dict:
