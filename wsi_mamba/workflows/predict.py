@@ -58,6 +58,7 @@ def predict_slide(
         "threshold": bundle.threshold,
         "tiles": len(encoded.grid),
         "corrupt_tiles": encoded.corrupt_tiles,
+        "views": options.views or 1,
         "model": bundle.name,
         "reason": None,
     }
