@@ -240,11 +240,11 @@ def test_extract_resumes_after_a_crash_mid_slide(data: WorkflowData, tmp_path: P
 
     real_encode, calls = encoder.encode, []
 
-    def crashing_encode(tiles: np.ndarray) -> np.ndarray:
+    def crashing_encode(tiles: np.ndarray, views: int = 1) -> np.ndarray:
         calls.append(len(tiles))
         if len(calls) > 1:  # an interruption (a per-slide Exception would be recorded and the batch go on)
             raise KeyboardInterrupt("simulated crash")
-        return real_encode(tiles)
+        return real_encode(tiles, views)
 
     encoder.encode = crashing_encode  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt, match="simulated crash"):
