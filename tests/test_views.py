@@ -20,6 +20,7 @@ from wsi_mamba.workflows.score_patches import classify
 from wsi_mamba.workflows.store import check_same_encoder, describe_mode, feature_mode, read_attrs, store_path
 
 TILE_PX = 64
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +30,6 @@ def encoder() -> TileEncoder:
     with torch.no_grad():  # a head that is not near zero, so logits differ between views
         enc.model.classifier.head.weight.normal_(0, 1)
     return enc
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiles(n: int, seed: int) -> np.ndarray:
