@@ -2,7 +2,8 @@
 
 Layout of ``NAME.zarr``: arrays ``features`` (n, D) float16, ``coords`` (n, 2) level-0 x, y, ``grid`` (n, 2)
 row, col, ``colour`` (n, K) float32 tile colour statistics (the baseline's input), ``tissue_mask`` (h, w)
-bool; attrs: encoder, encoder_hash, tile_px, mpp, size0, grid_shape, slide, dimensions, version, complete,
+bool; attrs: encoder, encoder_hash, tile_px, mpp, size0, grid_shape, slide, dimensions, mode (and region sizes
+or views), version, complete,
 and ``arrays``: each array's shape, dtype and SHA-256 of its content, checked on every read (a missing chunk,
 which zarr would read as zeros, or a damaged one is an error naming the slide).
 A store is written as ``NAME.zarr.partial`` under the lock ``NAME.zarr.lock`` and swapped in when complete
