@@ -94,12 +94,15 @@ def test_stores_and_models_record_the_views(encoder: TileEncoder, tmp_path_facto
         extract_slides([slide], out, encoder, TileOptions(workers=1, views=4, region_px=2 * TILE_PX), progress=False)
 
 
-def test_predict_takes_the_model_views_and_warns_when_told_otherwise() -> None:
+def test_predict_takes_the_model_views_and_refuses_others() -> None:
     model_mode = {"mode": "tile", "views": 4}
     assert options_for_model(TileOptions(), model_mode, "m").views == 4
+    assert options_for_model(TileOptions(views=4), model_mode, "m").views == 4
     assert options_for_model(TileOptions(), {"mode": "tile"}, "m").views == 1
-    with pytest.warns(UserWarning, match="trained on features averaged over 4 view"):
-        assert options_for_model(TileOptions(views=1), model_mode, "m").views == 1
+    with pytest.raises(ValueError, match=r"trained on features of tile mode \(4 views\), not of 1 view"):
+        options_for_model(TileOptions(views=1), model_mode, "m")
+    with pytest.raises(ValueError, match="not of 4 view"):
+        options_for_model(TileOptions(views=4), {"mode": "tile"}, "m")
     check_manifest({"feature_mode": model_mode})
     with pytest.raises(ValueError, match="views must be one of"):
         check_manifest({"feature_mode": {"mode": "tile", "views": 3}})

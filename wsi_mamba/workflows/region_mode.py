@@ -21,7 +21,6 @@ normalised in place, and the selective scan's chunked CPU path needs memory inde
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -101,8 +100,7 @@ def check_region_mode(options: TileOptions, encoder: TileEncoder) -> dict:
 
 def options_for_model(options: TileOptions, model_mode: dict | None, model: str) -> TileOptions:
     """``options`` in the mode a model was trained in (``model_mode``: its ``feature_mode``, None: tile mode);
-    ``ValueError`` when ``options`` ask for a region mode other than the model's. In tile mode the model's views
-    are used unless ``options`` name others, which earns a warning (the slide model saw features of its own)."""
+    ``ValueError`` when ``options`` ask for a region mode, or tile views, other than the model's."""
     model_mode = model_mode or TILE_MODE
     region = model_mode.get("mode") == "region"
     if options.region_px is None:
@@ -125,14 +123,14 @@ def options_for_model(options: TileOptions, model_mode: dict | None, model: str)
 
 
 def views_for_model(options: TileOptions, model_views: int, model: str) -> TileOptions:
-    """``options`` with the model's tile views unless they name others (then a warning)."""
+    """``options`` with the model's tile views; ``ValueError`` when they name others (its slide model saw only
+    features of its own views: on others it can answer with confidence and be wrong)."""
     if options.views is None:
         return replace(options, views=model_views)
     if options.views != model_views:
-        warnings.warn(
-            f"model {model} was trained on features averaged over {model_views} view(s), not {options.views}: "
-            "its scores will differ from its evaluation",
-            stacklevel=3,
+        raise ValueError(
+            f"model {model} was trained on features of {describe_mode({'mode': 'tile', 'views': model_views})}, "
+            f"not of {options.views} view(s): leave --views out to use the model's"
         )
     return options
 
