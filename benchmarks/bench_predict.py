@@ -4,7 +4,7 @@ the same tiles.
     python benchmarks/bench_predict.py                          # 20000 x 20000 px, the shipped default model
     python benchmarks/bench_predict.py --size 4096 --model runs/model --threads 2
     python benchmarks/bench_predict.py --slide my.svs --model runs/model --json
-    python benchmarks/bench_predict.py --views 1        # the time of one view instead of the model's (score meaningless)
+    python benchmarks/bench_predict.py --views 1            # one view's time instead of the model's (score meaningless)
 
 The slide (a tumour slide of the synthetic cohort, seed ``--seed``) is written once into ``--cache`` and
 reused. Both phases run in this process, one after the other, on the same tile grid (the model encoder's
@@ -148,7 +148,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the tile encoder runs")
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (as predict)")
     parser.add_argument("--read-threads", type=int, default=4, help="tile-reading threads (as predict)")
-    parser.add_argument("--views", type=int, choices=(1, 4, 8), help="test-time views (default: the model's; others: time only)")
+    parser.add_argument(
+        "--views", type=int, choices=(1, 4, 8), help="test-time views (default: the model's; others: time only)"
+    )
     parser.add_argument("--encode-tiles", type=int, default=1024, help="tiles timed in the encode phase (0: none)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
