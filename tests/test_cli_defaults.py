@@ -19,6 +19,7 @@ MINIMAL_ARGV = {
     "cohort": ["cohort", "slides.csv", "--out", "results"],
     "train-encoder": ["train-encoder", "--out", "encoder.safetensors"],
     "train": ["train", "--features", "features", "--labels", "labels.csv", "--out", "model"],
+    "split-patches": ["split-patches", "patches", "--out", "split"],
 }
 
 TILE_OPTIONS = [
@@ -43,6 +44,9 @@ DEFAULTS = [
     ("train-encoder", "model_args", PatchTrainingConfig, "model_args"),
     ("train-encoder", "seed", PatchTrainingConfig, "seed"),
     ("train-encoder", "seed", EncoderTrainingConfig, "seed"),
+    ("split-patches", "val_fraction", PatchTrainingConfig, "val_fraction"),
+    ("split-patches", "max_val_patches", PatchTrainingConfig, "max_val_patches"),
+    ("split-patches", "seed", PatchTrainingConfig, "seed"),
     ("train", "epochs", SlideTrainingConfig, "epochs"),
     ("train", "lr", SlideTrainingConfig, "lr"),
     ("train", "patience", SlideTrainingConfig, "patience"),

@@ -197,6 +197,22 @@ def test_carve_validation_is_stratified_and_keeps_duplicates_together(tmp_path: 
     assert len(dup) == 2 and (set(dup) <= set(train) or set(dup) <= set(val))
 
 
+def test_split_patches_writes_train_encoders_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_folder(tmp_path / "p", 20)
+    source = open_patches(root)
+    _, expected_val = carve_validation(source.labels, duplicate_groups(source), 0.25, 4000, seed=3)
+    argv = ["split-patches", root, "--out", tmp_path / "split", "--val-fraction", "0.25", "--seed", "3"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "validation.csv" in out, err
+    train, val = open_patches(tmp_path / "split" / "train.csv"), open_patches(tmp_path / "split" / "validation.csv")
+    assert sorted(p.resolve() for p in val.paths) == sorted(source.paths[i].resolve() for i in expected_val)
+    assert not {p.resolve() for p in train.paths} & {p.resolve() for p in val.paths}
+    assert len(train) + len(val) == len(source) and set(val.labels.tolist()) == {0, 1}
+    assert (tmp_path / "split" / "validation.csv").read_text().splitlines()[0] == "path,label"
+    code, _, err = run(["split-patches", write_h5(tmp_path / "h5", 8), "--out", tmp_path / "s2"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "as file paths" in err and not (tmp_path / "s2").exists()
+
+
 def test_train_on_patches_writes_checkpoint_with_geometry(
     tmp_path: Path, one_torch_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

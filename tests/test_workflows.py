@@ -8,6 +8,7 @@ import csv
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from wsi_mamba.workflows.extract import extract_slides
 from wsi_mamba.workflows.inputs import read_labels
 from wsi_mamba.workflows.predict import predict_slide
 from wsi_mamba.workflows.store import PARTIAL, is_complete, read_store, store_path, write_store
-from wsi_mamba.workflows.train import train_slide_model
+from wsi_mamba.workflows.train import SlideSet, train_slide_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -134,6 +135,40 @@ def test_train_is_reproducible_and_ignores_label_order(data: WorkflowData, tmp_p
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert (again / "baseline.json").read_text() == (data.model / "baseline.json").read_text()
+
+
+def test_train_selects_on_validation_slides_of_another_folder(data: WorkflowData, tmp_path: Path) -> None:
+    labels = read_labels(data.labels)
+    val_names = sorted(labels)[:2] + sorted(labels)[-2:]  # two of each class: the names sort by class
+    assert {labels[n] for n in val_names} == {0, 1}
+    val_features = tmp_path / "val-features"
+    val_features.mkdir()
+    for name in val_names:
+        shutil.copytree(store_path(data.features, name), store_path(val_features, name))
+    model = train_slide_model(
+        data.features,
+        data.labels,
+        tmp_path / "model",
+        cfg=TRAINING,
+        progress=False,
+        validation=SlideSet(val_features, data.labels),
+    )
+    training = json.loads((model / "model.json").read_text())["training"]
+    assert training["slides"]["train"] == sorted(labels)  # every slide of --features trains
+    assert training["slides"]["validation"] == val_names
+    assert training["validation"]["features"] == str(val_features)
+    log = list(csv.DictReader((model / "metrics.csv").open()))
+    assert all(np.isfinite(float(r["val_auc"])) for r in log)
+    assert training["best_val_auc"] == max(float(r["val_auc"]) for r in log)
+    with pytest.raises(ValueError, match="choose one"):
+        train_slide_model(
+            data.features,
+            data.labels,
+            tmp_path / "m2",
+            cfg=replace(TRAINING, folds=2),
+            progress=False,
+            validation=SlideSet(val_features, data.labels),
+        )
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -355,6 +390,16 @@ def test_evaluate_and_train_refuse_features_of_another_encoder(data: WorkflowDat
             progress=False,
         )
     assert_names_both(str(caught.value), hashes, (ENCODER_NAME,))
+    with pytest.raises(ValueError, match="come from encoder") as caught:  # validation slides of another encoder
+        train_slide_model(
+            data.features,
+            data.labels,
+            tmp_path / "model",
+            cfg=TRAINING,
+            progress=False,
+            validation=SlideSet(foreign, data.labels),
+        )
+    assert_names_both(str(caught.value), hashes, (ENCODER_NAME, OTHER_ENCODER_NAME))
     assert not (tmp_path / "model").exists()
 
 

@@ -1,4 +1,4 @@
-"""``wsi-mamba score-patches``: thin wrapper around ``wsi_mamba.workflows.score_patches``."""
+"""``wsi-mamba score-patches`` and ``split-patches``: thin wrappers around ``wsi_mamba.workflows``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..data.augment_config import VIEW_COUNTS
+from ..workflows.configs import PatchTrainingConfig
 from ._args import (
     THREADS_HELP,
     command_device,
@@ -53,6 +54,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     device_argument(p)
     p.set_defaults(func=cmd_score_patches)
+
+    split_defaults = PatchTrainingConfig()
+    p = command_parser(
+        subparsers,
+        "split-patches",
+        "Write train-encoder's split of labelled patches as train.csv and validation.csv (path,label): the "
+        "validation part is what an encoder trained on them with the same options never learnt from.",
+        "wsi-mamba split-patches pcam/train --out split/",
+    )
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or path,label CSVs")
+    p.add_argument("--out", required=True, help="folder for train.csv and validation.csv")
+    p.add_argument("--val-fraction", type=float, default=split_defaults.val_fraction, help="as train-encoder's")
+    p.add_argument(
+        "--max-val-patches", type=positive_int, default=split_defaults.max_val_patches, help="as train-encoder's"
+    )
+    p.add_argument("--seed", type=int, default=split_defaults.seed, help="as train-encoder's")
+    p.set_defaults(func=cmd_split_patches)
+
+
+def cmd_split_patches(args: argparse.Namespace) -> int:
+    from ..data.patches import open_patches
+    from ..workflows.patch_training import write_patch_split
+
+    cfg = PatchTrainingConfig(val_fraction=args.val_fraction, max_val_patches=args.max_val_patches, seed=args.seed)
+    train_csv, val_csv = write_patch_split(open_patches(args.paths), args.out, cfg)
+    print(f"wrote {train_csv} and {val_csv}")
+    return 0
 
 
 def cmd_score_patches(args: argparse.Namespace) -> int:

@@ -172,6 +172,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="K-fold stratified cross-validation (K >= 2): fold models in OUT/fold-1..K, folds.json/folds.csv, "
         "and OUT itself trained on all slides for the folds' mean best epoch count (default 0: one split)",
     )
+    p.add_argument(
+        "--val-features",
+        help="validate on these feature stores (other slides, same encoder) instead of a part of --features, "
+        "which then all train",
+    )
+    p.add_argument("--val-labels", help="labels of the --val-features slides")
+    p.add_argument("--val-annotations", help="lesion annotations of the --val-features slides")
     device_argument(p)
     p.set_defaults(func=cmd_train)
 
@@ -309,8 +316,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     apply_threads(None)  # no --threads here: the cores idle now (OMP_NUM_THREADS wins)
     device = command_device(args)
-    from ..workflows.train import train_slide_model
+    from ..workflows.train import SlideSet, train_slide_model
 
+    if bool(args.val_features) != bool(args.val_labels):
+        raise UsageError("--val-features and --val-labels go together")
+    if args.val_annotations and not args.val_features:
+        raise UsageError("--val-annotations needs --val-features")
+    validation = SlideSet(args.val_features, args.val_labels, args.val_annotations) if args.val_features else None
     cfg = SlideTrainingConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -330,6 +342,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name,
         overwrite=args.overwrite,
         device=device,
+        validation=validation,
     )
     meta = json.loads((Path(path) / "model.json").read_text())["training"]
     folds = meta.get("cross_validation")

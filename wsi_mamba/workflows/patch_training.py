@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,26 @@ def carve_validation(
     in_val[val_idx] = True
     in_val |= np.isin(groups, groups[val_idx])  # a duplicate of a validation patch never trains
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+
+def write_patch_split(source: PatchSource, out: str | Path, cfg: PatchTrainingConfig) -> tuple[Path, Path]:
+    """Write ``train.csv`` and ``validation.csv`` (``path,label``, paths relative to ``out``) in ``out``: the
+    split of ``source`` that ``train-encoder`` makes with ``cfg`` (its fraction, cap and seed), so the validation
+    patches are those no encoder trained on ``source`` with ``cfg`` has learnt from. Image-file sources only."""
+    if not isinstance(source, FilePatches):
+        raise ValueError(f"{source.description}: a split is written as file paths: give image folders or a CSV")
+    require_labelled(source, "split")
+    train_idx, val_idx = carve_validation(
+        source.labels, duplicate_groups(source), cfg.val_fraction, cfg.max_val_patches, cfg.seed
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, indices in (("train.csv", train_idx), ("validation.csv", val_idx)):
+        rows = [(os.path.relpath(source.paths[i].resolve(), out.resolve()), int(source.labels[i])) for i in indices]
+        write_csv_atomic(out / name, ["path", "label"], rows)
+        written.append(out / name)
+    return written[0], written[1]
 
 
 def balanced_epoch(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

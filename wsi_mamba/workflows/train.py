@@ -38,6 +38,15 @@ from .store import SlideFeatures, check_same_encoder, feature_mode, list_stores,
 CPU = torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class SlideSet:
+    """Labelled feature stores: a features folder, its labels CSV and (optional) lesion annotations."""
+
+    features: str | Path
+    labels: str | Path
+    annotations: str | Path | None = None
+
+
 @dataclass
 class Example:
     name: str
@@ -156,22 +165,40 @@ def train_slide_model(
     name: str | None = None,
     overwrite: bool = False,
     device: str | torch.device = DEFAULT_DEVICE,
+    validation: SlideSet | None = None,
 ) -> Path:
     """Train ``cfg.aggregator`` on the labelled stores of ``features_dir`` and write the model folder ``out``
-    (the model is called ``name``, by default the folder's name). With ``cfg.folds`` = K ≥ 2: K fold models
-    (``out/fold-1`` …, each selected on its own fold), ``folds.json`` / ``folds.csv`` (per-fold and mean ± sd
-    validation AUC), and as ``out`` itself a final model trained on all slides for the folds' mean best epoch
-    count. ``out`` is checked before training (see
-    ``check_model_output``: an existing model folder is replaced only with ``overwrite``) and locked meanwhile.
-    The model trains on ``device`` (bf16 autocast on CUDA, fp32 weights)."""
+    (the model is called ``name``, by default the folder's name). Early stopping and the best epoch are chosen on
+    ``validation`` (other slides: features of the same encoder and mode) when given, the model then training on
+    every slide of ``features_dir``; else on a part split off them (``cfg.val_fraction``). With ``cfg.folds`` =
+    K ≥ 2: K fold models (``out/fold-1`` …, each selected on its own fold), ``folds.json`` / ``folds.csv``
+    (per-fold and mean ± sd validation AUC), and as ``out`` itself a final model trained on all slides for the
+    folds' mean best epoch count. ``out`` is checked before training (see ``check_model_output``: an existing
+    model folder is replaced only with ``overwrite``) and locked meanwhile. The model trains on ``device`` (bf16
+    autocast on CUDA, fp32 weights)."""
     target = resolve_device(device)
     aggregator_spec(cfg.aggregator)  # an unknown name fails before anything is read
     if cfg.folds == 1 or cfg.folds < 0:
         raise ValueError(f"--folds must be at least 2 (or 0 for one validation split), got {cfg.folds}")
-    check_model_output(out, (features_dir, labels_csv, annotations_dir), overwrite)
+    if validation is not None and cfg.folds:
+        raise ValueError("--val-features and --folds are two ways of validating: choose one")
+    inputs = (features_dir, labels_csv, annotations_dir)
+    if validation is not None:
+        inputs += (validation.features, validation.labels, validation.annotations)
+    check_model_output(out, inputs, overwrite)
     with output_lock(out):
         return _train(
-            features_dir, labels_csv, out, encoder_path, annotations_dir, cfg, progress, name, overwrite, target
+            features_dir,
+            labels_csv,
+            out,
+            encoder_path,
+            annotations_dir,
+            cfg,
+            progress,
+            name,
+            overwrite,
+            target,
+            validation,
         )
 
 
@@ -186,6 +213,7 @@ def _train(
     name: str | None,
     overwrite: bool,
     device: torch.device,
+    validation: SlideSet | None = None,
 ) -> Path:
     torch.manual_seed(cfg.seed)
     labels = read_labels(labels_csv)
@@ -246,6 +274,20 @@ def _train(
     def write_log(folder: Path, log: list[dict]) -> None:
         write_csv_atomic(folder / "metrics.csv", list(log[0]), [list(r.values()) for r in log])
 
+    if validation is not None:
+        val_examples = validation_examples(validation, encoder_id, feature_mode(attrs[names[0]]))
+        fit = _fit([examples[n] for n in names], val_examples, in_dim, cfg, device, progress)
+        sources["validation"] = {key: str(v) if v else None for key, v in asdict(validation).items()}
+        return save_bundle(
+            out,
+            encoder,
+            fit.model,
+            meta_of(fit, names, [e.name for e in val_examples], model_name, names),
+            baseline_of(names),
+            overwrite=overwrite,
+            inputs=(*inputs, validation.features, validation.labels, validation.annotations),
+            write_extra=lambda folder: write_log(folder, fit.log),
+        )
     if not cfg.folds:
         val_names = sorted(split_validation(names, labels, cfg.val_fraction, cfg.seed))
         train_names = [n for n in names if n not in val_names]
@@ -338,6 +380,25 @@ class Fit:
     best_epoch: int
     best_val_auc: float | None
     seconds: float
+
+
+def validation_examples(validation: SlideSet, encoder_id: tuple[str, str], mode: dict) -> list[Example]:
+    """Examples of the labelled stores of ``validation``; ``ValueError`` when they are not of the training
+    features' encoder and mode, or do not hold both classes."""
+    labels = read_labels(validation.labels)
+    stores = list_stores(validation.features)
+    names = sorted(n for n in stores if n in labels)
+    check_same_encoder({n: read_attrs(stores[n]) for n in names}, encoder_id, "the training features", mode)
+    if len({labels[n] for n in names}) < 2:
+        raise ValueError(
+            f"{validation.labels}: validation needs labelled slides of both classes in {validation.features}"
+        )
+    data = {n: read_store(stores[n]) for n in names}
+    return [
+        to_example(data[n], labels[n], tile_targets(data[n], labels[n], validation.annotations))
+        for n in names
+        if len(data[n])
+    ]
 
 
 def _fit(
