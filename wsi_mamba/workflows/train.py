@@ -274,29 +274,21 @@ def _train(
     def write_log(folder: Path, log: list[dict]) -> None:
         write_csv_atomic(folder / "metrics.csv", list(log[0]), [list(r.values()) for r in log])
 
-    if validation is not None:
-        val_examples = validation_examples(validation, encoder_id, feature_mode(attrs[names[0]]))
-        fit = _fit([examples[n] for n in names], val_examples, in_dim, cfg, device, progress)
-        sources["validation"] = {key: str(v) if v else None for key, v in asdict(validation).items()}
+    if validation is not None or not cfg.folds:
+        if validation is not None:  # other slides validate; all of these train
+            train_names, val_set = names, validation_examples(validation, encoder_id, feature_mode(attrs[names[0]]))
+            sources["validation"] = {key: str(v) if v else None for key, v in asdict(validation).items()}
+            inputs = (*inputs, validation.features, validation.labels, validation.annotations)
+        else:
+            val_names = split_validation(names, labels, cfg.val_fraction, cfg.seed)
+            train_names = [n for n in names if n not in val_names]
+            val_set = [examples[n] for n in sorted(val_names)]
+        fit = _fit([examples[n] for n in train_names], val_set, in_dim, cfg, device, progress)
         return save_bundle(
             out,
             encoder,
             fit.model,
-            meta_of(fit, names, [e.name for e in val_examples], model_name, names),
-            baseline_of(names),
-            overwrite=overwrite,
-            inputs=(*inputs, validation.features, validation.labels, validation.annotations),
-            write_extra=lambda folder: write_log(folder, fit.log),
-        )
-    if not cfg.folds:
-        val_names = sorted(split_validation(names, labels, cfg.val_fraction, cfg.seed))
-        train_names = [n for n in names if n not in val_names]
-        fit = _fit([examples[n] for n in train_names], [examples[n] for n in val_names], in_dim, cfg, device, progress)
-        return save_bundle(
-            out,
-            encoder,
-            fit.model,
-            meta_of(fit, train_names, val_names, model_name, names),
+            meta_of(fit, train_names, [e.name for e in val_set], model_name, names),
             baseline_of(names),
             overwrite=overwrite,
             inputs=inputs,
