@@ -167,8 +167,9 @@ def main() -> None:
     bundle = load_model(args, parser)
     bundle.encoder.to(args.device)
     path = slide_path(args)
-    views = args.views or int(bundle.feature_mode.get("views", 1))
-    if views != int(bundle.feature_mode.get("views", 1)):  # speed only: predict refuses other views for a reason
+    model_views = int(bundle.feature_mode.get("views", 1))
+    views = args.views or model_views
+    if views != model_views:  # speed only: predict refuses other views for a reason
         print(f"note: --views {views} overrides the model's views; time only, the score means nothing", file=sys.stderr)
         bundle.meta["feature_mode"] = {**bundle.feature_mode, "views": views}
     options = TileOptions(batch_size=args.batch_size, workers=args.read_threads, views=views)

@@ -20,8 +20,7 @@ from wsi_mamba.data.patches import open_patches
 from wsi_mamba.evaluation.metrics import slide_auc
 from wsi_mamba.models.encoder import load_encoder
 from wsi_mamba.workflows.configs import PatchTrainingConfig
-from wsi_mamba.workflows.patch_training import carve_validation, duplicate_groups
-from wsi_mamba.workflows.score_patches import classify
+from wsi_mamba.workflows.patch_training import carve_validation, duplicate_groups, patch_scores
 
 
 def main() -> None:
@@ -52,12 +51,9 @@ def main() -> None:
         aucs, seconds = [], []
         for views in args.views:
             start = time.perf_counter()
-            parts = [
-                classify(encoder, patches[s : s + args.batch_size], views)
-                for s in range(0, len(patches), args.batch_size)
-            ]
+            scores = patch_scores(encoder, patches, args.batch_size, views)
             seconds.append(time.perf_counter() - start)
-            aucs.append(slide_auc(labels, torch.cat([torch.from_numpy(p) for p in parts]).numpy()))
+            aucs.append(slide_auc(labels, scores))
         cells = [f"{auc:.4f}" + (f" ({auc - aucs[0]:+.4f})" if i else "") for i, auc in enumerate(aucs)]
         print(f"| {checkpoint} | {' | '.join(cells)} | {' / '.join(f'{s:.0f}' for s in seconds)} |")
 

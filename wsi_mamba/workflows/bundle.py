@@ -18,11 +18,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data.augment_config import VIEW_COUNTS
 from ..devices import resolve_device
 from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
 from ..models.encoders import export_encoder
+from ..models.encoders.base import check_views
 from ..models.slide_model_io import load_slide_model, save_slide_model
 from ..models.validation import check_float, check_int
 from ..outputs.artefact import ArtefactFormat, read_json_object
@@ -164,8 +164,8 @@ def check_manifest(meta: dict) -> None:
     if mode["mode"] == "region":
         check_int("model feature_mode", "region_px", mode.get("region_px"), 1, 1_000_000)
         check_int("model feature_mode", "region_overlap_px", mode.get("region_overlap_px"), 0, 1_000_000)
-    elif mode.get("views", 1) not in VIEW_COUNTS:
-        raise ValueError(f"feature_mode views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {mode['views']!r}")
+    else:
+        check_views(mode.get("views", 1))
 
 
 def check_baseline(baseline: object) -> None:
@@ -188,14 +188,20 @@ def check_baseline(baseline: object) -> None:
     check_float("baseline", "intercept", baseline.get("intercept"), -1e12, 1e12)
 
 
-def model_views(folder: Path) -> int:
-    """The dihedral views a model folder's tiles are encoded in (its ``feature_mode``; 1 before views existed)."""
-    meta = FORMAT.read(folder / MANIFEST)
+def read_manifest(folder: Path) -> dict:
+    """A model folder's checked ``model.json``; ``ValueError`` naming the file when a field is wrong."""
+    manifest = folder / MANIFEST
+    meta = FORMAT.read(manifest)
     try:
         check_manifest(meta)
     except ValueError as exc:
-        raise ValueError(f"{folder / MANIFEST}: {exc}") from None
-    return int((meta.get("feature_mode") or {}).get("views", 1))
+        raise ValueError(f"{manifest}: {exc}") from None
+    return meta
+
+
+def model_views(folder: Path) -> int:
+    """The dihedral views a model folder's tiles are encoded in (its ``feature_mode``; 1 before views existed)."""
+    return int((read_manifest(folder).get("feature_mode") or {}).get("views", 1))
 
 
 def load_bundle(
@@ -212,14 +218,9 @@ def load_bundle(
         raise ValueError(f"{path}: model not found")
     if not path.is_dir():
         raise ValueError(f"{path}: not a wsi-mamba model folder (expected a folder with {MANIFEST}, as train writes)")
-    manifest = path / MANIFEST
-    if not manifest.exists():
+    if not (path / MANIFEST).exists():
         raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
-    meta = FORMAT.read(manifest)
-    try:
-        check_manifest(meta)
-    except ValueError as exc:
-        raise ValueError(f"{manifest}: {exc}") from None
+    meta = read_manifest(path)
     baseline_file = path / "baseline.json"
     baseline = read_json_object(baseline_file) if baseline_file.exists() else None
     if baseline is not None:

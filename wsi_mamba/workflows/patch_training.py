@@ -102,9 +102,12 @@ def balanced_epoch(labels: np.ndarray, size: int, rng: np.random.Generator) -> n
     return rng.permutation(np.concatenate(picks))
 
 
-def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Tumour probabilities of (n, px, px, 3) uint8 patches from the encoder's classifier head, a batch at a time."""
-    parts = [classify(encoder, patches[start : start + batch_size]) for start in range(0, len(patches), batch_size)]
+def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 128, views: int = 1) -> np.ndarray:
+    """Tumour probabilities of (n, px, px, 3) uint8 patches from the encoder's classifier head in ``views``
+    dihedral views (:func:`~.score_patches.classify`), a batch at a time."""
+    parts = [
+        classify(encoder, patches[start : start + batch_size], views) for start in range(0, len(patches), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 

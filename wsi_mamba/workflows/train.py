@@ -182,10 +182,7 @@ def train_slide_model(
         raise ValueError(f"--folds must be at least 2 (or 0 for one validation split), got {cfg.folds}")
     if validation is not None and cfg.folds:
         raise ValueError("--val-features and --folds are two ways of validating: choose one")
-    inputs = (features_dir, labels_csv, annotations_dir)
-    if validation is not None:
-        inputs += (validation.features, validation.labels, validation.annotations)
-    check_model_output(out, inputs, overwrite)
+    check_model_output(out, model_inputs(features_dir, labels_csv, annotations_dir, validation), overwrite)
     with output_lock(out):
         return _train(
             features_dir,
@@ -235,14 +232,10 @@ def _train(
             f"{source}: encoder weights {encoder.hash} are not those of the features ({encoder_id[0]} {encoder_id[1]})"
         )
     encoder.name = encoder_id[0]
-    data = {n: read_store(stores[n]) for n in names}
-    empty = [n for n in names if len(data[n]) == 0]
-    names = [n for n in names if len(data[n])]
-    if empty:
-        warnings.warn(f"{len(empty)} slides have no tissue tiles and are left out: {empty[:5]}", stacklevel=2)
-    examples = {n: to_example(data[n], labels[n], tile_targets(data[n], labels[n], annotations_dir)) for n in names}
+    data, examples = read_examples(stores, names, labels, annotations_dir)
+    names = list(examples)
     in_dim = data[names[0]].features.shape[1]
-    inputs = (features_dir, labels_csv, annotations_dir)
+    inputs = model_inputs(features_dir, labels_csv, annotations_dir, validation)
     sources = {"features": str(features_dir), "labels": str(labels_csv)}
     sources["annotations"] = str(annotations_dir) if annotations_dir else None
     model_name = name or Path(out).name
@@ -278,7 +271,6 @@ def _train(
         if validation is not None:  # other slides validate; all of these train
             train_names, val_set = names, validation_examples(validation, encoder_id, feature_mode(attrs[names[0]]))
             sources["validation"] = {key: str(v) if v else None for key, v in asdict(validation).items()}
-            inputs = (*inputs, validation.features, validation.labels, validation.annotations)
         else:
             val_names = split_validation(names, labels, cfg.val_fraction, cfg.seed)
             train_names = [n for n in names if n not in val_names]
@@ -374,6 +366,30 @@ class Fit:
     seconds: float
 
 
+def model_inputs(
+    features_dir: str | Path,
+    labels_csv: str | Path,
+    annotations_dir: str | Path | None,
+    validation: SlideSet | None,
+) -> tuple:
+    """The paths a model is trained from (its output folder must not be among them)."""
+    inputs = (features_dir, labels_csv, annotations_dir)
+    return inputs if validation is None else (*inputs, validation.features, validation.labels, validation.annotations)
+
+
+def read_examples(
+    stores: dict[str, Path], names: list[str], labels: dict[str, int], annotations_dir: str | Path | None
+) -> tuple[dict[str, SlideFeatures], dict[str, Example]]:
+    """The stores of ``names`` and their examples, both by name; slides without tissue tiles are left out with
+    a warning."""
+    data = {n: read_store(stores[n]) for n in names}
+    empty = [n for n in names if len(data[n]) == 0]
+    if empty:
+        warnings.warn(f"{len(empty)} slides have no tissue tiles and are left out: {empty[:5]}", stacklevel=3)
+    data = {n: d for n, d in data.items() if len(d)}
+    return data, {n: to_example(d, labels[n], tile_targets(d, labels[n], annotations_dir)) for n, d in data.items()}
+
+
 def validation_examples(validation: SlideSet, encoder_id: tuple[str, str], mode: dict) -> list[Example]:
     """Examples of the labelled stores of ``validation``; ``ValueError`` when they are not of the training
     features' encoder and mode, or do not hold both classes."""
@@ -385,12 +401,7 @@ def validation_examples(validation: SlideSet, encoder_id: tuple[str, str], mode:
         raise ValueError(
             f"{validation.labels}: validation needs labelled slides of both classes in {validation.features}"
         )
-    data = {n: read_store(stores[n]) for n in names}
-    return [
-        to_example(data[n], labels[n], tile_targets(data[n], labels[n], validation.annotations))
-        for n in names
-        if len(data[n])
-    ]
+    return list(read_examples(stores, names, labels, validation.annotations)[1].values())
 
 
 def _fit(
