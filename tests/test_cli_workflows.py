@@ -267,6 +267,23 @@ def test_extract_into_stores_of_another_encoder(
     assert code == 1 and all(why.startswith("failed: ") and hashes[0] in why for why in results.values())
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--val-labels", "labels.csv"], "--val-features and --val-labels go together"),
+        (["--val-annotations", "ann"], "--val-annotations needs --val-features"),
+    ],
+)
+def test_train_validation_options_go_together(
+    data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    argv = ["train", "--features", data.features, "--labels", data.labels, "--out", tmp_path / "model", *extra]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, message)
+    assert not (tmp_path / "model").exists()
+
+
 def test_train_writes_model_folder(data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model"
     argv = ["train", "--features", data.features, "--labels", data.labels, "--out", out, "--epochs", "1"]
