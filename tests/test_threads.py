@@ -49,3 +49,32 @@ def test_apply_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setattr(threads, "busy_cores", lambda cores, sample_seconds=0: 2.0)
     assert threads.apply_threads(None) == 2  # the user's OpenMP setting stands
+
+
+def test_pinned_threads_replace_the_sampled_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda cores, sample_seconds=0: 0.0)  # both cores idle
+    torch.set_num_threads(2)
+    with threads.pinned_threads(1):
+        assert threads.apply_threads(None) == 1  # the pin, not the idle cores
+        assert threads.apply_threads(2) == 2  # a command's own --threads still wins
+    torch.set_num_threads(2)
+    assert threads.apply_threads(None) == 2  # the pin ends with the block
+    with threads.pinned_threads(None):
+        assert threads.apply_threads(None) == 2
+
+
+def test_run_threads_pins_every_step(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from wsi_mamba.cli import main
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda cores, sample_seconds=0: 0.0)
+    torch.set_num_threads(2)
+    recipe = tmp_path / "recipe.yaml"  # `train` sets its threads first, then fails on the missing features
+    recipe.write_text("steps:\n  - name: train\n    run: train --features nothere --labels nothere.csv --out m\n")
+    assert main(["run", str(recipe), "--workdir", str(tmp_path / "w"), "--threads", "1"]) != 0
+    assert torch.get_num_threads() == 1
+    assert "nothere" in capsys.readouterr().err
+    assert threads._pinned is None

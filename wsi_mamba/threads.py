@@ -5,19 +5,23 @@ wait at each parallel region's barrier for a thread that is not running: measure
 one other busy process, ``predict`` of a 911-tile slide took 24.7 s with torch's 2 threads and 8.7 s with one
 (BENCHMARKS.md, "Thread defaults"). So the default is the number of cores that are idle *now*, sampled from
 ``/proc/stat`` over a short interval (Linux), at least one; elsewhere, or when ``OMP_NUM_THREADS`` is set, torch's
-default stands. ``--threads N`` always wins.
+default stands. ``--threads N`` always wins; ``wsi-mamba run --threads N`` pins every step's default
+(:func:`pinned_threads`), since a step's weights can change in their last bits with the thread count.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SAMPLE_SECONDS = 0.05
 """How long the CPU is watched before choosing (part of every model command's start-up)."""
 
 _STAT = Path("/proc/stat")
+_pinned: int | None = None
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -53,11 +57,24 @@ def idle_threads(cores: int, busy: float | None) -> int:
     return max(1, min(cores, cores - round(busy)))
 
 
+@contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """Inside, :func:`apply_threads` without a request uses ``threads`` (None: no pin) instead of sampling."""
+    global _pinned
+    previous, _pinned = _pinned, threads
+    try:
+        yield
+    finally:
+        _pinned = previous
+
+
 def apply_threads(requested: int | None) -> int:
-    """Set torch's CPU thread count: ``requested`` when given, else :func:`idle_threads` of the cores now
-    (unless ``OMP_NUM_THREADS`` says otherwise). Returns the count in use."""
+    """Set torch's CPU thread count: ``requested`` when given, else the count pinned by :func:`pinned_threads`,
+    else :func:`idle_threads` of the cores now (unless ``OMP_NUM_THREADS`` says otherwise). Returns the count in
+    use."""
     import torch
 
+    requested = requested or _pinned
     if requested:
         torch.set_num_threads(requested)
     elif "OMP_NUM_THREADS" not in os.environ:

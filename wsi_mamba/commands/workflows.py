@@ -225,6 +225,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a recipe variable")
     p.add_argument("--only", action="append", default=[], metavar="STEP", help="run just this step (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch CPU threads of every step that does not set its own (default: each step takes the cores idle "
+        "when it starts); a fixed count makes a rerun on the same machine reproduce the weights bit for bit",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -445,6 +451,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..threads import pinned_threads
     from ..workflows.recipe import load_recipe, run_recipe
 
     overrides = {}
@@ -455,4 +462,5 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides[name] = value
     recipe = load_recipe(args.recipe, overrides, args.workdir)
     # args.dispatch is the CLI's entry point (set by cli.build_parser): each step runs in this process
-    return run_recipe(recipe, args.dispatch, args.only, args.dry_run, log=lambda line: print(line, flush=True))
+    with pinned_threads(args.threads):
+        return run_recipe(recipe, args.dispatch, args.only, args.dry_run, log=lambda line: print(line, flush=True))
