@@ -40,6 +40,7 @@ DEFAULTS = [
     ("train-encoder", "max_tiles", EncoderTrainingConfig, "max_tiles_per_class"),
     ("train-encoder", "patience", PatchTrainingConfig, "patience"),
     ("train-encoder", "val_fraction", PatchTrainingConfig, "val_fraction"),
+    ("train-encoder", "max_val_patches", PatchTrainingConfig, "max_val_patches"),
     ("train-encoder", "epoch_patches", PatchTrainingConfig, "epoch_patches"),
     ("train-encoder", "model_args", PatchTrainingConfig, "model_args"),
     ("train-encoder", "seed", PatchTrainingConfig, "seed"),

@@ -308,8 +308,10 @@ def test_train_encoder_patch_mpp_keeps_the_patch_size(
     root = write_folder(tmp_path / "p", 6)  # 32 px patches
     out = tmp_path / "enc.safetensors"
     argv = ["train-encoder", "--patches", root, "--out", out, "--model", "vmamba_pico", "--epochs", "1",
-            "--batch-size", "8", "--val-fraction", "0.34", "--patch-mpp", "0.5"]
+            "--batch-size", "8", "--val-fraction", "0.34", "--patch-mpp", "0.5", "--max-val-patches", "2"]
     code, _, err = run(argv, capsys)
     assert code == 0, err
     meta = read_checkpoint_metadata(out)["metadata"]
     assert meta["tile_px"] == PX and meta["mpp"] == 0.5
+    # --max-val-patches caps the carved part (4 of the 12 patches without it)
+    assert meta["training"]["validation"].startswith("2 patches carved")

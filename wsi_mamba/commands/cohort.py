@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="worker processes of the local cluster (default: one per GPU, else min(4, CPUs))",
     )
     p.add_argument("--model", help="model folder (default: the shipped default model)")
-    p.add_argument("--heatmap", action="store_true", help="also write NAME.heatmap.png and NAME.tiles.geojson")
+    p.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="also write NAME.heatmap.png, NAME.tiles.geojson and NAME.regions.geojson",
+    )
     p.add_argument(
         "--torch-threads",
         type=positive_int,

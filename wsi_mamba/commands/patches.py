@@ -67,7 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for train.csv and validation.csv")
     p.add_argument("--val-fraction", type=float, default=split_defaults.val_fraction, help="as train-encoder's")
     p.add_argument(
-        "--max-val-patches", type=positive_int, default=split_defaults.max_val_patches, help="as train-encoder's"
+        "--max-val-patches",
+        type=positive_int,
+        default=split_defaults.max_val_patches,
+        help=f"as train-encoder's (default {split_defaults.max_val_patches})",
     )
     p.add_argument("--seed", type=int, default=split_defaults.seed, help="as train-encoder's")
     p.set_defaults(func=cmd_split_patches)

@@ -100,8 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.safetensors + .json)")
     p.add_argument(
         "--model",
-        help=f"backbone: registry name or timm:NAME (default {patch_defaults.model} on patches, "
-        f"{slide_defaults.model} on slides)",
+        help="backbone: registry name, timm:NAME or an encoder checkpoint to start from "
+        f"(default {patch_defaults.model} on patches, {slide_defaults.model} on slides)",
     )
     p.add_argument(
         "--model-args",
@@ -122,6 +122,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, help=f"default {patch_defaults.lr:g} / {slide_defaults.lr:g}")
     p.add_argument("--patience", type=positive_int, default=patch_defaults.patience, help="early stopping (patches)")
     p.add_argument("--val-fraction", type=float, default=patch_defaults.val_fraction, help="carved validation part")
+    p.add_argument(
+        "--max-val-patches",
+        type=positive_int,
+        default=patch_defaults.max_val_patches,
+        help=f"at most this many validation patches, carved or given (default {patch_defaults.max_val_patches})",
+    )
     p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
     p.add_argument(
         "--ema",
@@ -185,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = command_parser(
         subparsers,
         "evaluate",
-        "Slide AUC (95%% bootstrap interval), accuracy, ROC curve and per-slide CSV; FROC with annotations.",
+        "Slide AUC (95% bootstrap interval), accuracy, ROC curve and per-slide CSV; FROC with annotations.",
         "wsi-mamba evaluate --model model/ --features features/ --labels reference.csv --baseline --out eval/",
     )
     p.add_argument("--model", help="model folder (default: the shipped default model)")
@@ -208,7 +214,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("slides", nargs="+", help="slide files or folders")
     p.add_argument("--model", help="model folder (default: the shipped default model)")
     p.add_argument("--out", help="folder for NAME.json (and heatmaps)")
-    p.add_argument("--heatmap", action="store_true", help="write NAME.heatmap.png and NAME.tiles.geojson")
+    p.add_argument(
+        "--heatmap", action="store_true", help="write NAME.heatmap.png, NAME.tiles.geojson and NAME.regions.geojson"
+    )
     _tile_arguments(p)
     device_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
@@ -308,6 +316,7 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
         lr=args.lr or PatchTrainingConfig.lr,
         patience=args.patience,
         val_fraction=args.val_fraction,
+        max_val_patches=args.max_val_patches,
         epoch_patches=args.epoch_patches,
         ema_decay=args.ema,
         seed=args.seed,
