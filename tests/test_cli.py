@@ -23,6 +23,9 @@ def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: wsi-mamba" in out and "examples:" in out
+    assert "Slide AUC (95% bootstrap" in out  # a % in a command's help reaches the list as one %...
+    assert main(["evaluate", "--help"]) == 0
+    assert "Slide AUC (95% bootstrap" in capsys.readouterr().out  # ... and its own --help too
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

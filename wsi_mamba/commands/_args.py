@@ -64,10 +64,11 @@ def json_object(text: str) -> dict:
 def command_parser(
     subparsers: argparse._SubParsersAction, name: str, help: str, example: str
 ) -> argparse.ArgumentParser:
-    """A subcommand's parser: ``help`` as its description and ``example`` under it."""
+    """A subcommand's parser: ``help`` as its description and ``example`` under it (plain text: a ``%`` is
+    escaped for the command list, where argparse %-formats help strings, and left as it is in the description)."""
     return subparsers.add_parser(
         name,
-        help=help,
+        help=help.replace("%", "%%"),
         description=help,
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
