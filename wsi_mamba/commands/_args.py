@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..data.augment_config import VIEW_COUNTS
 from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
-from ..workflows.configs import TileOptions
+from ..workflows.configs import PatchTrainingConfig, TileOptions
 
 if TYPE_CHECKING:
     import torch
 
 TILE_DEFAULTS = TileOptions()
+CARVE_DEFAULTS = PatchTrainingConfig()
 THREADS_HELP = "torch CPU threads (default: the cores idle when the command starts, at least 1; wsi_mamba/threads.py)"
 
 
@@ -127,6 +128,21 @@ def command_device(args: argparse.Namespace) -> torch.device:
         return resolve_device(args.device)
     except DeviceError as exc:
         raise UsageError(str(exc)) from None
+
+
+def carve_arguments(p: argparse.ArgumentParser) -> None:
+    """The validation carve of labelled patches, declared once for train-encoder and split-patches (which must
+    cut the same split): ``--val-fraction`` and ``--max-val-patches``."""
+    d = CARVE_DEFAULTS
+    p.add_argument(
+        "--val-fraction", type=float, default=d.val_fraction, help=f"carved validation part (default {d.val_fraction})"
+    )
+    p.add_argument(
+        "--max-val-patches",
+        type=positive_int,
+        default=d.max_val_patches,
+        help=f"at most this many validation patches (default {d.max_val_patches})",
+    )
 
 
 def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> None:

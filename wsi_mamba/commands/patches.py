@@ -10,6 +10,7 @@ from ..data.augment_config import VIEW_COUNTS
 from ..workflows.configs import PatchTrainingConfig
 from ._args import (
     THREADS_HELP,
+    carve_arguments,
     command_device,
     command_parser,
     device_argument,
@@ -55,7 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     device_argument(p)
     p.set_defaults(func=cmd_score_patches)
 
-    split_defaults = PatchTrainingConfig()
     p = command_parser(
         subparsers,
         "split-patches",
@@ -65,14 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or path,label CSVs")
     p.add_argument("--out", required=True, help="folder for train.csv and validation.csv")
-    p.add_argument("--val-fraction", type=float, default=split_defaults.val_fraction, help="as train-encoder's")
-    p.add_argument(
-        "--max-val-patches",
-        type=positive_int,
-        default=split_defaults.max_val_patches,
-        help=f"as train-encoder's (default {split_defaults.max_val_patches})",
-    )
-    p.add_argument("--seed", type=int, default=split_defaults.seed, help="as train-encoder's")
+    carve_arguments(p)
+    p.add_argument("--seed", type=int, default=PatchTrainingConfig.seed, help="as train-encoder's")
     p.set_defaults(func=cmd_split_patches)
 
 

@@ -13,6 +13,7 @@ from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, Slid
 from ._args import (
     THREADS_HELP,
     UsageError,
+    carve_arguments,
     command_device,
     command_parser,
     device_argument,
@@ -121,13 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr", type=positive_float, help=f"default {patch_defaults.lr:g} / {slide_defaults.lr:g}")
     p.add_argument("--patience", type=positive_int, default=patch_defaults.patience, help="early stopping (patches)")
-    p.add_argument("--val-fraction", type=float, default=patch_defaults.val_fraction, help="carved validation part")
-    p.add_argument(
-        "--max-val-patches",
-        type=positive_int,
-        default=patch_defaults.max_val_patches,
-        help=f"at most this many validation patches, carved or given (default {patch_defaults.max_val_patches})",
-    )
+    carve_arguments(p)  # --val-fraction, --max-val-patches (the cap applies to --val-patches too)
     p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
     p.add_argument(
         "--ema",
@@ -237,7 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=positive_int,
         help="torch CPU threads of every step that does not set its own (default: each step takes the cores idle "
-        "when it starts); a fixed count makes a rerun on the same machine reproduce the weights bit for bit",
+        "when it starts; weights can change in their last bits with the thread count)",
     )
     p.set_defaults(func=cmd_run)
 
