@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +231,7 @@ def test_compare_writes_one_table_one_figure_and_the_paired_test(
     out = tmp_path / "out"
     (out).mkdir()
     (out / "comparison.png").write_bytes(b"old")
-    summary = compare(out, encoders, modes, aggs, ("SS2D", "ABMIL"), profile=False)
+    summary = compare(out, encoders, modes, aggs, [("SS2D", "ABMIL"), ("region", "tile")], profile=False)
     text = (out / "comparison.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 2 + 2 + 3  # header, rule, encoders, modes, aggregators
@@ -238,10 +239,12 @@ def test_compare_writes_one_table_one_figure_and_the_paired_test(
         assert any(f"| {label} |" in line for line in table)
     assert "2 epochs × 512 class-balanced draws" in text and "the same for every encoder" in text
     assert "4/4 · 2/3 · 0/3" in text and "1/10" in text  # sensitivity per lesion class, false positives
-    paired = summary["paired"]
-    assert paired["a"] == "SS2D" and paired["n"] == 20 and 0 <= paired["p_value"] <= 1
-    shown = "p < 0.001" if paired["p_value"] < 0.001 else f"p = {paired['p_value']:.3f}"
-    assert shown in text
+    paired, modes_paired = summary["paired"]  # one test per pair, in the order given
+    assert paired["a"] == "SS2D" and paired["b"] == "ABMIL" and paired["n"] == 20 and 0 <= paired["p_value"] <= 1
+    assert (modes_paired["a"], modes_paired["b"]) == ("region", "tile")
+    for test in (paired, modes_paired):
+        shown = "p < 0.001" if test["p_value"] < 0.001 else f"p = {test['p_value']:.3f}"
+        assert f"Paired test, {test['a']} vs {test['b']} on the same 20 slides" in text and shown in text
     (test,) = summary["encoder_tests"]  # each encoder against the first, on the same patches
     assert test["a"] == "ResNet" and test["b"] == "VMamba" and test["n"] == 60 and "Patch AUC against VMamba" in text
     png = (out / "comparison.png").read_bytes()
@@ -261,10 +264,14 @@ def test_compare_writes_one_table_one_figure_and_the_paired_test(
         "--paired",
         "SS2D",
         "ABMIL",
+        "--paired",
+        "ABMIL",
+        "SS2D",
     ]
     code, out_text, err = run(args, capsys)
     assert code == 0, err
-    assert "DeLong p =" in out_text and (tmp_path / "cli" / "comparison.png").is_file()
+    assert "SS2D vs ABMIL: DeLong p =" in out_text and "ABMIL vs SS2D: DeLong p =" in out_text
+    assert (tmp_path / "cli" / "comparison.png").is_file()
     code, _, err = run(["compare", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "at least one" in err
     code, _, err = run(
@@ -322,4 +329,39 @@ def test_compare_recipe_steps_are_valid_commands_with_one_budget_for_every_encod
     assert parsed["extract-region-test"].region_px == parsed["extract-region-train"].region_px
     aggregators = {a.aggregator for a in parsed.values() if a.command == "train"}
     assert aggregators == {"mean", "max", "abmil", "clam-sb", "transmil", "ss2d"}
-    assert parsed["compare"].paired == ["SS2D", "ABMIL"]
+    assert parsed["compare"].paired[0] == ["SS2D", "ABMIL"]
+    # (b): region mode and one-view tile mode are extracted from the same three cohorts
+    for cohort in ("train", "val", "test"):
+        assert parsed[f"extract-region-{cohort}"].region_px == int(recipe_vars(recipe)["region_px"])
+        assert parsed[f"extract-tile1-{cohort}"].views == 1 and parsed[f"extract-tile1-{cohort}"].region_px is None
+
+
+def recipe_vars(recipe) -> dict[str, str]:
+    """The variables of a loaded recipe, read back from its file (``load_recipe`` keeps only the steps)."""
+    import yaml
+
+    return {str(k): str(v) for k, v in yaml.safe_load(recipe.path.read_text())["vars"].items()}
+
+
+def _resolved(workdir: Path, value: str) -> Path:
+    return Path(os.path.normpath(workdir / value))
+
+
+def test_compare_slide_models_are_the_default_recipes_slide_training_with_only_the_aggregator_changed() -> None:
+    """(c)'s SS2D row is the shipped slide model's recipe: same features, cohorts, validation and budget."""
+    overrides = {"pcam": "/data/pcam"}
+    default = load_recipe(ROOT / "pipelines" / "pcam-camelyon.yaml", overrides)
+    compare = load_recipe(ROOT / "pipelines" / "compare.yaml", overrides)
+    parser = build_parser()
+    shipped = parser.parse_args(next(s for s in default.steps if s.name == "train").argv)
+    paths = ("features", "labels", "annotations", "val_features", "val_labels", "val_annotations")
+    budget = ("epochs", "patience", "seed", "lr", "val_fraction", "folds")
+    trainings = [parser.parse_args(s.argv) for s in compare.steps if s.argv[0] == "train"]
+    tile = [a for a in trainings if Path(a.features).name == "features-train"]
+    assert {a.aggregator for a in tile} == {"mean", "max", "abmil", "clam-sb", "transmil", "ss2d"}
+    for args in tile:
+        for name in paths:
+            assert _resolved(compare.workdir, getattr(args, name)) == _resolved(default.workdir, getattr(shipped, name))
+    for args in trainings:
+        assert {n: getattr(args, n) for n in budget} == {n: getattr(shipped, n) for n in budget}
+    assert shipped.aggregator == "ss2d"

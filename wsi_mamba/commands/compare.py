@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "compare",
         "One markdown table and one ROC figure comparing encoders (train-encoder + score-patches folders), feature "
-        "modes and aggregators (evaluate folders), with DeLong's paired test between two of them.",
+        "modes and aggregators (evaluate folders), with DeLong's paired tests between pairs of them.",
         "wsi-mamba compare --out comparison --encoder VMamba=encoders/vmamba --encoder ResNet=encoders/resnet "
         "--aggregator SS2D=eval/ss2d --aggregator ABMIL=eval/abmil --paired SS2D ABMIL",
     )
@@ -39,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             option, action="append", default=[], type=labelled_folder, metavar="LABEL=FOLDER",
             help=f"{what} (repeatable)",
         )
-    p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="DeLong's paired test between these two labels")
+    p.add_argument(
+        "--paired", nargs=2, action="append", default=[], metavar=("A", "B"),
+        help="DeLong's paired test between these two labels (repeatable)",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the encoders' GFLOPs and CPU speed")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed batches per encoder (median; default 3)")
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
@@ -58,13 +61,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.encoder,
         args.mode,
         args.aggregator,
-        tuple(args.paired) if args.paired else None,
+        [tuple(pair) for pair in args.paired],
         profile=not args.no_profile,
         repeats=args.repeats,
     )
     print(Path(args.out, "comparison.md").read_text())
-    paired = summary.get("paired")
-    if paired:
+    for paired in summary["paired"]:
         print(f"{paired['a']} vs {paired['b']}: DeLong p = {paired['p_value']:.4f}")
     print(f"wrote {args.out}/comparison.md, comparison.png, comparison.json")
     return 0

@@ -8,7 +8,7 @@ Three parts, each a list of ``(label, folder)``:
 * feature modes and aggregators: ``evaluate`` folders (``metrics.json``, ``per_slide.csv``; the slide model is
   found through ``metrics.json``'s ``model_path``): slide AUC with its 95 % interval, FROC, sensitivity per
   lesion class, the slide model's parameters;
-* a paired test (DeLong) between two of the aggregators on the slides both scored.
+* paired tests (DeLong) between pairs of aggregators or modes on the slides both scored.
 
 :func:`compare` writes ``comparison.md`` (one markdown table with a caption that says what was scaled down,
 from the checkpoints' own training records), ``comparison.png`` (ROC curves overlaid, one panel per part) and
@@ -165,6 +165,7 @@ def _slide_model_info(model_path: str | None) -> dict:
         "aggregator": meta.get("aggregator"),
         "feature_mode": meta.get("feature_mode", {}),
         "encoder": meta.get("encoder"),
+        "encoder_hash": meta.get("encoder_hash"),
         "training_slides": len(slides.get("train", [])),
         "validation_slides": len(slides.get("validation", [])),
         "best_epoch": meta.get("training", {}).get("best_epoch"),
@@ -327,9 +328,9 @@ def _budget_text(encoders: list[dict]) -> str:
         f"Encoders trained from scratch on PCam train ({encoders[0]['training_patches']:,} patches; "
         f"{encoders[0]['validation']} for the best epoch) for **{b.get('epochs')} epochs × {per_epoch}** "
         f"(batch {b.get('batch_size')}, AdamW lr {b.get('lr'):g} one-cycle, histology augmentations, seed "
-        f"{b.get('seed')}; {same}) — scaled down from the default recipe's 12 epochs × ~18,000 patches. "
-        f"Training wall time (1 thread; the shared machine's load varied between the runs, so compare speeds in the "
-        f"train column, measured together): {times}."
+        f"{b.get('seed')}; {same}) — scaled down from the default recipe's encoder training "
+        f"(pipelines/pcam-camelyon.yaml). Training wall time (the machine's load can vary between the runs, so "
+        f"compare speeds in the train column, measured together): {times}."
     )
 
 
@@ -349,8 +350,16 @@ def _slide_text(results: dict) -> str:
     return (
         f"Slide models {trained}, evaluated on {n} held-out slides built from PCam valid patches only "
         f"({pos} tumour: {classes}); sensitivity and false positives at probability 0.5; FROC: CAMELYON16 "
-        f"lesion-level (ITCs neither counted nor penalised). (b) and (c) use the default recipe's encoder."
+        f"lesion-level (ITCs neither counted nor penalised). (b) and (c) use the default recipe's encoder"
+        + (f" (hash {r['model']['encoder_hash']})." if r["model"].get("encoder_hash") else ".")
     )
+
+
+def _threads_text(encoders: list[dict]) -> str:
+    counts = sorted({e["threads"] for e in encoders if e.get("threads")})
+    if not counts:
+        return "torch's thread count"
+    return " / ".join(str(c) for c in counts) + (" torch thread" if counts == [1] else " torch threads")
 
 
 def caption(results: dict) -> str:
@@ -361,13 +370,13 @@ def caption(results: dict) -> str:
         "intervals: stratified bootstrap (2,000 resamples); best AUC of each part in bold. Params: the encoder's "
         "in (a), the slide model's in (b) and (c). GFLOPs per tile: `torch.utils.flop_counter` (2 per "
         "multiply-add of matmuls, convolutions and attention; the selective scan's elementwise recurrence is not "
-        "counted); CPU tiles/s: inference / training step (forward, backward, AdamW), batch 64, one torch thread, "
-        "median of timed batches, all measured together at the end on a shared 2-core machine (indicative).",
+        "counted); CPU tiles/s: inference / training step (forward, backward, AdamW), batch 64, "
+        f"{_threads_text(results.get('encoders', []))}, median of timed batches, all measured together at the end "
+        "(indicative).",
         _budget_text(results.get("encoders", [])),
         _slide_text(results),
     ]
-    paired = results.get("paired")
-    if paired:
+    for paired in results.get("paired", []):
         parts.append(
             f"Paired test, {paired['a']} vs {paired['b']} on the same {paired['n']} slides ({paired['test']}): "
             f"ΔAUC {paired['difference']:+.3f} (95 % CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}), "
@@ -398,12 +407,12 @@ def compare(
     encoders: Sequence[Entry] = (),
     modes: Sequence[Entry] = (),
     aggregators: Sequence[Entry] = (),
-    paired: tuple[str, str] | None = None,
+    paired: Sequence[tuple[str, str]] = (),
     profile: bool = True,
     repeats: int = 3,
 ) -> dict:
-    """Read the runs, run the paired test, and write ``comparison.md``, ``.png`` and ``.json`` under ``out``;
-    returns the results (without the per-patch arrays)."""
+    """Read the runs, run a paired test per pair of labels in ``paired``, and write ``comparison.md``, ``.png``
+    and ``.json`` under ``out``; returns the results (without the per-patch arrays)."""
     if not (encoders or modes or aggregators):
         raise ValueError("nothing to compare: give encoders, modes or aggregators")
     results: dict = {
@@ -411,12 +420,11 @@ def compare(
         "modes": [read_slide_run(label, folder) for label, folder in modes],
         "aggregators": [read_slide_run(label, folder) for label, folder in aggregators],
     }
-    if paired:
-        by_label = {r["label"]: r for r in results["aggregators"] + results["modes"]}
-        missing = [p for p in paired if p not in by_label]
-        if missing:
-            raise ValueError(f"--paired: no aggregator or mode labelled {', '.join(missing)}")
-        results["paired"] = paired_delong(by_label[paired[0]], by_label[paired[1]])
+    by_label = {r["label"]: r for r in results["aggregators"] + results["modes"]}
+    missing = [label for pair in paired for label in pair if label not in by_label]
+    if missing:
+        raise ValueError(f"--paired: no aggregator or mode labelled {', '.join(missing)}")
+    results["paired"] = [paired_delong(by_label[a], by_label[b]) for a, b in paired]
     first, *others = results["encoders"] or [None]
     results["encoder_tests"] = [paired_delong(other, first) for other in others]  # each against the first
     out = Path(out)
@@ -429,7 +437,7 @@ def compare(
         key: [{k: v for k, v in run.items() if k not in arrays} for run in results[key]]
         for key in ("encoders", "modes", "aggregators")
     }
-    summary["paired"] = results.get("paired")
+    summary["paired"] = results["paired"]
     summary["encoder_tests"] = results["encoder_tests"]
     summary["figure"] = str(figure)
     write_json_atomic(out / "comparison.json", json_safe(summary))
