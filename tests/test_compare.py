@@ -326,17 +326,16 @@ def test_compare_recipe_steps_are_valid_commands_with_one_budget_for_every_encod
     for args in parsed.values():
         if args.command == "train":
             assert "test" not in args.features and "cohort-train" in args.labels
-    assert parsed["extract-region-test"].region_px == parsed["extract-region-train"].region_px
     aggregators = {a.aggregator for a in parsed.values() if a.command == "train"}
     assert aggregators == {"mean", "max", "abmil", "clam-sb", "transmil", "ss2d"}
     assert parsed["compare"].paired[0] == ["SS2D", "ABMIL"]
     # (b): region mode and one-view tile mode are extracted from the same three cohorts
     for cohort in ("train", "val", "test"):
-        assert parsed[f"extract-region-{cohort}"].region_px == int(recipe_vars(recipe)["region_px"])
+        assert parsed[f"extract-region-{cohort}"].region_px == int(_recipe_vars(recipe)["region_px"])
         assert parsed[f"extract-tile1-{cohort}"].views == 1 and parsed[f"extract-tile1-{cohort}"].region_px is None
 
 
-def recipe_vars(recipe) -> dict[str, str]:
+def _recipe_vars(recipe) -> dict[str, str]:
     """The variables of a loaded recipe, read back from its file (``load_recipe`` keeps only the steps)."""
     import yaml
 
@@ -364,4 +363,5 @@ def test_compare_slide_models_are_the_default_recipes_slide_training_with_only_t
             assert _resolved(compare.workdir, getattr(args, name)) == _resolved(default.workdir, getattr(shipped, name))
     for args in trainings:
         assert {n: getattr(args, n) for n in budget} == {n: getattr(shipped, n) for n in budget}
+        assert args.val_features == args.features.replace("-train", "-val")  # each mode validates on its own features
     assert shipped.aggregator == "ss2d"
