@@ -278,6 +278,15 @@ def test_compare_writes_one_table_one_figure_and_the_paired_test(
         ["compare", "--out", tmp_path / "x", "--aggregator", f"A={runs / 'agg-SS2D'}", "--paired", "A", "B"], capsys
     )
     assert code == 1 and "no aggregator or mode labelled B" in err
+    code, _, err = run(
+        ["compare", "--out", tmp_path / "x", "--aggregator", f"A={runs / 'agg-SS2D'}", "--mode", f"A={runs / 'tile'}"],
+        capsys,
+    )
+    assert code == 1 and "labels given twice: A" in err and not (tmp_path / "x").exists()
+    code, _, err = run(
+        ["compare", "--out", tmp_path / "x", "--aggregator", f"A={runs / 'agg-SS2D'}", "--paired", "A", "A"], capsys
+    )
+    assert code == 1 and "A against itself" in err
 
 
 def test_the_figure_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
