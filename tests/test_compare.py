@@ -16,7 +16,7 @@ from test_patches import run, write_folder
 from wsi_mamba.cli import build_parser
 from wsi_mamba.evaluation.delong import delong_covariance, delong_test, paired_permutation_p
 from wsi_mamba.outputs.atomic import TEMP_MARKER
-from wsi_mamba.workflows.compare import compare, count_gflops, markdown_table, profile_encoder
+from wsi_mamba.workflows.compare import _threads_text, compare, count_gflops, markdown_table, profile_encoder
 from wsi_mamba.workflows.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +239,7 @@ def test_compare_writes_one_table_one_figure_and_the_paired_test(
         assert any(f"| {label} |" in line for line in table)
     assert "2 epochs × 512 class-balanced draws" in text and "the same for every encoder" in text
     assert "4/4 · 2/3 · 0/3" in text and "1/10" in text  # sensitivity per lesion class, false positives
+    assert "batch 64, torch's thread count," in text  # not profiled: no thread count recorded
     paired, modes_paired = summary["paired"]  # one test per pair, in the order given
     assert paired["a"] == "SS2D" and paired["b"] == "ABMIL" and paired["n"] == 20 and 0 <= paired["p_value"] <= 1
     assert (modes_paired["a"], modes_paired["b"]) == ("region", "tile")
@@ -306,6 +307,12 @@ def test_the_figure_is_written_atomically(tmp_path: Path, monkeypatch: pytest.Mo
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["fig.png"]
     with pytest.raises(ValueError, match="no curves"):
         write_roc_panels({"empty": {}}, path)
+
+
+def test_caption_names_the_thread_counts_the_encoders_were_timed_with() -> None:
+    assert _threads_text([{"threads": 1}, {"threads": 1}]) == "1 torch thread"
+    assert _threads_text([{"threads": 2}, {"threads": 1}, {}]) == "1 / 2 torch threads"
+    assert _threads_text([{}]) == "torch's thread count"
 
 
 def test_markdown_table_escapes_pipes() -> None:
