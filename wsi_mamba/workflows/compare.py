@@ -419,18 +419,19 @@ def compare(
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise ValueError(f"labels given twice: {', '.join(repeated)} (each row of the table needs its own label)")
+    same = [a for a, b in paired if a == b]
+    if same:
+        raise ValueError(f"--paired: {same[0]} against itself")
+    slide_labels = {label for label, _ in (*modes, *aggregators)}
+    missing = [label for pair in paired for label in pair if label not in slide_labels]
+    if missing:
+        raise ValueError(f"--paired: no aggregator or mode labelled {', '.join(missing)}")
     results: dict = {
         "encoders": [read_encoder_run(label, folder, profile, repeats) for label, folder in encoders],
         "modes": [read_slide_run(label, folder) for label, folder in modes],
         "aggregators": [read_slide_run(label, folder) for label, folder in aggregators],
     }
     by_label = {r["label"]: r for r in results["aggregators"] + results["modes"]}
-    same = [a for a, b in paired if a == b]
-    if same:
-        raise ValueError(f"--paired: {same[0]} against itself")
-    missing = [label for pair in paired for label in pair if label not in by_label]
-    if missing:
-        raise ValueError(f"--paired: no aggregator or mode labelled {', '.join(missing)}")
     results["paired"] = [paired_delong(by_label[a], by_label[b]) for a, b in paired]
     first, *others = results["encoders"] or [None]
     results["encoder_tests"] = [paired_delong(other, first) for other in others]  # each against the first
