@@ -71,6 +71,9 @@ def _amount(pixels: int) -> str:
 MPP_RANGE = (0.05, 20.0)
 """Plausible microns per pixel for microscopy (a 100x objective to a low-power overview)."""
 
+SQUARE_PIXEL_TOLERANCE = 0.01
+"""X and Y resolutions further apart than this fraction (of the smaller) mean pixels that are not square."""
+
 
 def objective_power_ok(value: float | None) -> bool | None:
     """None when unknown, else whether ``value`` is a plausible objective magnification (finite, 0 < x ≤ 1000)."""
@@ -128,7 +131,8 @@ class Slide(ABC):
     """An open whole-slide image; coordinates given to ``read_region`` are level-0 pixels (as OpenSlide).
 
     Subclasses set ``path``, ``level_dimensions`` ((w, h) per level), ``vendor``, ``objective_power`` and
-    ``native_mpp``, and implement ``_read_level``, ``_associated_images``, ``_tile_size`` and ``close``.
+    ``native_mpp`` (or both axes' through ``_set_native_mpp_xy``), and implement ``_read_level``,
+    ``_associated_images``, ``_tile_size`` and ``close``.
     """
 
     backend: str = ""
@@ -137,21 +141,42 @@ class Slide(ABC):
     vendor: str | None = None
     objective_power: float | None = None
     native_mpp: float | None = None
+    native_mpp_xy: tuple[float, float] | None = None
+    mpp_problem: str | None = None
+
+    def _set_native_mpp_xy(self, xy: tuple[float, float] | None) -> None:
+        """Record the file's (x, y) microns per pixel; ``native_mpp`` is their mean (see ``_init_mpp``)."""
+        self.native_mpp_xy = xy
+        self.native_mpp = None if xy is None else (xy[0] + xy[1]) / 2.0
+
+    def _native_mpp_problem(self) -> str | None:
+        """Why the file's resolution cannot be used, or None: outside :data:`MPP_RANGE` (inf, 1e-300, a 72-dpi
+        screen default: not a microscope's), or X and Y further apart than :data:`SQUARE_PIXEL_TOLERANCE`
+        (pixels that are not square: their mean would be wrong both ways)."""
+        low, high = MPP_RANGE
+        if self.native_mpp_xy is not None:
+            x, y = self.native_mpp_xy
+            if math.isfinite(x) and math.isfinite(y) and abs(x - y) > SQUARE_PIXEL_TOLERANCE * min(x, y):
+                return (
+                    f"pixels are not square: the file's resolution is {x:g} µm/px across (X) and {y:g} µm/px "
+                    f"down (Y), more than {SQUARE_PIXEL_TOLERANCE:.0%} apart"
+                )
+        native = self.native_mpp
+        if native is not None and not (math.isfinite(native) and low <= native <= high):
+            return f"the file's resolution ({native:g} µm/px) is not a microscope's (expected {low:g}-{high:g} µm/px)"
+        return None
 
     def _init_mpp(self, mpp: float | None) -> None:
         """Apply a caller's mpp override; warn when the slide has none and none was given. A resolution in the
-        file outside :data:`MPP_RANGE` (inf, 1e-300, a 72-dpi screen default) is not a microscope's: it is
-        treated as missing, with one warning."""
+        file that cannot be used (:meth:`_native_mpp_problem`) is treated as missing, with one warning, and
+        kept in ``mpp_problem`` for the error of whatever then needs an mpp."""
         low, high = MPP_RANGE
-        native = self.native_mpp
-        implausible = native is not None and not (math.isfinite(native) and low <= native <= high)
-        if implausible:
+        self.mpp_problem = self._native_mpp_problem()
+        if self.mpp_problem is not None:
             self.native_mpp = None
             if mpp is None:
                 warnings.warn(
-                    f"{self.path}: the file's resolution ({native:g} µm/px) is not a microscope's (expected "
-                    f"{low:g}-{high:g} µm/px): ignored; pass mpp= (--slide-mpp) to set it",
-                    stacklevel=3,
+                    f"{self.path}: {self.mpp_problem}: ignored; pass mpp= (--slide-mpp) to set it", stacklevel=3
                 )
         if objective_power_ok(self.objective_power) is False:
             self.objective_power = None
@@ -165,7 +190,7 @@ class Slide(ABC):
             self.mpp: float | None = float(mpp)
         else:
             self.mpp = self.native_mpp
-            if self.mpp is None and not implausible:
+            if self.mpp is None and self.mpp_problem is None:
                 warnings.warn(
                     f"{self.path}: no microns-per-pixel in the file; pass mpp= to set it",
                     stacklevel=3,

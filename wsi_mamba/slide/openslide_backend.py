@@ -54,8 +54,12 @@ class OpenSlideSlide(Slide):
         self.objective_power = positive_float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
         mpp_x = positive_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
         mpp_y = positive_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
-        self.native_mpp = (mpp_x + mpp_y) / 2.0 if mpp_x and mpp_y else None
-        self._init_mpp(mpp)
+        self._set_native_mpp_xy((mpp_x, mpp_y) if mpp_x and mpp_y else None)
+        try:
+            self._init_mpp(mpp)
+        except SlideError:
+            self._osr.close()
+            raise
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:  # type: ignore[override]

@@ -13,8 +13,9 @@ import tifffile
 import zarr
 from tifffile import RESUNIT, TIFF
 
-from .base import Slide, check_pixels, positive_float_or_none, to_rgb_uint8
+from .base import Slide, check_pixels, positive_float_or_none
 from .errors import SlideError, TileDecodeError
+from .pixel_format import Converter, rgb_converter
 from .tile_cache import TileCache
 
 # Formats with vendor-specific layouts (overlaps, stripes, extra planes) are left to OpenSlide.
@@ -52,16 +53,16 @@ def tiff_kind(path: Path) -> str | None:
         return None
 
 
-def _mpp_from_page(page: tifffile.TiffPage) -> float | None:
-    """Microns per pixel from XResolution/YResolution with a metric or inch ResolutionUnit.
+def _mpp_from_page(page: tifffile.TiffPage) -> tuple[float, float] | None:
+    """(x, y) microns per pixel from XResolution/YResolution with a metric or inch ResolutionUnit.
 
     Inch resolutions coarser than 100 µm/px (1, 72, 96 dpi...) are writers' defaults: ignored."""
     unit = _UM_PER_UNIT.get(page.resolutionunit)
     xres, yres = page.resolution
     if unit is None or not xres or not yres:
         return None
-    mpp = (unit / xres + unit / yres) / 2.0
-    if page.resolutionunit == RESUNIT.INCH and mpp > _MAX_INCH_MPP:
+    mpp = (unit / xres, unit / yres)
+    if page.resolutionunit == RESUNIT.INCH and sum(mpp) / 2.0 > _MAX_INCH_MPP:
         return None  # 1, 72, 96 dpi: a writer's default, not a scanner's resolution
     return mpp
 
@@ -76,8 +77,8 @@ def _aperio_fields(description: str) -> dict[str, str]:
     return fields
 
 
-def _ome_mpp(ome_xml: str) -> float | None:
-    """PhysicalSizeX/Y of the first OME Pixels element, in microns."""
+def _ome_mpp(ome_xml: str) -> tuple[float, float] | None:
+    """(PhysicalSizeX, PhysicalSizeY) of the first OME Pixels element, in microns."""
     try:
         root = ET.fromstring(ome_xml)
     except ET.ParseError:
@@ -91,7 +92,7 @@ def _ome_mpp(ome_xml: str) -> float | None:
                 if size is None or scale is None:
                     return None
                 sizes.append(size * scale)
-            return sum(sizes) / 2.0
+            return sizes[0], sizes[1]
     return None
 
 
@@ -121,6 +122,43 @@ def _aperio_layout(tf: tifffile.TiffFile) -> tuple[list[Any], list[tuple[str, An
     return levels, list(associated.items())
 
 
+class MissingChunks:
+    """Which file tiles (or strips) of a level hold no image data: a byte count of 0 or an offset of 0 (the
+    TIFF header), that tifffile and zarr would silently read as the fill value (black)."""
+
+    def __init__(self, chunk: tuple[int, int], missing: np.ndarray) -> None:
+        self.chunk = chunk  # (height, width) of a file tile or strip
+        self.missing = missing  # (rows, columns) bool
+
+    @classmethod
+    def of_level(cls, level: Any) -> MissingChunks | None:
+        """The missing chunks of any page of ``level`` (a tifffile series), None when there are none."""
+        page = level.keyframe
+        height, width = int(page.imagelength), int(page.imagewidth)
+        if page.is_tiled:
+            chunk = (int(page.tilelength), int(page.tilewidth))
+        else:
+            chunk = (max(1, min(int(page.rowsperstrip or height), height)), max(width, 1))
+        grid = (-(-height // chunk[0]), -(-width // chunk[1]))
+        missing = np.zeros(grid, bool)
+        for frame in level.pages:
+            if frame is None:
+                continue
+            absent = (np.asarray(frame.databytecounts) == 0) | (np.asarray(frame.dataoffsets) == 0)
+            if not absent.any():
+                continue
+            if absent.size % (grid[0] * grid[1]):  # a layout we cannot map: every chunk is suspect
+                return cls(chunk, np.ones(grid, bool))
+            missing |= absent.reshape(-1, *grid).any(axis=0)
+        return cls(chunk, missing) if missing.any() else None
+
+    def first_in(self, x: int, y: int, w: int, h: int) -> tuple[int, int] | None:
+        """(row, column) of the first missing chunk under the region, or None."""
+        (ch, cw), grid = self.chunk, self.missing
+        rows, cols = np.nonzero(grid[y // ch : (y + h - 1) // ch + 1, x // cw : (x + w - 1) // cw + 1])
+        return None if not len(rows) else (int(rows[0]) + y // ch, int(cols[0]) + x // cw)
+
+
 MAX_CACHED_TILES_PER_READ = 16  # larger reads (whole levels, previews) bypass the decoded-tile cache
 
 
@@ -143,13 +181,13 @@ class TiffSlide(Slide):
         self._handles.append(tf)
         try:
             self._inspect(tf)
+            self._init_mpp(mpp)
         except SlideError:
             self.close()
             raise
         except Exception as exc:
             self.close()
             raise SlideError(self.path, f"cannot read TIFF structure ({exc})") from exc
-        self._init_mpp(mpp)
 
     def _inspect(self, tf: tifffile.TiffFile) -> None:
         if not tf.series:
@@ -174,6 +212,8 @@ class TiffSlide(Slide):
         if len(levels) == 1 and max(dims[0]) > 4096:
             warnings.warn(f"{self.path}: TIFF has no pyramid; low-resolution reads are slow", stacklevel=4)
         self._check_not_truncated(tf, levels)
+        self._converters = [self._converter(level) for level in levels]
+        self._missing = [MissingChunks.of_level(level) for level in levels]
         self._tiles = []
         for level in levels:
             page = level.keyframe
@@ -189,13 +229,20 @@ class TiffSlide(Slide):
             self.objective_power = positive_float_or_none(fields.get("AppMag"))
         elif tf.is_ome:
             self.vendor = "ome-tiff"
-            self.native_mpp = _ome_mpp(tf.ome_metadata or "")
+            self._set_native_mpp_xy(_ome_mpp(tf.ome_metadata or ""))
         else:
             self.vendor = "generic-tiff"
-            self.native_mpp = _mpp_from_page(first)
+            self._set_native_mpp_xy(_mpp_from_page(first))
         self._associated = [(s.name.lower(), s) for s in tf.series[1:] if s.name and tf.is_svs]
         if aperio is not None:
             self._associated = aperio[1]
+
+    def _converter(self, level: Any) -> Converter:
+        """How the samples this backend reads from ``level`` become RGB (``SlideError`` for a format without
+        one). A page's channels are its samples (S), or the series' C axis when they are separate pages."""
+        shape = dict(zip(level.axes, level.shape, strict=True))
+        channels = int(shape["C"]) if "S" not in shape and "C" in shape else None
+        return rgb_converter(self.path, level.keyframe, channels)
 
     def _check_not_truncated(self, tf: tifffile.TiffFile, levels: list[Any]) -> None:
         size = tf.filehandle.size
@@ -271,6 +318,14 @@ class TiffSlide(Slide):
             else:
                 key.append(0)
         kept = "".join(a for a in axes if a in ("Y", "X", channel))
+        missing = self._missing[level]
+        chunk = missing.first_in(x, y, w, h) if missing is not None else None
+        if chunk is not None:
+            raise TileDecodeError(
+                self.path,
+                f"no image data for level {level} at ({x}, {y}) size ({w}, {h}): file tile (row {chunk[0]}, "
+                f"column {chunk[1]}) has a byte count (or offset) of 0",
+            )
         try:
             pixels = np.asarray(self._arrays()[level][tuple(key)])
         except SlideError:
@@ -280,7 +335,7 @@ class TiffSlide(Slide):
                 self.path, f"cannot decode pixels of level {level} at ({x}, {y}) size ({w}, {h}): {exc}"
             ) from exc
         order = [kept.index("Y"), kept.index("X")] + ([kept.index(channel)] if channel else [])
-        return to_rgb_uint8(pixels.transpose(order))
+        return self._converters[level](pixels.transpose(order))
 
     def _tile_size(self, level: int) -> tuple[int, int]:
         return self._tiles[level]
@@ -295,7 +350,7 @@ class TiffSlide(Slide):
                 warnings.warn(f"{exc}: not decoded", stacklevel=2)
                 continue
             try:
-                images[name] = to_rgb_uint8(series.asarray())
+                images[name] = rgb_converter(self.path, series.keyframe)(series.asarray())
             except Exception as exc:
                 warnings.warn(f"{self.path}: cannot decode associated image {name!r}: {exc}", stacklevel=2)
         return images

@@ -101,7 +101,8 @@ def make_tile_grid(
     """Grid of ``tile_px`` tiles at ``target_mpp`` µm/px keeping tiles with tissue fraction ≥ ``min_tissue``
     (``min_tissue`` ≤ 0 keeps every tile). The slide needs an mpp (from the file or ``open_slide(mpp=)``)."""
     if slide.mpp is None:
-        raise SlideError(slide.path, "no microns-per-pixel known: pass mpp= to open_slide (--slide-mpp)")
+        why = f" ({slide.mpp_problem})" if slide.mpp_problem else ""
+        raise SlideError(slide.path, f"no microns-per-pixel known{why}: pass mpp= to open_slide (--slide-mpp)")
     if tile_px <= 0 or target_mpp <= 0:
         raise ValueError(f"tile_px and target_mpp must be positive, got {tile_px}, {target_mpp}")
     ds = target_mpp / slide.mpp
