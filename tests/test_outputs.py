@@ -52,8 +52,8 @@ def _leftovers(folder: Path) -> list[str]:
 def test_atomic_path_renames_on_success(tmp_path: Path) -> None:
     target = tmp_path / "result.bin"
     with atomic_path(target) as tmp:
-        assert tmp.parent == tmp_path
-        assert tmp.name == f"result.bin{TEMP_MARKER}{os.getpid()}"
+        assert tmp.parent.parent == tmp_path and tmp.name == "result.bin"  # in a private folder beside the target
+        assert tmp.parent.name.startswith(f"result.bin{TEMP_MARKER}{os.getpid()}-")
         tmp.write_bytes(b"done")
         assert not target.exists()  # nothing under the final name while writing
     assert target.read_bytes() == b"done"

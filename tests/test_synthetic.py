@@ -36,6 +36,7 @@ def test_camelyon_layout(cohort: Path) -> None:
     assert (
         files
         == [
+            "synth.json",  # the generating parameters: a rerun with others is refused (issue 25)
             "testing/images/test_001.tif",
             "testing/reference.csv",
             "training/labels.csv",

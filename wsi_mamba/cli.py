@@ -9,12 +9,12 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMAND_MODULES, EXPECTED_ERRORS
-from .commands._args import UsageError
+from .commands._args import CommandParser, UsageError
+from .messages import use_one_line_warnings
 
 EXAMPLES = """\
 examples:
@@ -37,7 +37,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(  # usage errors on one line, exit code 2
         prog="wsi-mamba",
         description=(
             "Whole-slide pathology analysis: slides in, metastasis scores out (VMamba + Triton scan)."
@@ -53,11 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message: Warning | str, *_: object, **__: object) -> str:
-    """Warnings as ``warning: message`` lines (they are for users, not a source listing)."""
-    return f"warning: {message}\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
@@ -70,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # tifffile logs damaged-file details on stderr; the slide layer reports them as one SlideError
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    warnings.formatwarning = _one_line_warning
+    use_one_line_warnings()  # `warning: message` lines, not a source listing
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from .. import ranges
 from ..data.augment_config import VIEW_COUNTS
 from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
+from ..ranges import Range
 from ..workflows.configs import PatchTrainingConfig, TileOptions
 
 if TYPE_CHECKING:
@@ -27,26 +29,91 @@ class UsageError(ValueError):
     """A command given a combination of arguments it cannot use: one line, exit code 2."""
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``error: PROG: argument --x: ...``, exit code 2 (the
+    subcommands' parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, except that arguments nobody knows are reported by the subcommand they were given to: its
+        usage, then one error line with ``did you mean --x?`` when an option is close to one of its own."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = _subcommand_parser(self, parsed)
+            parser.print_usage(sys.stderr)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{_suggestion(parser, extras)}")
+        return parsed
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _subcommand_parser(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the subcommand named in ``parsed`` (``parser`` itself when none was given)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(parsed, action.dest, None), parser)
+    return parser
+
+
+def _suggestion(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """``; did you mean --heatmap?`` for the first unknown option close to one of ``parser``'s (difflib), else ''."""
+    import difflib
+
+    options = [
+        name for action in parser._actions if action.help is not argparse.SUPPRESS
+        for name in action.option_strings if name.startswith("--")
+    ]
+    for text in extras:
+        if text.startswith("-"):
+            close = difflib.get_close_matches(text.partition("=")[0], options, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
+
+
+class Ranged:
+    """argparse type: a number obeying a :class:`~wsi_mamba.ranges.Range` (``range``), else a usage error naming
+    the option, the range and the value (``nan``, ``inf`` and out-of-range numbers included)."""
+
+    def __init__(self, rule: Range) -> None:
+        self.range = rule
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            return self.range.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def __repr__(self) -> str:
+        return f"Ranged({self.range.bounds()})"
+
+
+# The argparse types of numeric options: every int or float option uses one (tests/test_hostile_options.py checks).
+positive_int = Ranged(ranges.POSITIVE_INT)
+count = Ranged(ranges.COUNT)
+positive_float = Ranged(ranges.POSITIVE)
+non_negative = Ranged(ranges.NON_NEGATIVE)
+fraction = Ranged(ranges.FRACTION)
+val_fraction = Ranged(ranges.VAL_FRACTION)
+decay = Ranged(ranges.DECAY)
+mpp = Ranged(ranges.MPP)
+seed = Ranged(ranges.SEED)
+view_count = Ranged(ranges.VIEWS)
+
+
+def path_text(text: str) -> str:
+    """argparse type: a file or folder path; an empty or blank one is refused (``predict ""`` would otherwise
+    search the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}) names no file or folder")
+    return text
+
+
+def name_text(text: str) -> str:
+    """argparse type: a name or other word (model name, step, address); an empty or blank one is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must not be empty, got {text!r}")
+    return text
 
 
 def json_object(text: str) -> dict:
@@ -135,7 +202,10 @@ def carve_arguments(p: argparse.ArgumentParser) -> None:
     cut the same split): ``--val-fraction`` and ``--max-val-patches``."""
     d = CARVE_DEFAULTS
     p.add_argument(
-        "--val-fraction", type=float, default=d.val_fraction, help=f"carved validation part (default {d.val_fraction})"
+        "--val-fraction",
+        type=val_fraction,
+        default=d.val_fraction,
+        help=f"carved validation part, in [0, 1) (default {d.val_fraction})",
     )
     p.add_argument(
         "--max-val-patches",
@@ -162,11 +232,11 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         )
     p.add_argument(
         "--min-tissue",
-        type=float,
+        type=fraction,
         default=d.min_tissue,
-        help=f"keep tiles with this tissue fraction (default {d.min_tissue})",
+        help=f"keep tiles with this tissue fraction, in [0, 1] (default {d.min_tissue})",
     )
-    p.add_argument("--slide-mpp", type=positive_float, default=d.slide_mpp, help="level-0 µm/px for slides without one")
+    p.add_argument("--slide-mpp", type=mpp, default=d.slide_mpp, help="level-0 µm/px for slides without one")
     p.add_argument(
         "--region-px",
         type=positive_int,
@@ -177,13 +247,13 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
     p.add_argument(
         "--region-overlap",
         dest="region_overlap_px",
-        type=int,
+        type=count,
         default=d.region_overlap_px,
         help="region mode: px shared by neighbouring regions, whole tiles (default: a quarter of --region-px)",
     )
     p.add_argument(
         "--views",
-        type=int,
+        type=view_count,
         choices=VIEW_COUNTS,
         default=d.views,
         help="tile mode: average each tile's features over 1, 4 (rotations) or 8 (and mirror images) views; 4x/8x "
@@ -209,6 +279,7 @@ def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None
     ``--encoder-tile-px`` / ``--encoder-mpp`` (override the tile geometry the checkpoint or model config gives)."""
     p.add_argument(
         "--encoder-weights",
+        type=path_text,
         metavar="PATH",
         help="local weights of a timm:NAME encoder: .safetensors, weights-only .pth/.bin, or a Hugging Face-style "
         "folder (config.json + model.safetensors | pytorch_model.bin); nothing is downloaded",
@@ -216,7 +287,7 @@ def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None
     if geometry:
         p.add_argument("--encoder-tile-px", type=positive_int, help="tile side in pixels (default: the model's)")
         p.add_argument(
-            "--encoder-mpp", type=positive_float, help="tile µm/px (default: the checkpoint's; 0.5 for timm models)"
+            "--encoder-mpp", type=mpp, help="tile µm/px (default: the checkpoint's; 0.5 for timm models)"
         )
 
 

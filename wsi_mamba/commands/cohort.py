@@ -6,7 +6,16 @@ import argparse
 import json
 import sys
 
-from ._args import command_device, command_parser, device_argument, positive_int, tile_arguments, tile_options
+from ._args import (
+    command_device,
+    command_parser,
+    device_argument,
+    name_text,
+    path_text,
+    positive_int,
+    tile_arguments,
+    tile_options,
+)
 
 # Manifest, model and scheduler errors are ValueErrors whose message names the file or address.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
@@ -22,16 +31,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "wsi-mamba cohort slides.csv --out results/ --workers 4\n"
         "  wsi-mamba cohort data/cohort/testing --out results/ --scheduler tcp://10.0.0.5:8786 --heatmap",
     )
-    p.add_argument("manifest", help="CSV with a 'slide' (or 'path'/'image') column of slide paths, or a folder")
-    p.add_argument("--out", required=True, help="output folder: slides/NAME.json, failed/NAME.json, cohort.csv")
+    p.add_argument(
+        "manifest", type=path_text, help="CSV with a 'slide' (or 'path'/'image') column of slide paths, or a folder"
+    )
+    p.add_argument(
+        "--out", type=path_text, required=True, help="output folder: slides/NAME.json, failed/NAME.json, cohort.csv"
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS", help="a running dask scheduler (tcp://host:8786)")
+    where.add_argument(
+        "--scheduler", type=name_text, metavar="ADDRESS", help="a running dask scheduler (tcp://host:8786)"
+    )
     where.add_argument(
         "--workers",
         type=positive_int,
         help="worker processes of the local cluster (default: one per GPU, else min(4, CPUs))",
     )
-    p.add_argument("--model", help="model folder (default: the shipped default model)")
+    p.add_argument("--model", type=path_text, help="model folder (default: the shipped default model)")
     p.add_argument(
         "--heatmap",
         action="store_true",

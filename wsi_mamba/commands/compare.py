@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._args import THREADS_HELP, UsageError, command_parser, positive_int
+from ._args import THREADS_HELP, UsageError, command_parser, name_text, path_text, positive_int
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
 
@@ -15,7 +15,7 @@ def labelled_folder(text: str) -> tuple[str, Path]:
     label, sep, folder = text.rpartition("=")
     if not sep or not label.strip() or not folder:
         raise argparse.ArgumentTypeError(f"expected LABEL=FOLDER, got {text!r}")
-    return label.strip(), Path(folder)
+    return label.strip(), Path(path_text(folder))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "wsi-mamba compare --out comparison --encoder VMamba=encoders/vmamba --encoder ResNet=encoders/resnet "
         "--aggregator SS2D=eval/ss2d --aggregator ABMIL=eval/abmil --paired SS2D ABMIL",
     )
-    p.add_argument("--out", required=True, help="folder for comparison.md, comparison.png, comparison.json")
+    p.add_argument(
+        "--out", type=path_text, required=True, help="folder for comparison.md, comparison.png, comparison.json"
+    )
     labelled_options = {
         "--encoder": "an encoder: FOLDER holds encoder.safetensors and valid-patches.csv + .metrics.json",
         "--mode": "a feature mode (tile, region): an evaluate output folder",
@@ -40,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help=f"{what} (repeatable)",
         )
     p.add_argument(
-        "--paired", nargs=2, action="append", default=[], metavar=("A", "B"),
+        "--paired", nargs=2, action="append", default=[], type=name_text, metavar=("A", "B"),
         help="DeLong's paired test between these two labels (repeatable)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the encoders' GFLOPs and CPU speed")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ._args import name_text
+
 EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
 EXAMPLE = "wsi-mamba model-info vmamba_tiny --resolution 1024 --json"
 
@@ -32,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"example:\n  {EXAMPLE}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", help="registered model name, e.g. vmamba_tiny, vmamba_small, vmamba_base, vmamba_nano")
+    p.add_argument(
+        "name", type=name_text, help="registered model name, e.g. vmamba_tiny, vmamba_small, vmamba_base, vmamba_nano"
+    )
     p.add_argument("--resolution", type=_resolution, default=(224, 224), help="input PX or HxW (default 224)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_model_info)

@@ -16,8 +16,12 @@ from ._args import (
     device_argument,
     encoder_arguments,
     encoder_options,
-    positive_float,
+    fraction,
+    mpp,
+    path_text,
     positive_int,
+    seed,
+    view_count,
 )
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
@@ -32,25 +36,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "known (folder names 0/1 or normal/tumor, the _y.h5 beside the _x.h5, or --labels).",
         "wsi-mamba score-patches pcam/valid --out valid-scores.csv",
     )
-    p.add_argument("paths", nargs="+", help="image files, folders (recursive), PCam *_x.h5 files or path,label CSVs")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=path_text,
+        help="image files, folders (recursive), PCam *_x.h5 files or path,label CSVs",
+    )
     p.add_argument(
         "--model",
+        type=path_text,
         help="model folder, encoder checkpoint, or timm:NAME with --encoder-weights (default: the default model)",
     )
     encoder_arguments(p, geometry=False)
-    p.add_argument("--labels", help="CSV with path,label columns naming the patches' labels")
-    p.add_argument("--out", help="CSV of per-patch scores; NAME.metrics.json and NAME.roc.png go beside it")
+    p.add_argument("--labels", type=path_text, help="CSV with path,label columns naming the patches' labels")
+    p.add_argument(
+        "--out", type=path_text, help="CSV of per-patch scores; NAME.metrics.json and NAME.roc.png go beside it"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, [index], [label], score}")
     p.add_argument(
         "--views",
-        type=int,
+        type=view_count,
         choices=VIEW_COUNTS,
         help="score each patch as the mean logit of 1, 4 (rotations) or 8 (and mirror images) views (default: the "
         "model folder's, 1 for an encoder checkpoint)",
     )
     p.add_argument("--tta", dest="views", action="store_const", const=8, help="the same as --views 8")
-    p.add_argument("--threshold", type=float, help="patch probability threshold for the accuracy (default 0.5)")
-    p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
+    p.add_argument(
+        "--threshold", type=fraction, help="patch probability threshold for the accuracy, in [0, 1] (default 0.5)"
+    )
+    p.add_argument("--patch-mpp", type=mpp, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default 128)")
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     device_argument(p)
@@ -63,10 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation part is what an encoder trained on them with the same options never learnt from.",
         "wsi-mamba split-patches pcam/train --out split/",
     )
-    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or path,label CSVs")
-    p.add_argument("--out", required=True, help="folder for train.csv and validation.csv")
+    p.add_argument("paths", nargs="+", type=path_text, help="image files, folders (recursive) or path,label CSVs")
+    p.add_argument("--out", type=path_text, required=True, help="folder for train.csv and validation.csv")
     carve_arguments(p)
-    p.add_argument("--seed", type=int, default=PatchTrainingConfig.seed, help="as train-encoder's")
+    p.add_argument("--seed", type=seed, default=PatchTrainingConfig.seed, help="as train-encoder's")
     p.set_defaults(func=cmd_split_patches)
 
 
@@ -75,7 +89,7 @@ def cmd_split_patches(args: argparse.Namespace) -> int:
     from ..workflows.patch_training import write_patch_split
 
     cfg = PatchTrainingConfig(val_fraction=args.val_fraction, max_val_patches=args.max_val_patches, seed=args.seed)
-    train_csv, val_csv = write_patch_split(open_patches(args.paths), args.out, cfg)
+    train_csv, val_csv = write_patch_split(open_patches(args.paths), args.out, cfg, inputs=args.paths)
     print(f"wrote {train_csv} and {val_csv}")
     return 0
 
@@ -85,18 +99,22 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.patches import PatchGeometry, open_patches
+    from ..outputs.atomic import check_not_inputs
     from ..threads import apply_threads
+    from ..workflows.bundle import model_files
     from ..workflows.score_patches import (
         load_patch_classifier,
         patch_metrics,
+        patch_output_files,
         result_rows,
         score_patch_source,
         write_patch_outputs,
     )
 
     apply_threads(args.threads)
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.out:  # before any scoring: no output over an input (the list, the labels, the model)
+        inputs = [*args.paths, args.labels, args.encoder_weights, *model_files(args.model)]
+        check_not_inputs(patch_output_files(args.out), inputs)
     source = open_patches(args.paths, labels_csv=args.labels)
     if args.patch_mpp:
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)

@@ -9,7 +9,17 @@ import warnings
 
 from ..slide import AnnotationError, SlideError, open_slide
 from ..slide.base import set_max_pixels
-from ._args import command_parser, max_pixels_argument, positive_float, positive_int
+from ._args import (
+    command_parser,
+    fraction,
+    max_pixels_argument,
+    mpp,
+    non_negative,
+    path_text,
+    positive_float,
+    positive_int,
+    seed,
+)
 
 EXPECTED_ERRORS = (SlideError, AnnotationError)
 
@@ -25,9 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Show a slide's backend, vendor, levels, mpp and associated images.",
         "wsi-mamba info slide.svs --json",
     )
-    p.add_argument("slide", help="slide file (or DICOM folder)")
+    p.add_argument("slide", type=path_text, help="slide file (or DICOM folder)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", choices=("tifffile", "openslide"), help="force a backend")
+    p.add_argument("--slide-mpp", type=mpp, help="level-0 µm/px: stands in for a missing one or overrides the file's")
     max_pixels_argument(p)
     p.set_defaults(func=cmd_info)
 
@@ -37,12 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Tile a slide at a resolution and draw the grid on its thumbnail.",
         "wsi-mamba tiles slide.svs --mpp 0.5 --tile 256 --out preview.png",
     )
-    p.add_argument("slide", help="slide file (or DICOM folder)")
+    p.add_argument("slide", type=path_text, help="slide file (or DICOM folder)")
     p.add_argument("--mpp", type=positive_float, default=0.5, help="tile resolution in µm/px (default 0.5)")
     p.add_argument("--tile", type=positive_int, default=256, help="tile side in pixels (default 256)")
-    p.add_argument("--min-tissue", type=float, default=0.25, help="keep tiles with this tissue fraction")
-    p.add_argument("--slide-mpp", type=positive_float, help="level-0 µm/px when the file has none")
-    p.add_argument("--out", help="preview PNG to write")
+    p.add_argument("--min-tissue", type=fraction, default=0.25, help="keep tiles with this tissue fraction, in [0, 1]")
+    p.add_argument("--slide-mpp", type=mpp, help="level-0 µm/px when the file has none")
+    p.add_argument("--out", type=path_text, help="preview PNG to write")
     p.add_argument("--max-size", type=positive_int, default=1024, help="preview's longer side (px)")
     p.add_argument("--json", action="store_true", help="print JSON")
     max_pixels_argument(p)
@@ -56,9 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "wsi-mamba synth data/synth --slides 6 --seed 0 --size 8192\n"
         "  wsi-mamba synth data/pcam-cohort --from-patches ../shared/data/pcam/valid --slides 40 --test-fraction 1",
     )
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", type=path_text, help="output folder")
     p.add_argument("--slides", type=positive_int, default=6, help="number of slides (a third for testing/)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same files)")
     p.add_argument(
         "--size",
         type=positive_int,
@@ -69,27 +80,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flavour", choices=("mixed", "svs", "tiff"), default="mixed", help="file flavour")
     p.add_argument(
         "--test-fraction",
-        type=float,
+        type=fraction,
         default=None,
         help="fraction of the slides for testing/ (default a third; 1 = a held-out test cohort)",
     )
     p.add_argument(
         "--from-patches",
+        type=path_text,
         metavar="DIR",
         help="real tissue: build every slide from the labelled patches in DIR (0/ and 1/, or normal/ and tumor/)",
     )
     p.add_argument(
         "--stain",
-        type=float,
+        type=non_negative,
         default=1.0,
         help="with --from-patches: strength of the per-slide HED stain shift (0 = none; default 1)",
     )
     p.add_argument(
         "--composition",
-        type=float,
+        type=non_negative,
         default=1.0,  # synth.from_patches.DEFAULT_COMPOSITION (tests/test_synth_from_patches.py checks)
         help="with --from-patches: Dirichlet concentration of each slide's mix of normal-tissue appearance "
         "(smaller = more varied slides; 0 = every slide drawn uniformly from the pool; default 1)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a cohort of other parameters in OUT (without it such a folder is refused; a cohort of "
+        "the same parameters is resumed)",
     )
     p.set_defaults(func=cmd_synth)
 
@@ -98,7 +116,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     set_max_pixels(args.max_pixels)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with open_slide(args.slide, backend=args.backend) as slide:
+        with open_slide(args.slide, backend=args.backend, mpp=args.slide_mpp) as slide:
             info = slide.describe()
     info["warnings"] = [str(w.message) for w in caught]
     if args.json:
@@ -107,6 +125,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(info), indent=2, allow_nan=False))  # strict JSON: no Infinity / NaN
         return 0
     mpp = f"{info['mpp']:.4g} µm/px" if info["mpp"] else "unknown"
+    mpp += " (--slide-mpp)" if args.slide_mpp is not None else ""
     print(f"{info['path']}\n  backend: {info['backend']}   vendor: {info['vendor']}")
     print(
         f"  dimensions: {info['dimensions'][0]} x {info['dimensions'][1]}   mpp: {mpp}"
@@ -123,12 +142,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _check_image_out(out: str, slide: str) -> None:
-    """Refuse (``ValueError``, one line) an image ``--out`` that is the slide itself or an existing folder."""
+    """Refuse (``ValueError``, one line) an image ``--out`` that is the slide itself, an existing folder, or
+    another existing node that is not a regular file (a FIFO, a device: never replaced)."""
     from pathlib import Path
+
+    from ..outputs.atomic import check_regular_output
 
     target = Path(out)
     if target.is_dir():
         raise ValueError(f"--out {out} is a folder: give the image file to write (nothing was changed)")
+    check_regular_output(target)
     if target.exists() and Path(slide).exists() and target.samefile(slide):
         raise ValueError(f"--out {out} is the input slide (nothing was changed)")
 
@@ -183,15 +206,25 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     if args.from_patches:
         return _synth_from_patches(args)
-    from ..synth.cohort import plan_cohort, write_cohort
+    from ..synth.cohort import cohort_parameters, plan_cohort, write_cohort
+    from ..synth.layout import check_cohort_output
     from ..synth.writer import tile_count
 
     args.size = args.size or 8192
+    parameters = cohort_parameters(args.slides, args.seed, args.size, args.flavour, args.test_fraction)
+    check_cohort_output(args.out, parameters, args.overwrite)  # another cohort in --out: one line, before the bar
     plan = plan_cohort(args.out, args.slides, args.seed, args.size, args.flavour, args.test_fraction)
     total = sum(tile_count(p.spec.width, p.spec.height, p.flavour) for p in plan)
     with tqdm(total=total, unit="tile", desc=f"{args.slides} slides", file=sys.stderr) as bar:
         write_cohort(
-            args.out, args.slides, args.seed, args.size, args.flavour, tick=bar.update, test_fraction=args.test_fraction
+            args.out,
+            args.slides,
+            args.seed,
+            args.size,
+            args.flavour,
+            tick=bar.update,
+            test_fraction=args.test_fraction,
+            overwrite=args.overwrite,
         )
     print(f"wrote {len(plan)} slides to {args.out}")
     return 0
@@ -201,7 +234,8 @@ def _synth_from_patches(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.patches import open_patches
-    from ..synth.from_patches import plan_patch_cohort, write_patch_cohort
+    from ..synth.from_patches import patch_cohort_parameters, plan_patch_cohort, write_patch_cohort
+    from ..synth.layout import check_cohort_output
 
     source = open_patches(args.from_patches)
     max_cells = args.size // source.geometry.px if args.size else 60
@@ -212,8 +246,12 @@ def _synth_from_patches(args: argparse.Namespace) -> int:
         stain=args.stain,
         composition=args.composition,
     )
+    parameters = patch_cohort_parameters(source, args.slides, args.seed, **options)
+    check_cohort_output(args.out, parameters, args.overwrite)  # another cohort in --out: refused before planning
     plan = plan_patch_cohort(args.out, source, args.slides, args.seed, **options)  # input errors before the bar
     with tqdm(total=args.slides, unit="slide", desc=f"{args.slides} slides", file=sys.stderr) as bar:
-        write_patch_cohort(args.out, source, args.slides, args.seed, **options, tick=bar.update, plan=plan)
+        write_patch_cohort(
+            args.out, source, args.slides, args.seed, **options, tick=bar.update, plan=plan, overwrite=args.overwrite
+        )
     print(f"wrote {len(plan)} slides of real tissue from {args.from_patches} to {args.out}")
     return 0

@@ -16,15 +16,22 @@ from ._args import (
     carve_arguments,
     command_device,
     command_parser,
+    count,
+    decay,
     device_argument,
     encoder_arguments,
     encoder_options,
     json_object,
     max_pixels_argument,
+    mpp,
+    name_text,
+    path_text,
     positive_float,
     positive_int,
+    seed,
     tile_arguments,
     tile_options,
+    val_fraction,
 )
 
 if TYPE_CHECKING:
@@ -39,6 +46,15 @@ def _tile_arguments(p: argparse.ArgumentParser) -> None:
     tile_arguments(p, workers_alias=True)
     max_pixels_argument(p)
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
+
+
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(text: str) -> str:
+    r"""``text`` as one field of a tab-separated line: backslash, tab, newline and CR written as ``\\``,
+    ``\t``, ``\n`` and ``\r`` (the escapes of PostgreSQL's text format), so a name never splits a line."""
+    return str(text).translate(TSV_ESCAPES)
 
 
 def _tile_options(args: argparse.Namespace) -> TileOptions:
@@ -59,10 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "wsi-mamba extract data/cohort/training --encoder encoder.safetensors --out features/\n  "
         "wsi-mamba extract slides/ --encoder timm:resnet50 --encoder-weights resnet50.safetensors --out features/",
     )
-    p.add_argument("slides", nargs="+", help="slide files or folders (searched recursively)")
-    p.add_argument("--out", required=True, help="folder of feature stores")
+    p.add_argument("slides", nargs="+", type=path_text, help="slide files or folders (searched recursively)")
+    p.add_argument("--out", type=path_text, required=True, help="folder of feature stores")
     p.add_argument(
         "--encoder",
+        type=path_text,
         help="encoder checkpoint (.safetensors), timm:NAME (with --encoder-weights), a Hugging Face-style model "
         "folder, or a registry name (random weights); default: the default model's",
     )
@@ -83,24 +100,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     patch_defaults = PatchTrainingConfig()
     slide_defaults = EncoderTrainingConfig()
-    p.add_argument("slides", nargs="*", help="slide files or folders (training on slides)")
+    p.add_argument("slides", nargs="*", type=path_text, help="slide files or folders (training on slides)")
     p.add_argument(
         "--patches",
         nargs="+",
+        type=path_text,
         metavar="SRC",
         help="labelled patches: ROOT/0|1 or normal|tumor image folders, PCam *_x.h5 (+ *_y.h5), CSV path,label",
     )
     p.add_argument(
         "--val-patches",
         nargs="+",
+        type=path_text,
         metavar="SRC",
         help="validation patches for early stopping (default: carved from --patches; never the evaluation set)",
     )
-    p.add_argument("--labels", help="CSV of slide labels (image,label), training on slides")
-    p.add_argument("--annotations", help="folder of lesion annotations (NAME.xml / NAME.geojson), training on slides")
-    p.add_argument("--out", required=True, help="encoder checkpoint to write (.safetensors + .json)")
+    p.add_argument("--labels", type=path_text, help="CSV of slide labels (image,label), training on slides")
+    p.add_argument(
+        "--annotations",
+        type=path_text,
+        help="folder of lesion annotations (NAME.xml / NAME.geojson), training on slides",
+    )
+    p.add_argument("--out", type=path_text, required=True, help="encoder checkpoint to write (.safetensors + .json)")
     p.add_argument(
         "--model",
+        type=path_text,
         help="backbone: registry name, timm:NAME or an encoder checkpoint to start from "
         f"(default {patch_defaults.model} on patches, {slide_defaults.model} on slides)",
     )
@@ -113,9 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'{\"channels\": [16, 32, 64, 128]}' for timm:resnet50 at a quarter width",
     )
     encoder_arguments(p, geometry=False)
-    p.add_argument("--patch-mpp", type=positive_float, help="µm/px of the patches (default PCam's, 0.972)")
+    p.add_argument("--patch-mpp", type=mpp, help="µm/px of the patches (default PCam's, 0.972)")
     p.add_argument("--tile-px", type=positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
-    p.add_argument("--mpp", type=positive_float, default=slide_defaults.mpp, help="tile µm/px (slides)")
+    p.add_argument("--mpp", type=mpp, default=slide_defaults.mpp, help="tile µm/px (slides)")
     p.add_argument("--epochs", type=positive_int, help=f"default {patch_defaults.epochs} / {slide_defaults.epochs}")
     p.add_argument(
         "--batch-size", type=positive_int, help=f"default {patch_defaults.batch_size} / {slide_defaults.batch_size}"
@@ -126,14 +150,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
     p.add_argument(
         "--ema",
-        type=float,
+        type=decay,
         metavar="DECAY",
         help="validate and keep a moving average of the weights, DECAY per step, e.g. 0.998 (patches)",
     )
     p.add_argument(
         "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
     )
-    p.add_argument("--seed", type=int, default=patch_defaults.seed)
+    p.add_argument("--seed", type=seed, default=patch_defaults.seed)
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     device_argument(p)
     p.set_defaults(func=cmd_train_encoder)
@@ -144,30 +168,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Train the slide model on feature stores and slide labels; writes a model folder.",
         "wsi-mamba train --features features/ --labels labels.csv --out model/",
     )
-    p.add_argument("--features", required=True, help="folder of feature stores (from extract)")
-    p.add_argument("--labels", required=True, help="CSV of slide labels (image,label or CAMELYON16 reference.csv)")
-    p.add_argument("--out", required=True, help="model folder to write (a new folder, or a model folder to replace)")
+    p.add_argument("--features", type=path_text, required=True, help="folder of feature stores (from extract)")
+    p.add_argument(
+        "--labels",
+        type=path_text,
+        required=True,
+        help="CSV of slide labels (image,label or CAMELYON16 reference.csv)",
+    )
+    p.add_argument(
+        "--out",
+        type=path_text,
+        required=True,
+        help="model folder to write (a new folder, or a model folder to replace)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the model folder --out if there is one")
-    p.add_argument("--encoder", help="encoder checkpoint (default: the one the stores were made with)")
-    p.add_argument("--name", help="the model's name in outputs (default: the --out folder's name)")
-    p.add_argument("--annotations", help="lesion annotations folder: adds tile supervision")
+    p.add_argument("--encoder", type=path_text, help="encoder checkpoint (default: the one the stores were made with)")
+    p.add_argument("--name", type=name_text, help="the model's name in outputs (default: the --out folder's name)")
+    p.add_argument("--annotations", type=path_text, help="lesion annotations folder: adds tile supervision")
     train_defaults = SlideTrainingConfig()
     p.add_argument("--epochs", type=positive_int, default=train_defaults.epochs)
     p.add_argument("--lr", type=positive_float, default=train_defaults.lr)
     p.add_argument(
         "--patience", type=positive_int, default=train_defaults.patience, help="early-stopping patience (epochs)"
     )
-    p.add_argument("--val-fraction", type=float, default=train_defaults.val_fraction)
-    p.add_argument("--seed", type=int, default=train_defaults.seed)
+    p.add_argument(
+        "--val-fraction",
+        type=val_fraction,
+        default=train_defaults.val_fraction,
+        help=f"validation part of the slides, in [0, 1) (default {train_defaults.val_fraction})",
+    )
+    p.add_argument("--seed", type=seed, default=train_defaults.seed)
     p.add_argument(
         "--aggregator",
+        type=name_text,
         default=train_defaults.aggregator,
         help="slide aggregator (registry name): ss2d (this project's SS2D model, the default), abmil, clam-sb, "
         "transmil, mean, max",
     )
     p.add_argument(
         "--folds",
-        type=int,
+        type=count,
         default=train_defaults.folds,
         metavar="K",
         help="K-fold stratified cross-validation (K >= 2): fold models in OUT/fold-1..K, folds.json/folds.csv, "
@@ -175,11 +215,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--val-features",
+        type=path_text,
         help="validate on these feature stores (other slides, same encoder) instead of a part of --features, "
         "which then all train",
     )
-    p.add_argument("--val-labels", help="labels of the --val-features slides")
-    p.add_argument("--val-annotations", help="lesion annotations of the --val-features slides")
+    p.add_argument("--val-labels", type=path_text, help="labels of the --val-features slides")
+    p.add_argument("--val-annotations", type=path_text, help="lesion annotations of the --val-features slides")
     device_argument(p)
     p.set_defaults(func=cmd_train)
 
@@ -189,12 +230,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Slide AUC (95% bootstrap interval), accuracy, ROC curve and per-slide CSV; FROC with annotations.",
         "wsi-mamba evaluate --model model/ --features features/ --labels reference.csv --baseline --out eval/",
     )
-    p.add_argument("--model", help="model folder (default: the shipped default model)")
-    p.add_argument("--features", required=True, help="folder of feature stores")
-    p.add_argument("--labels", required=True, help="CSV of slide labels")
-    p.add_argument("--annotations", help="lesion annotations folder: adds the lesion-level FROC")
+    p.add_argument("--model", type=path_text, help="model folder (default: the shipped default model)")
+    p.add_argument("--features", type=path_text, required=True, help="folder of feature stores")
+    p.add_argument("--labels", type=path_text, required=True, help="CSV of slide labels")
+    p.add_argument("--annotations", type=path_text, help="lesion annotations folder: adds the lesion-level FROC")
     p.add_argument("--baseline", action="store_true", help="also report the colour-statistics baseline")
-    p.add_argument("--out", required=True, help="folder for metrics.json, per_slide.csv, roc.png")
+    p.add_argument("--out", type=path_text, required=True, help="folder for metrics.json, per_slide.csv, roc.png")
     p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     device_argument(p)
@@ -206,9 +247,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Metastasis probability of each slide (features on the fly); optional heatmap and GeoJSON.",
         "wsi-mamba predict slide.svs --heatmap --out results/",
     )
-    p.add_argument("slides", nargs="+", help="slide files or folders")
-    p.add_argument("--model", help="model folder (default: the shipped default model)")
-    p.add_argument("--out", help="folder for NAME.json (and heatmaps)")
+    p.add_argument("slides", nargs="+", type=path_text, help="slide files or folders")
+    p.add_argument("--model", type=path_text, help="model folder (default: the shipped default model)")
+    p.add_argument("--out", type=path_text, help="folder for NAME.json (and heatmaps)")
     p.add_argument(
         "--heatmap", action="store_true", help="write NAME.heatmap.png, NAME.tiles.geojson and NAME.regions.geojson"
     )
@@ -223,10 +264,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Run a recipe (YAML list of wsi-mamba commands); finished steps are skipped on a rerun.",
         "wsi-mamba run pipelines/synthetic-camelyon.yaml --dry-run",
     )
-    p.add_argument("recipe", help="recipe YAML (see pipelines/)")
-    p.add_argument("--workdir", help="run in this folder instead of the recipe's workdir")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a recipe variable")
-    p.add_argument("--only", action="append", default=[], metavar="STEP", help="run just this step (repeatable)")
+    p.add_argument("recipe", type=path_text, help="recipe YAML (see pipelines/)")
+    p.add_argument("--workdir", type=path_text, help="run in this folder instead of the recipe's workdir")
+    p.add_argument(
+        "--set", action="append", default=[], type=name_text, metavar="NAME=VALUE", help="override a recipe variable"
+    )
+    p.add_argument(
+        "--only", action="append", default=[], type=name_text, metavar="STEP", help="run just this step (repeatable)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     p.add_argument(
         "--threads",
@@ -262,9 +307,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     device = command_device(args)
+    from ..outputs.atomic import check_not_inputs
     from ..threads import apply_threads
 
     apply_threads(args.threads)
+    out = Path(args.out)  # the checkpoint and its JSON: never over a file this run reads (a start checkpoint)
+    inputs = [*(args.patches or ()), *(args.val_patches or ()), args.labels, args.model, args.encoder_weights]
+    check_not_inputs([out, out.with_suffix(".json"), out.with_suffix(".safetensors")], inputs)
     if args.patches:
         return _train_encoder_on_patches(args, device)
     if args.model_args:
@@ -417,9 +466,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     device = command_device(args)
-    from tqdm import tqdm
-
-    from ..workflows.batch import check_unique_names, slide_failure
+    from ..progress import Progress
+    from ..workflows.batch import RESULT_SUFFIXES, check_unique_names, prepare_output_folder, slide_failure
     from ..workflows.bundle import load_bundle
     from ..workflows.inputs import find_slides
     from ..workflows.predict import predict_slide
@@ -429,12 +477,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out is not None:
         check_unique_names(slides, "results, heatmaps and GeoJSON")
     bundle = load_bundle(args.model, device=device)
+    if out is not None:  # no result over an input; temporaries of killed runs removed
+        prepare_output_folder(out, slides, RESULT_SUFFIXES, bundle.path.glob("*"))
     options = _tile_options(args)  # once: it also sets torch's thread count
     results, failed = [], 0
-    with tqdm(unit="tile", desc="predict", file=sys.stderr, disable=None) as bar:
-        for path in slides:
+    with Progress("predict", "tile") as bar:  # a bar on a terminal, a line every 30 s in a log (wsi_mamba.progress)
+        for number, path in enumerate(slides, 1):
+            bar.set_note(f"slide {number}/{len(slides)} {tsv_field(Path(path).name)}")  # one log line
             try:
-                result = predict_slide(path, bundle, options, out, args.heatmap, on_batch=bar.update)
+                result = predict_slide(path, bundle, options, out, args.heatmap, bar.update, bar.add_total)
             except Exception as exc:  # any per-slide failure (SlideError, OSError, ...): the others go on
                 failed += 1
                 bar.clear()
@@ -445,10 +496,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results.append(result)
             if not args.json:
                 bar.clear()
+                name = tsv_field(result["slide"])  # one line per slide whatever its name holds
                 if result["score"] is None:
-                    print(f"{result['slide']}\tnull\t({result['reason']})")
+                    print(f"{name}\tnull\t({result['reason']})")
                 else:
-                    print(f"{result['slide']}\t{result['score']:.4f}\t{result['prediction']}")
+                    print(f"{name}\t{result['score']:.4f}\t{result['prediction']}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -10,7 +10,6 @@ This module knows nothing of slides.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..outputs.capped import read_csv_records
 from .labels import parse_label
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -193,19 +193,14 @@ def csv_patches(csv_file: str | Path, geometry: PatchGeometry | None = None) -> 
 
 def _read_csv_rows(csv_file: Path) -> list[tuple[int, dict[str, str]]]:
     try:
-        with open(csv_file, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            fields = {f.strip().lower() for f in (reader.fieldnames or [])}
-            if "path" not in fields:
-                raise ValueError(f"{csv_file}: expected a header with 'path' and 'label' columns")
-            return [
-                (reader.line_num, {k.strip().lower(): v for k, v in row.items() if k is not None})
-                for row in reader
-            ]
+        header, rows = read_csv_records(csv_file)  # capped, regular files only, CSV errors named
     except FileNotFoundError:
         raise ValueError(f"{csv_file}: no such file") from None
     except UnicodeDecodeError:
         raise ValueError(f"{csv_file}: not a UTF-8 text file") from None
+    if "path" not in {f.strip().lower() for f in header}:
+        raise ValueError(f"{csv_file}: expected a header with 'path' and 'label' columns")
+    return [(line, {k.strip().lower(): v for k, v in row.items() if k is not None}) for line, row in rows]
 
 
 def read_label_csv(csv_file: str | Path) -> dict[str, int]:

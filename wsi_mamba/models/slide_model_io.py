@@ -52,7 +52,7 @@ def load_slide_model(path: str | Path, **overrides) -> tuple[Aggregator, dict]:
     meta_file = path.with_suffix(".json")
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
-    if not meta_file.is_file():
+    if not meta_file.exists():  # a FIFO or device is refused by the capped reader, in one line naming it
         raise ValueError(f"{path}: no model config {meta_file.name} beside the checkpoint")
     meta = FORMAT.read(meta_file)
     config_data, metadata = meta.get("config"), meta.get("metadata", {})

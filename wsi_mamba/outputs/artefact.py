@@ -26,28 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path, write_json_atomic, write_text_atomic
+from .capped import MAX_METADATA_BYTES, InputFileError, load_json, read_capped_text
 
 __all__ = ["ArtefactFormat", "read_json_object"]
 
 
-def read_json_object(path: str | PathLike[str]) -> dict[str, Any]:
-    """The JSON object in ``path``; ``ValueError`` naming the file when it is missing, unreadable, not JSON or
-    not a JSON object. Only JSON is parsed (nothing is ever unpickled)."""
-    path = Path(path)
+def read_json_object(path: str | PathLike[str], limit: int = MAX_METADATA_BYTES) -> dict[str, Any]:
+    """The JSON object in ``path``; ``ValueError`` (:class:`~.capped.InputFileError`) naming the file when it is
+    missing, not a regular file, over ``limit`` bytes (16 MiB), unreadable, not JSON (or nested too deeply for
+    the parser) or not a JSON object. Only JSON is parsed (nothing is ever unpickled)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped_text(path, limit)
     except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
+        raise InputFileError(path, "file not found") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise InputFileError(path, f"not valid JSON ({exc})") from None
+    data = load_json(text, path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise InputFileError(path, f"expected a JSON object, got {type(data).__name__}")
     return data
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -16,12 +15,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..outputs.atomic import atomic_path, write_text_atomic
+from ..outputs.capped import InputFileError, load_json, read_capped_bytes
 from .errors import AnnotationError
 from .tiling import TileGrid, region_fractions
 
 LESION_GROUPS = ("_0", "_1", "Tumor", "tumor", "Metastases")
 EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion")
 _COLORS = {"lesion": "#F4FA58", "exclusion": "#64FE2E"}
+MAX_COORDINATE = 1e7
+"""The largest |x| or |y| an annotation may have, in level-0 px (50 times the widest real slide)."""
+MAX_ANNOTATION_BYTES = 64 * 1024 * 1024
+"""The size cap of an annotation file (QuPath exports of detailed outlines reach tens of MB)."""
 
 
 @dataclass
@@ -44,19 +48,52 @@ class Annotations:
         return len(self.lesions) + len(self.exclusions)
 
 
-def _polygon(points: Sequence[Sequence[float]], path: Path, name: str, group: str) -> Polygon:
-    array = np.asarray(points, dtype=np.float64)
+def _polygon(points: object, path: Path, name: str, group: str) -> Polygon:
+    """``points`` as a :class:`Polygon`; :class:`AnnotationError` naming the file and the annotation unless they
+    are at least 3 finite (x, y) pairs within ±:data:`MAX_COORDINATE` level-0 px."""
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):  # "x", [1, 2, 3] beside [1, 2], a dict
+        raise AnnotationError(path, f"annotation {name!r}: coordinates are not (x, y) number pairs") from None
     if array.ndim != 2 or array.shape[1] != 2 or len(array) < 3 or not np.isfinite(array).all():
         raise AnnotationError(path, f"annotation {name!r} is not a polygon of at least 3 finite points")
+    if np.abs(array).max() > MAX_COORDINATE:
+        raise AnnotationError(
+            path,
+            f"annotation {name!r} has a coordinate of {np.abs(array).max():.3g} px, beyond ±{MAX_COORDINATE:.0e} "
+            "level-0 pixels (no slide is that large)",
+        )
     return Polygon(array, name, group)
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of an annotation file, capped (:data:`MAX_ANNOTATION_BYTES`, regular files only)."""
+    try:
+        return read_capped_bytes(path, MAX_ANNOTATION_BYTES)
+    except InputFileError as exc:
+        raise AnnotationError(path, exc.problem) from None
+    except OSError as exc:
+        raise AnnotationError(path, f"not a readable {what} file ({exc})") from exc
+
+
+def _number(element: ET.Element, key: str, path: Path, name: str, default: str | None = None) -> float:
+    """The attribute ``key`` of an ASAP element as a finite number; :class:`AnnotationError` otherwise."""
+    text = element.get(key, default)
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise AnnotationError(path, f"annotation {name!r} has a non-numeric coordinate {key}={text!r}")
+    return value
 
 
 def read_asap_xml(path: str | PathLike[str]) -> Annotations:
     """Read ASAP XML: groups ``_0``, ``_1``, ``Tumor`` are lesions; ``_2``, ``Exclusion`` are cut out."""
     path = Path(path)
     try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
+        root = ET.fromstring(_read_bytes(path, "ASAP XML"))
+    except ET.ParseError as exc:
         raise AnnotationError(path, f"not a readable ASAP XML file ({exc})") from exc
     if root.tag != "ASAP_Annotations":
         raise AnnotationError(path, f"root element is <{root.tag}>, expected <ASAP_Annotations>")
@@ -67,11 +104,8 @@ def read_asap_xml(path: str | PathLike[str]) -> Annotations:
         kind = element.get("Type", "Polygon")
         if kind not in ("Polygon", "Spline", "Rectangle"):
             continue  # dots and measurement lines carry no area
-        coords = sorted(element.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
-        try:
-            points = [(float(c.get("X", "")), float(c.get("Y", ""))) for c in coords]
-        except ValueError as exc:
-            raise AnnotationError(path, f"annotation {name!r} has a non-numeric coordinate") from exc
+        coords = sorted(element.iter("Coordinate"), key=lambda c: _number(c, "Order", path, name, "0"))
+        points = [(_number(c, "X", path, name), _number(c, "Y", path, name)) for c in coords]
         polygon = _polygon(points, path, name, group)
         (result.exclusions if group in EXCLUSION_GROUPS else result.lesions).append(polygon)
     return result
@@ -138,38 +172,59 @@ def write_geojson(annotations: Annotations, path: str | PathLike[str]) -> None:
     write_text_atomic(path, json.dumps(to_geojson(annotations)))
 
 
+def _member(parent: dict, key: str, path: Path, where: str) -> dict:
+    """``parent[key]`` when it is a JSON object ({} when missing or null); :class:`AnnotationError` otherwise."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AnnotationError(path, f"{where}: {key} is a {type(value).__name__}, expected a JSON object")
+    return value
+
+
+def _class_name(props: dict, path: Path, where: str) -> str:
+    """A GeoJSON feature's class: ``classification.name`` (QuPath), a plain string, or Tumor."""
+    value = props.get("classification")
+    if isinstance(value, str) or value is None:
+        return value or "Tumor"
+    return str(_member(props, "classification", path, where).get("name") or "Tumor")
+
+
 def read_geojson(path: str | PathLike[str]) -> Annotations:
     """Read a GeoJSON FeatureCollection (Polygon/MultiPolygon); classification "Exclusion" and polygon
     holes are exclusions, everything else a lesion."""
     path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise AnnotationError(path, f"not a readable GeoJSON file ({exc})") from exc
+        data = load_json(_read_bytes(path, "GeoJSON"), path)
+    except InputFileError as exc:  # not JSON, or nested too deeply for the parser
+        raise AnnotationError(path, f"not a readable GeoJSON file ({exc.problem})") from None
     features = data.get("features") if isinstance(data, dict) else None
     if not isinstance(features, list):
         raise AnnotationError(path, "not a GeoJSON FeatureCollection")
     result = Annotations()
     for index, feature in enumerate(features):
-        geometry = (feature or {}).get("geometry") or {}
-        props = feature.get("properties") or {}
-        cls = (props.get("classification") or {}).get("name", "Tumor")
-        name = props.get("name") or f"Annotation {index}"
+        where = f"feature {index}"
+        if not isinstance(feature, dict):
+            raise AnnotationError(path, f"{where} is a {type(feature).__name__}, expected a JSON object")
+        geometry = _member(feature, "geometry", path, where)
+        props = _member(feature, "properties", path, where)
+        cls = _class_name(props, path, where)
+        name = str(props.get("name") or f"Annotation {index}")
         kind = geometry.get("type")
+        coordinates = geometry.get("coordinates")
         if kind == "Polygon":
-            polygons = [geometry.get("coordinates")]
+            polygons = [coordinates]
         elif kind == "MultiPolygon":
-            polygons = geometry.get("coordinates")
+            polygons = coordinates
         else:
             continue
+        if not isinstance(polygons, list) or not all(isinstance(rings, list) and rings for rings in polygons):
+            raise AnnotationError(path, f"{where} ({name!r}) has malformed coordinates")
         exclusion = cls in EXCLUSION_GROUPS
-        try:
-            for rings in polygons:
-                outer = _polygon(rings[0], path, name, "Exclusion" if exclusion else props.get("group", cls))
-                (result.exclusions if exclusion else result.lesions).append(outer)
-                result.exclusions.extend(_polygon(hole, path, name, "Exclusion") for hole in rings[1:])
-        except (TypeError, IndexError) as exc:
-            raise AnnotationError(path, f"feature {index} has malformed coordinates") from exc
+        group = "Exclusion" if exclusion else str(props.get("group", cls))
+        for rings in polygons:
+            (result.exclusions if exclusion else result.lesions).append(_polygon(rings[0], path, name, group))
+            result.exclusions.extend(_polygon(hole, path, name, "Exclusion") for hole in rings[1:])
     return result
 
 

@@ -14,11 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from ..slide.annotations import Annotations
-from .layout import LABEL_COLUMNS, label_row, slide_layout, tumour_annotations, write_label_csvs, write_lesion_xml
+from .layout import (
+    LABEL_COLUMNS,
+    claim_cohort_output,
+    label_row,
+    slide_layout,
+    tumour_annotations,
+    write_label_csvs,
+    write_lesion_xml,
+)
 from .procedural import SlideSpec, make_spec
 from .writer import FLAVOURS, tile_count, write_slide
 
-__all__ = ["CohortSlide", "lesion_annotations", "plan_cohort", "write_cohort"]
+__all__ = ["CohortSlide", "cohort_parameters", "lesion_annotations", "plan_cohort", "write_cohort"]
 
 
 def lesion_annotations(spec: SlideSpec) -> Annotations:
@@ -57,6 +65,20 @@ def plan_cohort(
     return plan
 
 
+def cohort_parameters(
+    slides: int, seed: int = 0, size: int = 8192, flavour: str = "mixed", test_fraction: float | None = None
+) -> dict:
+    """What decides a procedural cohort's files, as its folder records them."""
+    return {
+        "generator": "procedural",
+        "slides": slides,
+        "seed": seed,
+        "size": size,
+        "flavour": flavour,
+        "test_fraction": test_fraction,
+    }
+
+
 def write_cohort(
     out: str | os.PathLike[str],
     slides: int,
@@ -65,10 +87,14 @@ def write_cohort(
     flavour: str = "mixed",
     tick: Callable[[], None] | None = None,
     test_fraction: float | None = None,
+    overwrite: bool = False,
 ) -> list[CohortSlide]:
     """Write a synthetic cohort under ``out`` (CAMELYON16 layout, labels CSVs, lesion XML). Resumable:
-    slides already there are kept (files are written atomically, and the same seed gives the same pixels)."""
+    slides already there are kept (files are written atomically, and the same seed gives the same pixels)
+    when ``out`` records the same parameters (``synth.json``); a cohort of other parameters there is refused
+    (``ValueError``), or with ``overwrite`` replaced whole (:func:`~.layout.claim_cohort_output`)."""
     plan = plan_cohort(out, slides, seed, size, flavour, test_fraction)
+    claim_cohort_output(out, cohort_parameters(slides, seed, size, flavour, test_fraction), overwrite)
     for item in plan:
         item.path.parent.mkdir(parents=True, exist_ok=True)
         if item.path.exists():

@@ -37,7 +37,16 @@ from scipy import ndimage
 from ..data.patches import PatchSource, open_patches
 from ..outputs.atomic import write_text_atomic
 from ..slide.annotations import Annotations
-from .layout import LABEL_COLUMNS, label_row, slide_layout, tumour_annotations, write_label_csvs, write_lesion_xml
+from .layout import (
+    LABEL_COLUMNS,
+    check_cohort_output,
+    claim_cohort_output,
+    label_row,
+    slide_layout,
+    tumour_annotations,
+    write_label_csvs,
+    write_lesion_xml,
+)
 from .writer import COMPRESSIONS, FLAVOURS, write_slide
 
 __all__ = [
@@ -52,6 +61,7 @@ __all__ = [
     "lesion_annotations",
     "lesion_class",
     "macro_min_cells",
+    "patch_cohort_parameters",
     "plan_patch_cohort",
     "plan_slide",
     "render_patch_slide",
@@ -688,6 +698,37 @@ def _write_csvs(out: Path, plan: list[PatchCohortSlide]) -> None:
     write_label_csvs(out, columns, rows)
 
 
+def patch_cohort_parameters(
+    source: PatchSource,
+    slides: int = 6,
+    seed: int = 0,
+    flavour: str = "mixed",
+    test_fraction: float | None = None,
+    max_cells: int = 60,
+    stain: float = 1.0,
+    compression: str = "jpeg",
+    classes: Sequence[str] = CLASSES,
+    composition: float = DEFAULT_COMPOSITION,
+) -> dict:
+    """What decides a real-tissue cohort's files (the arguments of :func:`write_patch_cohort`, the patches as
+    their resolved folder), as its folder records them."""
+    folder = Path(source.description)
+    patches = str(folder.resolve()) if folder.is_dir() else source.description
+    return {
+        "generator": "from-patches",
+        "patches": patches,
+        "slides": slides,
+        "seed": seed,
+        "flavour": flavour,
+        "test_fraction": test_fraction,
+        "max_cells": max_cells,
+        "stain": stain,
+        "compression": compression,
+        "classes": list(classes),
+        "composition": composition,
+    }
+
+
 def write_patch_cohort(
     out: str | os.PathLike[str],
     patches: str | os.PathLike[str] | PatchSource,
@@ -702,6 +743,7 @@ def write_patch_cohort(
     composition: float = DEFAULT_COMPOSITION,
     tick: Callable[[], None] | None = None,
     plan: list[PatchCohortSlide] | None = None,
+    overwrite: bool = False,
 ) -> list[PatchCohortSlide]:
     """Write a real-tissue cohort under ``out`` from the labelled patches ``patches`` (a folder or anything
     ``open_patches`` takes): slides (CAMELYON16 layout), lesion XML, labels.csv / reference.csv and
@@ -709,7 +751,9 @@ def write_patch_cohort(
     ``stain=0`` switches the per-slide stain shift off, ``composition=0`` the per-slide tissue mix;
     ``compression="lossless"`` writes deflate tiles;
     ``classes`` are the tumour slides' lesion classes to mix; ``tick`` is called once per slide; ``plan``
-    (from :func:`plan_patch_cohort` with the same arguments) skips planning again."""
+    (from :func:`plan_patch_cohort` with the same arguments) skips planning again. A cohort of other
+    parameters (:func:`patch_cohort_parameters`, recorded in ``synth.json``) already in ``out`` is refused
+    (``ValueError``, before planning), or with ``overwrite`` replaced whole."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}, got {compression!r}")
     if isinstance(patches, PatchSource):
@@ -718,10 +762,15 @@ def write_patch_cohort(
         source, root = open_patches(Path(patches)), Path(patches)
     root = root.resolve() if root.is_dir() else None
     out = Path(out)
+    parameters = patch_cohort_parameters(
+        source, slides, seed, flavour, test_fraction, max_cells, stain, compression, classes, composition
+    )
+    check_cohort_output(out, parameters, overwrite)  # a refusal comes before the patches are read
     if plan is None:
         plan = plan_patch_cohort(
             out, source, slides, seed, flavour, test_fraction, max_cells, stain, classes, composition
         )
+    claim_cohort_output(out, parameters, overwrite)
     for item in plan:
         item.path.parent.mkdir(parents=True, exist_ok=True)
         if not item.path.exists():

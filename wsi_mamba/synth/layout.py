@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..outputs.artefact import ArtefactFormat
 from ..outputs.atomic import write_csv_atomic
 from ..slide.annotations import Annotations, Polygon, write_asap_xml
 
 __all__ = [
     "LABEL_COLUMNS",
+    "RECORD",
     "LabelledSpec",
+    "check_cohort_output",
+    "claim_cohort_output",
+    "cohort_files",
     "label_row",
     "slide_layout",
     "tumour_annotations",
@@ -25,6 +31,17 @@ __all__ = [
 LABEL_COLUMNS = ("image", "label", "metastasis", "lesions", "largest_lesion_um", "width", "height", "mpp", "flavour")
 """The columns of labels.csv / reference.csv common to both generators (a generator may append its own)."""
 SPLIT_FILES = (("training", "labels.csv"), ("testing", "reference.csv"))
+RECORD = "synth.json"
+"""The generating parameters of the cohort in a folder: a rerun with others is refused unless it overwrites."""
+RECORD_FORMAT = ArtefactFormat("wsi-mamba/synthetic-cohort", 1, kind="record")
+COHORT_FILES = ("training/labels.csv", "testing/reference.csv", "patches_used.txt", RECORD)
+NAMED_FILES = (  # folders of the layout and the names the generators give their files there
+    ("training/normal", re.compile(r"normal_\d{3,}\.tif")),
+    ("training/tumor", re.compile(r"tumor_\d{3,}\.tif")),
+    ("testing/images", re.compile(r"test_\d{3,}\.tif")),
+    ("training/lesion_annotations", re.compile(r"(normal|tumor)_\d{3,}\.xml")),
+    ("testing/lesion_annotations", re.compile(r"test_\d{3,}\.xml")),
+)
 
 
 class _Lesion(Protocol):
@@ -108,3 +125,69 @@ def write_label_csvs(out: Path, columns: Sequence[str], rows: Iterable[tuple[str
         if selected:
             (out / split).mkdir(parents=True, exist_ok=True)
             write_csv_atomic(out / split / filename, columns, selected)
+
+
+# ---- one cohort per folder -----------------------------------------------------------------------------
+
+
+def cohort_files(out: str | os.PathLike[str]) -> list[Path]:
+    """The files of a synthetic cohort under ``out`` (any seed, any size): slides and lesion XML named as the
+    generators name them in the layout's folders, the labels CSVs, ``patches_used.txt`` and :data:`RECORD`."""
+    out = Path(out)
+    found = [out / name for name in COHORT_FILES if os.path.lexists(out / name)]
+    for folder, pattern in NAMED_FILES:
+        if (out / folder).is_dir():
+            found += sorted(p for p in (out / folder).iterdir() if pattern.fullmatch(p.name) and not p.is_dir())
+    return found
+
+
+def _recorded(out: Path) -> dict[str, Any] | None:
+    """The parameters :data:`RECORD` holds (None when it is missing or unreadable)."""
+    try:
+        meta = RECORD_FORMAT.read(out / RECORD)
+    except ValueError:
+        return None
+    return {key: value for key, value in meta.items() if key not in RECORD_FORMAT.header()}
+
+
+def check_cohort_output(out: str | os.PathLike[str], parameters: dict[str, Any], overwrite: bool = False) -> bool:
+    """Whether ``out`` holds a cohort to replace before writing one of ``parameters`` (True only with
+    ``overwrite``). A cohort of the same recorded parameters is resumed (False); one of other parameters, or
+    whose parameters are not recorded, is refused (``ValueError``, one line, nothing changed) unless
+    ``overwrite``: its slides would be kept beside the new labels, CSVs and annotations."""
+    out = Path(out)
+    files = cohort_files(out) if out.is_dir() else []
+    if not files:
+        return False
+    if overwrite:
+        return True
+    recorded = _recorded(out)
+    if recorded == parameters:
+        return False
+    if recorded is None:
+        problem = f"holds a synthetic cohort ({len(files)} files) whose parameters are not recorded in {RECORD}"
+    else:
+        keys = sorted(set(recorded) | set(parameters))
+        differ = [
+            f"{key} {recorded.get(key)!r} -> {parameters.get(key)!r}"
+            for key in keys
+            if recorded.get(key) != parameters.get(key)
+        ]
+        problem = f"holds a synthetic cohort of other parameters ({', '.join(differ)})"
+    raise ValueError(
+        f"{out}: {problem}; writing into it would mix its slides with new labels: pass --overwrite to replace "
+        "that cohort, or choose another folder (nothing was changed)"
+    )
+
+
+def claim_cohort_output(out: str | os.PathLike[str], parameters: dict[str, Any], overwrite: bool = False) -> None:
+    """Make ``out`` the folder of a cohort of ``parameters``: refuse as :func:`check_cohort_output` does, remove
+    the previous cohort's files when ``overwrite``, and record ``parameters`` (:data:`RECORD`, before any
+    slide is written, so that an interrupted run resumes)."""
+    out = Path(out)
+    if check_cohort_output(out, parameters, overwrite):
+        for path in cohort_files(out):
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if _recorded(out) != parameters:
+        RECORD_FORMAT.write(out / RECORD, parameters)

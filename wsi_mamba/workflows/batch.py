@@ -4,12 +4,15 @@ cannot collide."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from ..outputs.atomic import check_not_inputs, remove_stale_temporaries
 
 MAX_STEM_BYTES = 200
 """Longest output stem (UTF-8 bytes): file names are at most 255 bytes on common file systems, and a stem gets
-a suffix (``.regions.geojson``) and, while written, a temporary marker (``.tmp-PID``)."""
+a suffix (``.regions.geojson``) and, while written, a temporary marker (``.tmp-PID-RANDOM``)."""
+RESULT_SUFFIXES = (".json", ".heatmap.png", ".tiles.geojson", ".regions.geojson")  # what predict_slide writes
 
 
 def slide_name(path: str | Path) -> str:
@@ -57,3 +60,15 @@ def check_unique_names(paths: Sequence[str | Path], what: str = "outputs") -> No
                 "(rename one, or run them separately with different --out folders)"
             )
         seen[name] = Path(path)
+
+
+def prepare_output_folder(
+    out: str | Path, slides: Sequence[str | Path], suffixes: Sequence[str], inputs: Iterable[str | Path] = ()
+) -> None:
+    """Before a batch writes ``NAME + suffix`` for each slide into ``out``: refuse (one line) when one of those
+    files is one of the slides or ``inputs`` (:func:`check_not_inputs`), then remove the temporaries our killed
+    processes left there for such names or their ``.old`` (:func:`remove_stale_temporaries`)."""
+    out = Path(out)
+    outputs = [out / f"{output_stem(slide_name(path))}{suffix}" for path in slides for suffix in suffixes]
+    check_not_inputs(outputs, [*slides, *inputs])
+    remove_stale_temporaries(out, lambda final: final.removesuffix(".old").endswith(tuple(suffixes)))

@@ -26,7 +26,7 @@ from ..models.encoders.base import check_views
 from ..models.slide_model_io import load_slide_model, save_slide_model
 from ..models.validation import check_float, check_int
 from ..outputs.artefact import ArtefactFormat, read_json_object
-from ..outputs.atomic import atomic_folder, json_safe, write_json_atomic
+from ..outputs.atomic import atomic_folder, json_safe, remove_stale_temporaries, write_json_atomic
 from ..outputs.lock import output_lock
 
 if TYPE_CHECKING:
@@ -87,6 +87,13 @@ def model_path(spec: str | Path | None) -> Path:
     return path
 
 
+def model_files(spec: str | Path | None) -> list[Path]:
+    """The files ``--model`` ``spec`` reads (:func:`model_path`): a folder's own files, or the file itself; for
+    checking that no output is written over them."""
+    path = model_path(spec)
+    return sorted(path.glob("*")) if path.is_dir() else [path]
+
+
 def is_model_folder(path: str | Path) -> bool:
     """True for a folder whose ``model.json`` is a manifest of our format (what ``train`` writes)."""
     try:
@@ -137,6 +144,8 @@ def save_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         check_model_output(out, inputs, overwrite)
+        # what killed runs left beside it (MODEL.tmp-PID-*, MODEL.old.tmp-PID-*): only lock holders write those
+        remove_stale_temporaries(out.parent, lambda final: final in (out.name, f"{out.name}.old"), locked=True)
         with atomic_folder(out) as partial:
             export_encoder(encoder, partial / "encoder.safetensors")  # ours as a copy; timm weights converted
             save_slide_model(slide_model, partial / "slide_model.safetensors", metadata={"encoder_hash": encoder.hash})

@@ -6,17 +6,22 @@ Layout of an output folder::
     slides/NAME.heatmap.png, NAME.tiles.geojson   with ``heatmap=True``
     failed/NAME.json        the error of a slide that failed (removed when the slide later succeeds)
                             (NAME: the slide's name, clipped with a hash when too long for a file name)
-    cohort.csv              slide, path, score, prediction, tiles, status, error: one row per manifest slide,
-                            sorted by slide name, rewritten atomically as results arrive
+    cohort.csv              slide, path, score, prediction, tiles, status, error, model_sha256,
+                            slide_head_sha256: one row per manifest slide, sorted by slide name, rewritten
+                            atomically as results arrive (text cells that a spreadsheet would run as a
+                            formula, starting with = + - @ tab or CR, get a leading ')
 
 One run at a time writes a folder: it holds the lock file ``OUT.lock`` beside it (a second run fails with one
 line; the lock of a dead process is taken over), and removes only the temporary files of its own writers that
 a killed run left (``<final name>.tmp-<pid>``), never a slide's result whose name contains ``.tmp-``.
 
-A slide is done when ``slides/NAME.json`` is a complete result of the same model; a rerun skips those and
-only those, and redoes failed and missing slides. The CSV holds no timings and no absolute paths (``path``
-is the manifest's own text, or the path relative to a manifest folder), so an interrupted and resumed run
-ends with the same ``cohort.csv`` as an uninterrupted one.
+A slide is done when ``slides/NAME.json`` is a complete result of the same model: its name, and the
+provenance every result records (``model_sha256`` of the model's weights and configs, ``slide_file``: the
+slide's resolved path, size, mtime and a hash of its first 64 KiB; :mod:`.provenance`) match this run's. A
+rerun skips those and only those, and redoes failed and missing slides and those of other weights or another
+file, saying so (``2 redone: model changed (a, b)``; their stale result files are removed first). The CSV
+holds no timings and no absolute paths (``path`` is the manifest's own text, or the path relative to a manifest
+folder), so an interrupted and resumed run ends with the same ``cohort.csv`` as an uninterrupted one.
 
 This module is the scheduler side (:func:`run_cohort`, which imports ``distributed`` lazily) and the cohort
 API's one import path; the manifest reader lives in ``cohort_manifest`` and the task side in ``cohort_worker``
@@ -28,26 +33,29 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
-import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..devices import DEFAULT_DEVICE, check_spec, resolve_device
-from ..outputs.atomic import TEMP_MARKER, json_safe, write_csv_atomic, write_json_atomic
+from ..outputs.artefact import read_json_object
+from ..outputs.atomic import check_not_inputs, json_safe, remove_stale_temporaries, write_csv_atomic, write_json_atomic
 from ..outputs.lock import output_lock
-from .batch import output_stem
-from .bundle import load_bundle
+from .batch import RESULT_SUFFIXES, output_stem
+from .bundle import load_bundle, model_files
 from .cohort_manifest import ManifestEntry, read_manifest
 from .cohort_worker import model_fingerprint, predict_task, worker_cache_info
 from .extract import TileOptions
+from .provenance import bundle_sha256, provenance_change, slide_identity
 
 __all__ = [
     "CSV_COLUMNS",
@@ -60,20 +68,25 @@ __all__ = [
     "worker_cache_info",
 ]
 
-CSV_COLUMNS = ("slide", "path", "score", "prediction", "tiles", "status", "error")
+CSV_COLUMNS = ("slide", "path", "score", "prediction", "tiles", "status", "error", "model_sha256", "slide_head_sha256")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula (OWASP)
 DEFAULT_MAX_WORKERS = 4
+SCHEDULER_PROBE_S = 5.0  # a TCP scheduler that does not accept a connection in this time is unreachable
 CSV_INTERVAL_S = 1.0  # rewrite cohort.csv at most this often while results arrive (and always at the end)
-RESULT_SUFFIXES = (".json", ".heatmap.png", ".tiles.geojson", ".regions.geojson")  # what predict_slide writes
 
 
 # ---- per-slide state -------------------------------------------------------------------------------------
 
 
 def _read_result(path: Path) -> dict | None:
-    """A slide's result JSON, or None when it is missing or not a complete result."""
+    """A slide's result JSON, or None when it is missing or not a complete result. A file that cannot be read
+    as one (over the size cap, not a regular file, nested too deeply, not JSON) is also None, with a warning:
+    the slide is scored again, a damaged result never blocks a rerun."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json_object(path)
+    except ValueError as exc:
+        if os.path.lexists(path):
+            warnings.warn(f"{exc}: not a readable result, the slide is scored again", stacklevel=2)
         return None
     if not isinstance(data, dict) or not {"slide", "score", "tiles", "model"} <= data.keys():
         return None
@@ -92,31 +105,45 @@ def _row(entry: ManifestEntry, status: str, result: dict | None = None, error: s
     result = result or {}
     score = result.get("score")
     note = error or (result.get("reason") or "")
+    slide_file = result.get("slide_file") if isinstance(result.get("slide_file"), dict) else {}
     return [
-        entry.name,
-        entry.shown,
+        _text_cell(entry.name),
+        _text_cell(entry.shown),
         "" if score is None else score,
-        result.get("prediction") or "",
+        _text_cell(result.get("prediction") or ""),
         "" if result.get("tiles") is None else result["tiles"],
         status,
-        " ".join(str(note).split()),  # one line per slide
+        _text_cell(" ".join(str(note).split())),  # one line per slide
+        _text_cell(result.get("model_sha256") or ""),
+        _text_cell(slide_file.get("head_sha256") or ""),
     ]
 
 
-def _remove_stale_temporaries(out: Path, names: Iterable[str]) -> None:
-    """Remove the temporary files a killed run left: exactly ``<final name>.tmp-<pid>`` for a final name this
-    run writes (``cohort.csv``, ``slides/NAME`` + :data:`RESULT_SUFFIXES`, ``failed/NAME.json``). Anything
-    else stays, a slide result whose name merely contains ``.tmp-`` included. Call it holding the lock."""
+def _text_cell(value: object) -> str:
+    """A text cell of cohort.csv that no spreadsheet runs as a formula: a leading ``'`` when it starts with
+    one of :data:`FORMULA_STARTS` (the OWASP guidance on CSV injection); numbers are written as numbers."""
+    text = str(value)
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
+def _output_files(out: Path, names: Iterable[str]) -> set[Path]:
+    """The files a run writes for slides ``names``: ``cohort.csv``, ``slides/NAME`` + :data:`RESULT_SUFFIXES`,
+    ``failed/NAME.json``."""
     finals = {out / "cohort.csv"}
     for name in names:
         finals.update(out / "slides" / f"{output_stem(name)}{suffix}" for suffix in RESULT_SUFFIXES)
         finals.add(out / "failed" / f"{output_stem(name)}.json")
+    return finals
+
+
+def _remove_stale_temporaries(out: Path, names: Iterable[str]) -> None:
+    """Remove the temporaries a killed run left (:func:`remove_stale_temporaries`: exactly our temporary names,
+    whatever their PID: the run holds the folder's lock) for a final name this run writes (``cohort.csv``,
+    ``slides/NAME`` + :data:`RESULT_SUFFIXES`, ``failed/NAME.json``). Anything else stays, a slide result whose
+    name merely contains ``.tmp-`` included. Call it holding the lock."""
+    finals = _output_files(out, names)
     for folder in {final.parent for final in finals}:
-        for item in folder.iterdir() if folder.is_dir() else ():
-            head, marker, pid = item.name.rpartition(TEMP_MARKER)
-            if marker and pid.isascii() and pid.isdigit() and folder / head in finals and item.is_file():
-                with contextlib.suppress(OSError):
-                    item.unlink()
+        remove_stale_temporaries(folder, lambda final, folder=folder: folder / final in finals, locked=True)
 
 
 # ---- the scheduler side ----------------------------------------------------------------------------------
@@ -125,7 +152,8 @@ def _remove_stale_temporaries(out: Path, names: Iterable[str]) -> None:
 @dataclass
 class CohortSummary:
     """What a cohort run did. ``processed`` slides ran in this call (done or failed), ``skipped`` ones were
-    already complete; ``done`` counts every complete slide after the run."""
+    already complete; ``done`` counts every complete slide after the run; ``redone``: the slides whose stored
+    result was of another model or slide file, with the reason (``model changed``, ``slide file changed``)."""
 
     out: Path
     csv: Path
@@ -137,6 +165,7 @@ class CohortSummary:
     workers: int = 0
     dashboard: str | None = None
     failures: dict[str, str] = field(default_factory=dict)
+    redone: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -180,24 +209,45 @@ def _workers_ignore_sigint() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _scheduler_client(scheduler: str | None) -> Iterator[Any]:
+    """A ``distributed.Client`` connected to the running scheduler ``scheduler`` (None: yields None), opened
+    before the run creates any output, so an unreachable address fails in one line leaving nothing behind; a
+    TCP address is probed first (a refused connection fails at once, not after the 30 s connect timeout)."""
+    if scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
+    except ImportError:
+        raise ValueError("cohort runs need dask.distributed: pip install distributed") from None
+    try:
+        protocol, location = parse_address(scheduler)
+        if protocol == "tcp":
+            socket.create_connection(parse_host_port(location), timeout=SCHEDULER_PROBE_S).close()
+        client = Client(scheduler)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ValueError(f"{scheduler}: cannot reach the dask scheduler ({exc})") from None
+    with client:
+        yield client
+
+
+@contextlib.contextmanager
 def _client(
-    scheduler: str | None, workers: int | None, log: Callable[[str], None], device: str = DEFAULT_DEVICE
+    external: Any, workers: int | None, log: Callable[[str], None], device: str = DEFAULT_DEVICE
 ) -> Iterator[tuple[Any, int]]:
-    """A ``distributed.Client`` on an existing scheduler or on a new LocalCluster; yields it with the number
-    of worker processes a LocalCluster started (0 for an existing scheduler). ``device`` sets the default
-    number of local workers: one per GPU (``auto``, ``cuda``), one (``cuda:N``), CPU workers (``cpu``)."""
+    """``external`` (a client of a running scheduler, from :func:`_scheduler_client`) or a client of a new
+    LocalCluster; yields it with the number of worker processes a LocalCluster started (0 for an existing
+    scheduler). ``device`` sets the default number of local workers: one per GPU (``auto``, ``cuda``), one
+    (``cuda:N``), CPU workers (``cpu``)."""
+    if external is not None:
+        yield external, 0
+        return
     try:
         from distributed import Client, LocalCluster
     except ImportError:
         raise ValueError("cohort runs need dask.distributed: pip install distributed") from None
-    if scheduler is not None:
-        try:
-            client = Client(scheduler)
-        except (OSError, TimeoutError) as exc:
-            raise ValueError(f"{scheduler}: cannot reach the dask scheduler ({exc})") from None
-        with client:
-            yield client, 0
-        return
     spec = check_spec(device)
     gpus = 0 if spec == "cpu" else 1 if spec.startswith("cuda:") else _gpu_count()
     n = workers or (gpus or min(DEFAULT_MAX_WORKERS, _cpu_count()))
@@ -281,11 +331,17 @@ def run_cohort(
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     started = time.perf_counter()
     entries = read_manifest(manifest)
-    model_name = load_bundle(model).name  # checked once, before any worker starts; each worker loads its own
+    bundle = load_bundle(model)  # checked once, before any worker starts; each worker loads its own
+    model_name, model_hash = bundle.name, bundle_sha256(bundle)
     model_arg = None if model is None else str(Path(model).absolute())
     fingerprint = model_fingerprint(model)
+    check_not_inputs(  # a manifest kept as OUT/cohort.csv (or any input) is never written over
+        _output_files(Path(out), (entry.name for entry in entries)),
+        [manifest, *(entry.path for entry in entries), *model_files(model)],
+    )
 
-    with output_lock(out):  # one run per output folder; a second fails with one line naming the holder
+    # an unreachable scheduler fails before any output; one run per output folder (a second fails in one line)
+    with _scheduler_client(scheduler) as external, output_lock(out):
         state = _CohortState(Path(out), len(entries))
         for folder in (state.slides_dir, state.failed_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -298,17 +354,23 @@ def run_cohort(
                     f"{out}: {entry.name} was scored by model {result.get('model')!r}, not {model_name!r}; "
                     "write this model's results to another --out folder"
                 )
-            if _is_done(result, entry.name, heatmap):
+            change = None if result is None else provenance_change(result, model_hash, slide_identity(entry.path))
+            if change is None and _is_done(result, entry.name, heatmap):
                 state.rows[entry.name] = _row(entry, "done", result)
                 (state.failed_dir / f"{output_stem(entry.name)}.json").unlink(missing_ok=True)
                 state.summary.skipped += 1
             else:
+                if change is not None:  # a result of other weights or another file: gone before it is redone
+                    state.summary.redone[entry.name] = change
+                    for suffix in RESULT_SUFFIXES:
+                        (state.slides_dir / f"{output_stem(entry.name)}{suffix}").unlink(missing_ok=True)
                 state.rows[entry.name] = _row(entry, "pending")
                 todo.append(entry)
+        _log_redone(state.summary.redone, log)
         state.write_csv()
 
         if todo:
-            with _client(scheduler, workers, log, device) as (client, started_workers):
+            with _client(external, workers, log, device) as (client, started_workers):
                 if started_workers and torch_threads is None:
                     torch_threads = max(1, _cpu_count() // started_workers)
                 state.summary.workers = started_workers or len(client.nthreads())
@@ -331,18 +393,27 @@ def run_cohort(
     return summary
 
 
+def _log_redone(redone: dict[str, str], log: Callable[[str], None]) -> None:
+    """One line per reason: ``2 redone: model changed (a, b)`` (the first names, then how many more)."""
+    for reason in sorted(set(redone.values())):
+        names = sorted(name for name, why in redone.items() if why == reason)
+        shown = ", ".join(names[:5]) + (f", and {len(names) - 5} more" if len(names) > 5 else "")
+        log(f"{len(names)} redone: {reason} ({shown})")
+
+
 def _run_tasks(client: Any, todo: list[ManifestEntry], task: tuple, state: _CohortState, progress: bool) -> None:
     """Submit one :func:`predict_task` per slide (``task``: its arguments after the path) and record each
     result as it arrives (``as_completed``), keeping cohort.csv current."""
     from distributed import as_completed
-    from tqdm import tqdm
+
+    from ..progress import Progress
 
     run = uuid.uuid4().hex[:8]
     futures = {
         client.submit(predict_task, str(entry.path), *task, key=f"predict-{entry.name}-{run}", pure=False): entry
         for entry in todo
     }
-    bar = tqdm(total=len(todo), unit="slide", desc="cohort", file=sys.stderr, disable=None if progress else True)
+    bar = Progress("cohort", "slide", total=len(todo), enabled=progress)  # a bar, or timed lines in a log
     try:
         with bar:
             for future in as_completed(futures):

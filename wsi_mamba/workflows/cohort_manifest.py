@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..outputs.capped import read_csv_rows
 from .extract import slide_name
 from .inputs import SLIDE_SUFFIXES, find_slides
 
@@ -35,11 +35,10 @@ def _pick_path_column(header: list[str]) -> int | None:
 
 def _read_csv_manifest(path: Path) -> list[ManifestEntry]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+        rows = read_csv_rows(path)  # capped, regular files only, CSV errors named
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text CSV file") from None
-    numbered = [(line, row) for line, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
+    numbered = [(line, row) for line, row in rows if any(cell.strip() for cell in row)]
     if not numbered:
         raise ValueError(f"{path}: empty manifest (expected a header with a 'slide' column and one row per slide)")
     header = numbered[0][1]
@@ -68,7 +67,7 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestEntry]:
     if manifest.is_dir():
         found = find_slides([manifest])
         entries = [ManifestEntry(slide_name(p), p.absolute(), p.relative_to(manifest).as_posix()) for p in found]
-    elif manifest.is_file():
+    elif manifest.exists():  # a FIFO or device too: refused in one line by the capped reader, never read
         if manifest.suffix.lower() in SLIDE_SUFFIXES:
             raise ValueError(f"{manifest}: a slide, not a manifest (give a CSV of slide paths or a folder of slides)")
         entries = _read_csv_manifest(manifest)

@@ -11,6 +11,7 @@ import os
 import threading
 
 from ..devices import DEFAULT_DEVICE, check_spec, resolve_device
+from ..messages import use_one_line_warnings
 from .bundle import ModelBundle, load_bundle, model_path
 from .extract import TileOptions
 
@@ -104,9 +105,11 @@ def predict_task(
     with this process's copy of ``model`` (a folder, None for the default; ``fingerprint`` from
     :func:`model_fingerprint`) on the worker's ``device`` (see :func:`_worker_device`). Never raises for a
     slide's own problem: returns ``{"status": "done", "result": ...}`` or ``{"status": "failed", "error": ...}``
-    so that the scheduler side records it and the others go on."""
+    so that the scheduler side records it and the others go on. The worker's warnings (a damaged tile, a
+    slide out of the model's domain) are shown as the CLI shows them, one ``warning: ...`` line each."""
     from .predict import predict_slide
 
+    use_one_line_warnings()  # a worker process starts with Python's format: file, line and source line
     try:
         bundle = _worker_bundle(model, fingerprint, torch_threads, device)
         result = predict_slide(path, bundle, options, out_dir, heatmap)

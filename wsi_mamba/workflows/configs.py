@@ -6,6 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.augment_config import AugmentConfig
+from ..ranges import (
+    COUNT,
+    DECAY,
+    FRACTION,
+    MPP,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    RATE,
+    SEED,
+    VAL_FRACTION,
+    VIEWS,
+    check_fields,
+)
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,19 @@ class TileOptions:
     region_px: int | None = None  # region mode: whole regions of this many px per encoder pass (None: tile mode)
     region_overlap_px: int | None = None  # px shared by neighbouring regions (None: a quarter, in whole tiles)
     views: int | None = None  # tile mode: features averaged over 1, 4 or 8 dihedral views (None: 1; predict: model's)
+
+    def __post_init__(self) -> None:
+        """Each field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``."""
+        check_fields(
+            self,
+            min_tissue=FRACTION,
+            batch_size=POSITIVE_INT,
+            workers=POSITIVE_INT,
+            slide_mpp=MPP,
+            region_px=POSITIVE_INT,
+            region_overlap_px=COUNT,
+            views=VIEWS,
+        )
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,24 @@ class EncoderTrainingConfig:
     weight_decay: float = 0.05
     seed: int = 0
     workers: int = 4
+
+    def __post_init__(self) -> None:
+        """Each field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``."""
+        check_fields(
+            self,
+            tile_px=POSITIVE_INT,
+            mpp=MPP,
+            tumor_min_fraction=FRACTION,
+            max_tiles_per_class=POSITIVE_INT,
+            max_normal_per_slide=POSITIVE_INT,
+            val_fraction=VAL_FRACTION,
+            epochs=POSITIVE_INT,
+            batch_size=POSITIVE_INT,
+            lr=POSITIVE,
+            weight_decay=NON_NEGATIVE,
+            seed=SEED,
+            workers=POSITIVE_INT,
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +106,23 @@ class PatchTrainingConfig:
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self) -> None:
+        """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``."""
+        check_fields(
+            self,
+            epochs=POSITIVE_INT,
+            batch_size=POSITIVE_INT,
+            lr=POSITIVE,
+            weight_decay=NON_NEGATIVE,
+            drop_path_rate=RATE,
+            val_fraction=VAL_FRACTION,
+            max_val_patches=POSITIVE_INT,
+            epoch_patches=POSITIVE_INT,
+            patience=POSITIVE_INT,
+            ema_decay=DECAY,
+            seed=SEED,
+        )
+
 
 @dataclass(frozen=True)
 class SlideTrainingConfig:
@@ -82,3 +144,24 @@ class SlideTrainingConfig:
     tile_loss_weight: float = 0.5  # weight of tile supervision when annotations are given
     seed: int = 0
     folds: int = 0  # K >= 2: K-fold cross-validation (fold models + a final model on all slides); 0: one split
+
+    def __post_init__(self) -> None:
+        """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``
+        (``folds`` 1 is refused by ``train_slide_model``, as the CLI's ``--folds 1``)."""
+        check_fields(
+            self,
+            dim=POSITIVE_INT,
+            depth=POSITIVE_INT,
+            d_state=POSITIVE_INT,
+            dropout=RATE,
+            epochs=POSITIVE_INT,
+            lr=POSITIVE,
+            weight_decay=NON_NEGATIVE,
+            warmup_epochs=COUNT,
+            patience=POSITIVE_INT,
+            val_fraction=VAL_FRACTION,
+            clip_norm=POSITIVE,
+            tile_loss_weight=NON_NEGATIVE,
+            seed=SEED,
+            folds=COUNT,
+        )

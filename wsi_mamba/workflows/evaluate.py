@@ -16,8 +16,8 @@ from ..evaluation.colour import baseline_predict, slide_colour_vector
 from ..evaluation.lesion_froc import SlideDetections, froc, tile_detections
 from ..evaluation.metrics import summarize
 from ..evaluation.roc_plot import write_roc_png
-from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
-from .bundle import ModelBundle, load_bundle
+from ..outputs.atomic import check_not_inputs, json_safe, write_csv_atomic, write_json_atomic
+from .bundle import ModelBundle, load_bundle, model_files
 from .inputs import find_annotations, read_label_column, read_labels
 from .scoring import score_tiles
 from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
@@ -58,6 +58,9 @@ def evaluate(
 ) -> dict:
     """Score every labelled store with the model on ``device`` and write metrics.json, per_slide.csv, roc.png
     (and froc.json with annotations) under ``out_dir``; returns the metrics."""
+    out_dir = Path(out_dir)
+    outputs = [out_dir / name for name in ("metrics.json", "per_slide.csv", "roc.png", "froc.json")]
+    check_not_inputs(outputs, [labels_csv, *model_files(model)])  # before anything is read or written
     bundle = load_bundle(model, device=device)
     labels = read_labels(labels_csv)
     stores = list_stores(features_dir)
@@ -82,7 +85,7 @@ def evaluate(
             annotations = find_annotations(annotations_dir, name)
             lesions = [p.points for p in annotations.lesions] if annotations else []
             points = tile_detections(data.coords[:, 0], data.coords[:, 1], data.size0, tile_scores)
-            detections.append(SlideDetections(name, points, lesions, float(data.attrs["slide_mpp"])))
+            detections.append(SlideDetections(name, points, lesions, data.slide_mpp))
     ys_arr, scores_arr = np.asarray(ys), np.asarray(scores)
     metrics: dict = {"model": bundle.name, "slides": summarize(ys_arr, scores_arr, n_boot=n_boot)}
     metrics["model_path"] = str(Path(bundle.path).resolve())

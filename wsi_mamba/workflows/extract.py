@@ -7,25 +7,24 @@ resumable: complete stores made with the same encoder are skipped, partial ones 
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import __version__
 from ..evaluation.colour import COLOUR_STATS
 from ..models.encoder import TileEncoder
 from ..outputs.lock import output_lock
+from ..progress import Progress
 from ..slide import SlideError, open_slide
 from ..slide.base import Slide
 from ..slide.errors import TileDecodeError
 from ..slide.tiling import TileGrid, make_tile_grid
 from ..slide.tissue import TissueMask, detect_tissue
-from .batch import describe_failure, slide_name
+from .batch import describe_failure, prepare_output_folder, slide_name
 from .configs import TileOptions
 from .pipeline import encode_tiles
 from .store import (
@@ -85,14 +84,18 @@ def encode_slide(
     encoder: TileEncoder,
     options: TileOptions = TileOptions(),
     on_batch: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> EncodedSlide:
     """Detect tissue, cut the tile grid at the encoder's tile_px/mpp, and encode every kept tile. A tile that
     cannot be decoded (a damaged JPEG tile) is left out with a warning naming it and counted in
     ``corrupt_tiles``; more than :data:`MAX_CORRUPT_FRACTION` of them fail the slide. With
-    ``options.region_px`` the tiles are encoded in region mode (:mod:`.region_mode`)."""
+    ``options.region_px`` the tiles are encoded in region mode (:mod:`.region_mode`). Progress:
+    ``on_total(n)`` once the grid of n tiles is cut, ``on_batch(k)`` as k of them are done."""
     mode = _mode_attrs(options, encoder)  # checked before any work
     tissue = detect_tissue(slide)
     grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
+    if on_total is not None:
+        on_total(len(grid))
     features = np.zeros((len(grid), encoder.dim), np.float32)
     colour = np.zeros((len(grid), len(COLOUR_STATS)), np.float32)
     errors: dict[int, TileDecodeError] = {}
@@ -146,7 +149,9 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
     )
 
 
-def extract_slide(path: Path, out_dir: Path, encoder: TileEncoder, options: TileOptions, bar: tqdm | None) -> str:
+def extract_slide(
+    path: Path, out_dir: Path, encoder: TileEncoder, options: TileOptions, progress: Progress | None
+) -> str:
     """Extract one slide unless a complete store from the same encoder is there; returns "done" or "skipped"."""
     name = slide_name(path)
     target = store_path(out_dir, name)
@@ -160,9 +165,11 @@ def extract_slide(path: Path, out_dir: Path, encoder: TileEncoder, options: Tile
                 return "skipped"
             warnings.warn(f"extracting {name} again: {damaged}", stacklevel=2)
         with open_slide(path, mpp=options.slide_mpp) as slide:
-            if bar is not None:
-                bar.set_postfix_str(name)
-            encoded = encode_slide(slide, encoder, options, on_batch=bar.update if bar is not None else None)
+            if progress is None:
+                encoded = encode_slide(slide, encoder, options)
+            else:
+                progress.set_note(name)
+                encoded = encode_slide(slide, encoder, options, progress.update, progress.add_total)
         write_store(target, to_store_data(name, path, encoded, encoder))
     return "done"
 
@@ -182,12 +189,13 @@ def extract_slides(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several slides share the name(s) {', '.join(duplicates)}: stores would collide")
+    prepare_output_folder(out_dir, paths, (".zarr",))  # temporaries of killed runs removed
     _mode_attrs(options, encoder)  # a region mode the encoder cannot run: one error, before any slide
     results: dict[str, str] = {}
-    with tqdm(unit="tile", desc="extract", disable=not progress, file=sys.stderr) as bar:
+    with Progress("extract", "tile", enabled=progress) as shown:  # a bar on a terminal, timed lines in a log
         for path in paths:
             try:
-                results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, options, bar)
+                results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, options, shown)
             except Exception as exc:  # any per-slide failure (SlideError, OSError, ...): the others go on
                 results[slide_name(path)] = f"failed: {describe_failure(exc)}"
     return results

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..data.labels import parse_label
+from ..outputs.capped import read_csv_records, read_csv_rows
 from ..slide.annotations import Annotations, read_annotations
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
@@ -17,6 +17,8 @@ def find_slides(items: Iterable[str | Path]) -> list[Path]:
     each folder; ``ValueError`` for a path that does not exist or a folder without slides."""
     found: list[Path] = []
     for item in items:
+        if isinstance(item, str) and not item.strip():  # Path("") is the current folder: never searched by mistake
+            raise ValueError(f"an empty path ({item!r}) names no file or folder")
         path = Path(item)
         if path.is_file():
             found.append(path)
@@ -51,8 +53,7 @@ def read_labels(path: str | Path) -> dict[str, int]:
     if path.is_dir():
         return labels_from_folders(path)
     try:
-        with open(path, newline="") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+        rows = [row for _, row in read_csv_rows(path) if row and any(cell.strip() for cell in row)]
     except FileNotFoundError:
         raise ValueError(f"{path}: labels file not found") from None
     except UnicodeDecodeError:
@@ -87,13 +88,12 @@ def read_label_column(path: str | Path, column: str) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-        name_field = next((fields[k] for k in ("image", "slide", "name") if k in fields), None)
-        if column not in fields or name_field is None:
-            return {}
-        return {Path(row[name_field].strip()).stem: (row[fields[column]] or "").strip() for row in reader}
+    header, rows = read_csv_records(path, errors="replace")
+    fields = {(f or "").strip().lower(): f for f in header}
+    name_field = next((fields[k] for k in ("image", "slide", "name") if k in fields), None)
+    if column not in fields or name_field is None:
+        return {}
+    return {Path((row[name_field] or "").strip()).stem: (row[fields[column]] or "").strip() for _, row in rows}
 
 
 def find_annotations(folder: str | Path | None, name: str) -> Annotations | None:

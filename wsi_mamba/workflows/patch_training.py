@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..devices import DEFAULT_DEVICE, autocast, resolve_device
 from ..evaluation.metrics import slide_auc
 from ..models.encoder import TileEncoder, load_encoder
 from ..models.encoders import save_encoder
-from ..outputs.atomic import write_csv_atomic
+from ..outputs.atomic import check_not_inputs, write_csv_atomic
 from .configs import PatchTrainingConfig
 from .optimisation import optimiser_step
 from .score_patches import classify
@@ -73,10 +74,14 @@ def carve_validation(
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
-def write_patch_split(source: PatchSource, out: str | Path, cfg: PatchTrainingConfig) -> tuple[Path, Path]:
+def write_patch_split(
+    source: PatchSource, out: str | Path, cfg: PatchTrainingConfig, inputs: Sequence[str | Path] = ()
+) -> tuple[Path, Path]:
     """Write ``train.csv`` and ``validation.csv`` (``path,label``, paths relative to ``out``) in ``out``: the
     split of ``source`` that ``train-encoder`` makes with ``cfg`` (its fraction, cap and seed), so the validation
-    patches are those no encoder trained on ``source`` with ``cfg`` has learnt from. Image-file sources only."""
+    patches are those no encoder trained on ``source`` with ``cfg`` has learnt from. Image-file sources only.
+    ``inputs``: the files ``source`` was read from (CSVs); one of them as an output is refused (one line)."""
+    check_not_inputs([Path(out) / "train.csv", Path(out) / "validation.csv"], inputs)
     if not isinstance(source, FilePatches):
         raise ValueError(f"{source.description}: a split is written as file paths: give image folders or a CSV")
     require_labelled(source, "split")

@@ -17,10 +17,12 @@ from .batch import output_stem
 from .bundle import ModelBundle
 from .domain import domain_warnings
 from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
+from .provenance import bundle_sha256, slide_identity
 from .region_mode import options_for_model
 from .scoring import score_tiles
 
 THUMBNAIL_PX = 1024
+COMPANION_SUFFIXES = (".heatmap.png", ".tiles.geojson", ".regions.geojson")  # beside NAME.json with heatmap
 
 
 def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np.ndarray]:
@@ -36,17 +38,20 @@ def predict_slide(
     out_dir: str | Path | None = None,
     heatmap: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> dict:
     """Score one slide. The result (also written as ``out_dir/NAME.json``; a name too long for a file name is
     clipped, :func:`~.batch.output_stem`) has ``score`` None and a ``reason`` when the slide has no tissue.
-    Slide errors (unreadable file, no resolution) raise."""
+    Slide errors (unreadable file, no resolution) raise. Progress: ``on_total(n)`` once the slide's n tiles
+    are known, ``on_batch(k)`` as k of them are encoded."""
     path = Path(path)
     name = slide_name(path)
     stem = output_stem(name)  # of the file names; the result names the slide in full
     started = time.perf_counter()
     options = options_for_model(options, bundle.feature_mode, bundle.name)  # tile or region mode, as trained
     with open_slide(path, mpp=options.slide_mpp) as slide:
-        encoded = encode_slide(slide, bundle.encoder, options, on_batch)
+        identity = slide_identity(path)  # before any pixel is read: a later change of the file shows
+        encoded = encode_slide(slide, bundle.encoder, options, on_batch, on_total)
         slide_mpp = slide.mpp
         drawing = heatmap and out_dir is not None and len(encoded.grid) > 0
         thumbnail = slide.get_thumbnail(THUMBNAIL_PX) if drawing else None
@@ -60,6 +65,8 @@ def predict_slide(
         "corrupt_tiles": encoded.corrupt_tiles,
         "views": options.views or 1,
         "model": bundle.name,
+        "model_sha256": bundle_sha256(bundle),
+        "slide_file": identity,
         "reason": None,
     }
     if not len(encoded.grid):
@@ -97,4 +104,14 @@ def predict_slide(
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out_dir) / f"{stem}.json", json_safe(result))
+        if not drawing:
+            _remove_companions(Path(out_dir), stem)
     return result
+
+
+def _remove_companions(out: Path, stem: str) -> None:
+    """Remove the heatmap and GeoJSONs an earlier run wrote beside ``stem``'s result (another model's, or
+    of a run with ``heatmap``) once a result without them replaced it: no file is left that the result does
+    not stand for."""
+    for suffix in COMPANION_SUFFIXES:
+        (out / f"{stem}{suffix}").unlink(missing_ok=True)

@@ -156,21 +156,26 @@ def result_rows(result: PatchScores) -> list[dict]:
     return rows
 
 
+def patch_output_files(out_csv: str | Path) -> list[Path]:
+    """What ``--out out_csv`` writes: the CSV, ``NAME.metrics.json`` and ``NAME.roc.png`` beside it."""
+    out_csv = Path(out_csv)
+    stem = out_csv.with_suffix("")
+    return [out_csv, Path(f"{stem}.metrics.json"), Path(f"{stem}.roc.png")]
+
+
 def write_patch_outputs(result: PatchScores, out_csv: str | Path, metrics: dict | None, title: str) -> list[Path]:
     """``out_csv`` (path, index, label, score, error), and with metrics ``NAME.metrics.json`` and
     ``NAME.roc.png`` beside it; each written atomically. Returns the files written."""
     from ..evaluation.roc_plot import write_roc_png
     from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
 
-    out_csv = Path(out_csv)
+    out_csv, metrics_file, roc_file = patch_output_files(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     header = ["path", "index", "label", "score", "error"]
     rows = result_rows(result)
     write_csv_atomic(out_csv, header, ([r.get(k, "") if r.get(k) is not None else "" for k in header] for r in rows))
     written = [out_csv]
     if metrics is not None:
-        stem = out_csv.with_suffix("")
-        metrics_file, roc_file = Path(f"{stem}.metrics.json"), Path(f"{stem}.roc.png")
         write_json_atomic(metrics_file, json_safe(metrics))
         keep = result.labelled()
         write_roc_png({title: (result.labels[keep], result.scores[keep])}, roc_file, title="patch ROC")

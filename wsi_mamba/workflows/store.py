@@ -14,6 +14,7 @@ A store is written as ``NAME.zarr.partial`` under the lock ``NAME.zarr.lock`` an
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ FORMAT = ArtefactFormat("wsi-mamba/features", 1, kind="store")
 FORMAT_VERSION = FORMAT.version
 SUFFIX = ".zarr"
 PARTIAL = ".partial"
+MAX_GRID_CELLS = 10_000_000
+"""The most cells a store's grid may have: the most ``extract`` makes (``slide.tiling``: the default
+``--max-pixels`` / 50). A 250k x 250k px slide at 0.25 µm/px in 96 px tiles at 0.972 µm/px is ~700 x 700."""
+MAX_SLIDE_SIDE = 10_000_000
+"""The widest a store's slide may be, in level-0 px (50 times the widest real slide)."""
+VIEW_COUNTS = (1, 4, 8)  # as wsi_mamba.data.augment_config (not imported: this module stays light)
 
 
 def store_path(out_dir: str | Path, name: str) -> Path:
@@ -60,6 +67,26 @@ class SlideFeatures:
     colour: np.ndarray
     tissue_mask: np.ndarray
     attrs: dict
+    path: Path | None = None  # the store it was read from (named in errors)
+
+    def _attr(self, key: str) -> Any:
+        """A recorded attribute; ``ValueError`` naming the store when it is missing (a store older than it)."""
+        if self.attrs.get(key) is None:
+            raise ValueError(
+                f"{self.path or self.name}: the feature store of slide {self.name} records no {key}: re-run extract"
+            )
+        return self.attrs[key]
+
+    @property
+    def slide_mpp(self) -> float:
+        """The slide's level-0 µm/px when it was extracted."""
+        return float(self._attr("slide_mpp"))
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """The slide's level-0 (width, height)."""
+        width, height = self._attr("dimensions")
+        return int(width), int(height)
 
     @property
     def rows(self) -> np.ndarray:
@@ -149,7 +176,84 @@ def read_attrs(path: Path) -> dict:
     if not FORMAT.matches(attrs) or not attrs.get("complete"):
         raise ValueError(f"{path}: not a complete {FORMAT.name} store (re-run extract)")
     FORMAT.check(attrs, path)
+    check_attrs(attrs, path)
     return attrs
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _positive(value: object, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= high
+
+
+def _pair(value: object, high: int) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_whole(v, 1, high) for v in value)
+
+
+def check_attrs(attrs: dict, path: str | Path) -> None:
+    """The types and ranges of the attributes readers use (each when present): ``ValueError`` naming the store
+    and the attribute, so a hand-edited store is one line, not a traceback deep inside a command."""
+    rules: dict[str, tuple[Any, str]] = {
+        "mode": (lambda v: v in ("tile", "region"), "'tile' or 'region'"),
+        "views": (lambda v: _whole(v, 1, 8) and v in VIEW_COUNTS, f"one of {', '.join(map(str, VIEW_COUNTS))}"),
+        "region_px": (lambda v: _whole(v, 1, 1_000_000), "a whole number in [1, 1000000]"),
+        "region_overlap_px": (lambda v: _whole(v, 0, 1_000_000), "a whole number in [0, 1000000]"),
+        "grid_shape": (lambda v: _pair(v, MAX_GRID_CELLS), "[rows, cols], two whole numbers >= 1"),
+        "dimensions": (lambda v: _pair(v, MAX_SLIDE_SIDE), f"[width, height] in px, at most {MAX_SLIDE_SIDE:,}"),
+        "size0": (lambda v: _positive(v, MAX_SLIDE_SIDE), "a positive number of level-0 px"),
+        "slide_mpp": (lambda v: _positive(v, 1000.0), "a positive number of µm/px"),
+    }
+    for key, (valid, expected) in rules.items():
+        if key in attrs and not valid(attrs[key]):
+            raise ValueError(f"{path}: feature store attribute {key} must be {expected}, got {attrs[key]!r:.80}")
+
+
+def _check_grid(path: Path, attrs: dict, group: zarr.Group) -> tuple[int, int]:
+    """The store's grid shape, checked before any array is read: its cells within :data:`MAX_GRID_CELLS` and
+    within what the slide's ``dimensions`` hold in tiles of ``size0`` px, and the per-tile arrays of one length
+    that fits. ``ValueError`` naming the store otherwise (a hand-edited 200,000 x 200,000 grid asked 61 TB)."""
+    name = path.name[: -len(SUFFIX)]
+    damaged = f"{path}: feature store of slide {name} is damaged:"
+    for key in ("grid_shape", "size0"):
+        if key not in attrs:
+            raise ValueError(f"{damaged} no {key} attribute; re-run extract")
+    rows, cols = attrs["grid_shape"]
+    if rows * cols > MAX_GRID_CELLS:
+        raise ValueError(f"{damaged} a grid of {rows} x {cols} cells is over the limit of {MAX_GRID_CELLS:,}")
+    if "dimensions" in attrs:
+        width, height = attrs["dimensions"]
+        fits = math.ceil(height / attrs["size0"]), math.ceil(width / attrs["size0"])
+        if rows > fits[0] + 1 or cols > fits[1] + 1:
+            raise ValueError(
+                f"{damaged} a grid of {rows} x {cols} cells does not fit its slide ({width} x {height} px in tiles "
+                f"of {attrs['size0']:g} px: at most {fits[0]} x {fits[1]}); re-run extract"
+            )
+    try:
+        lengths = {key: group[key].shape[0] for key in ARRAYS if key != "tissue_mask"}
+    except Exception:  # a missing array: reported by name when it is read
+        return rows, cols
+    if len(set(lengths.values())) != 1 or lengths["features"] > rows * cols:
+        raise ValueError(f"{damaged} {lengths} rows for a grid of {rows} x {cols} cells; re-run extract")
+    return rows, cols
+
+
+def _check_cells(path: Path, grid: np.ndarray, shape: tuple[int, int]) -> None:
+    """Every tile's (row, col) inside the grid and no cell twice; ``ValueError`` naming the store otherwise."""
+    name = path.name[: -len(SUFFIX)]
+    rows, cols = shape
+    if grid.ndim != 2 or grid.shape[1] != 2:
+        raise ValueError(f"{path}: feature store of slide {name} is damaged: grid has shape {grid.shape}")
+    if len(grid) == 0:
+        return
+    cells = grid.astype(np.int64)
+    if cells.min() < 0 or cells[:, 0].max() >= rows or cells[:, 1].max() >= cols:
+        raise ValueError(
+            f"{path}: feature store of slide {name} is damaged: tile cells outside its {rows} x {cols} grid"
+        )
+    if len(np.unique(cells[:, 0] * cols + cells[:, 1])) != len(cells):
+        raise ValueError(f"{path}: feature store of slide {name} is damaged: two tiles on one grid cell")
 
 
 def _read_array(group: zarr.Group, key: str, path: Path, expected: dict | None) -> np.ndarray:
@@ -179,8 +283,10 @@ def read_store(path: str | Path) -> SlideFeatures:
         group = zarr.open_group(str(path), mode="r")
     except Exception as exc:
         raise ValueError(f"{path}: not a feature store ({type(exc).__name__})") from None
+    shape = _check_grid(path, attrs, group)
     digests = attrs.get("arrays") if isinstance(attrs.get("arrays"), dict) else {}
     arrays = {key: _read_array(group, key, path, digests.get(key)) for key in ARRAYS}
+    _check_cells(path, arrays["grid"], shape)
     return SlideFeatures(
         name=store_slide_name(path),
         features=arrays["features"].astype(np.float32),
@@ -189,6 +295,7 @@ def read_store(path: str | Path) -> SlideFeatures:
         colour=arrays["colour"],
         tissue_mask=arrays["tissue_mask"],
         attrs=attrs,
+        path=path,
     )
 
 

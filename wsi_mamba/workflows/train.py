@@ -64,7 +64,7 @@ def tile_targets(data: SlideFeatures, label: int, annotations_dir: str | Path | 
     annotations = find_annotations(annotations_dir, data.name) if annotations_dir else None
     if annotations is None:
         return None
-    dims = tuple(data.attrs["dimensions"])
+    dims = data.dimensions
     fraction = lesion_fractions_at(
         annotations, dims, data.coords[:, 0], data.coords[:, 1], data.size0, cells_per_tile=16  # type: ignore[arg-type]
     )

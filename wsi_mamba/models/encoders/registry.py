@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...outputs.artefact import read_json_object
+from ...outputs.atomic import copy_file
 from .base import TileEncoder
 
 DEFAULT_FAMILY = "vmamba"
@@ -116,13 +117,12 @@ def save_encoder(encoder: TileEncoder, path: str | Path, metadata: dict | None =
 
 def export_encoder(encoder: TileEncoder, path: str | Path) -> Path:
     """``encoder`` as our checkpoint at ``path``: its source copied when it is one of ours already (its JSON kept
-    whole), written from the loaded weights otherwise (a timm model from a ``.pth`` or a folder)."""
-    import shutil
-
+    whole; an error of writing names ``path``), written from the loaded weights otherwise (a timm model from a
+    ``.pth`` or a folder)."""
     path = Path(path)
     if encoder.source is not None and is_checkpoint(encoder.source):
-        shutil.copyfile(encoder.source, path)
-        shutil.copyfile(Path(encoder.source).with_suffix(".json"), path.with_suffix(".json"))
+        copy_file(encoder.source, path)
+        copy_file(Path(encoder.source).with_suffix(".json"), path.with_suffix(".json"))
         return path
     return save_encoder(encoder, path, {"name": encoder.name, "tile_px": encoder.tile_px, "mpp": encoder.mpp})
 
