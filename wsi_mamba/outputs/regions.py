@@ -1,0 +1,260 @@
+"""Predicted tumour regions: connected groups of tiles scored at or above the model's threshold, ranked by
+their highest score, outlined exactly along the tile edges. :func:`tumor_regions` finds them on a score grid
+(the heatmap draws and zooms on them); :func:`tumor_regions_geojson` writes them as QuPath annotations with
+the slide's call (score, prediction, threshold), so a region on a slide called normal reads as such.
+
+Coordinates are level-0 pixels with the origin at the top-left of the full-resolution image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from .geojson import TUMOR_COLOR, write_feature_collection
+from .grid import score_grid
+
+__all__ = ["TumorRegion", "slide_call", "tumor_regions", "tumor_regions_geojson", "write_regions_geojson"]
+
+_LEFT_TURN = {(1, 0): (0, -1), (0, -1): (-1, 0), (-1, 0): (0, 1), (0, 1): (1, 0)}
+"""Heading (dx, dy) in image axes (y down) -> the heading after a left turn (as seen on screen)."""
+
+
+def _cell_outline_rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Closed rings of grid-corner points (col, row) bounding the True cells of a 4-connected ``mask``.
+
+    Every boundary edge is walked with the cells on its right as seen on screen (y down), so the outer ring
+    has a positive shoelace area in (x, y) and holes a negative one. Where two cells meet only at a corner,
+    the walk turns left (around the empty cell): the rings stay simple, and a hole may touch the outer ring
+    at a point, which GeoJSON/OGC polygons allow. Only corners where the direction changes are kept.
+    """
+    padded = np.pad(np.asarray(mask, bool), 1)
+    inside = padded[1:-1, 1:-1]
+    outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    # (neighbour offset, edge start corner and heading relative to the cell's top-left corner (c, r))
+    sides = (
+        ((-1, 0), (0, 0), (1, 0)),  # top: left -> right
+        ((0, 1), (1, 0), (0, 1)),  # right: top -> bottom
+        ((1, 0), (1, 1), (-1, 0)),  # bottom: right -> left
+        ((0, -1), (0, 1), (0, -1)),  # left: bottom -> top
+    )
+    for (dr, dc), (sx, sy), heading in sides:
+        neighbour = padded[1 + dr : padded.shape[0] - 1 + dr, 1 + dc : padded.shape[1] - 1 + dc]
+        for r, c in zip(*np.nonzero(inside & ~neighbour), strict=True):
+            outgoing.setdefault((int(c) + sx, int(r) + sy), []).append(heading)
+    # Each edge's successor: the edge leaving its end point (the left one where two leave: a pinch). This
+    # pairs edges one to one, so the rings are the cycles of the successor map.
+    successor: dict[tuple[tuple[int, int], tuple[int, int]], tuple[tuple[int, int], tuple[int, int]]] = {}
+    for point, headings in outgoing.items():
+        for heading in headings:
+            end = (point[0] + heading[0], point[1] + heading[1])
+            leaving = outgoing[end]
+            successor[point, heading] = (end, leaving[0] if len(leaving) == 1 else _LEFT_TURN[heading])
+    rings = []
+    while successor:
+        first = next(iter(successor))
+        edge, ring = first, []
+        while True:
+            following = successor.pop(edge)
+            if following[1] != edge[1]:  # the direction changes at the following edge's start: a corner
+                ring.append(following[0])
+            edge = following
+            if edge == first:
+                break
+        ring.append(ring[0])
+        rings.append(ring)
+    return rings
+
+
+@dataclass(frozen=True)
+class TumorRegion:
+    """One connected group of tiles at or above the threshold on a score grid.
+
+    ``cells`` is its (rows, cols) slice box on the grid and ``inside`` the (box-shaped) mask of its tiles;
+    ``max_score``, ``mean_score`` and ``tiles`` summarise its scores."""
+
+    cells: tuple[slice, slice]
+    inside: np.ndarray
+    max_score: float
+    mean_score: float
+    tiles: int
+
+
+def tumor_regions(grid_scores: np.ndarray, threshold: float = 0.5, connectivity: int = 8) -> list[TumorRegion]:
+    """The connected groups of cells of ``grid_scores`` (an (R, C) grid, NaN where no tile) scored at or above
+    ``threshold``, highest ``max_score`` first (ties keep top-to-bottom order). ``connectivity`` 8: cells
+    touching at a corner join; 4: only along a side."""
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    grid = np.asarray(grid_scores, np.float32)
+    with np.errstate(invalid="ignore"):
+        mask = grid >= threshold  # NaN (no tile) is False
+    if not mask.any():
+        return []
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool) if connectivity == 8 else None)
+    regions = []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[box] == label
+        values = grid[box][inside]
+        regions.append(TumorRegion(box, inside, float(values.max()), float(values.mean()), int(inside.sum())))
+    regions.sort(key=lambda region: -region.max_score)  # stable
+    return regions
+
+
+def tumor_regions_geojson(
+    rows: Sequence[int] | np.ndarray,
+    cols: Sequence[int] | np.ndarray,
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    size0: float,
+    scores: Sequence[float] | np.ndarray,
+    threshold: float = 0.5,
+    connectivity: int = 8,
+    name_prefix: str = "region",
+    slide_score: float | None = None,
+) -> dict[str, Any]:
+    """Predicted tumour regions as a GeoJSON FeatureCollection of QuPath annotations.
+
+    A region is a connected group of tiles scored ≥ ``threshold`` (:func:`tumor_regions`). Each becomes one
+    feature whose geometry traces the exact outline of its tiles' union on the tile grid, in level-0 pixels:
+    a ``Polygon`` (outer ring, then a ring per hole), or a ``MultiPolygon`` when an 8-connected region holds
+    parts that touch only at corners. Outer rings have a positive shoelace area in (x, y), holes a negative
+    one. Features are sorted by ``max_score``, highest first, and named ``<name_prefix>_1``, ``_2``, …;
+    ``properties``::
+
+        {"objectType": "annotation", "name": ..., "isLocked": false,
+         "classification": {"name": "Tumor", "color": TUMOR_COLOR},
+         "max_score": s, "mean_score": s, "tiles": n, "area_px": n * size0², "measurements": {same four},
+         "threshold": t, "slide_score": s, "slide_prediction": "tumor" | "normal"}
+
+    The last two (and ``slide_score``/``threshold`` among the measurements, which QuPath shows) only when
+    ``slide_score`` is given: the slide's call, ``"tumor"`` when ``slide_score ≥ threshold``; the collection
+    then carries the same three in its own ``properties`` (present even when there is no region). ``rows``/
+    ``cols`` are the tiles' grid cells and ``x``/``y`` their level-0 top-left corners (a ``TileGrid``'s
+    fields); grid corners are placed at ``origin + k * size0``, the origin being the whole-pixel offset of
+    ``x``/``y`` from ``cols``/``rows * size0`` (0 for :func:`~wsi_mamba.slide.tiling.make_tile_grid`). Scores
+    are rounded to 6 decimals, ``area_px`` to 2. NaN scores count as below the threshold; a cell given twice
+    keeps the last score.
+    """
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    cols = np.asarray(cols, np.int64).reshape(-1)
+    xs = np.asarray(x, np.float64).reshape(-1)
+    ys = np.asarray(y, np.float64).reshape(-1)
+    values = np.asarray(scores, np.float64).reshape(-1)
+    if not (len(rows) == len(cols) == len(xs) == len(ys) == len(values)):
+        raise ValueError(
+            f"rows, cols, x, y and scores differ in length: {len(rows)}, {len(cols)}, {len(xs)}, {len(ys)}, "
+            f"{len(values)}"
+        )
+    if not (size0 > 0 and math.isfinite(size0)):
+        raise ValueError(f"size0 must be a positive number, got {size0}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    if len(rows) and (rows.min() < 0 or cols.min() < 0):
+        raise ValueError("tile cells must have non-negative rows and cols")
+    call = slide_call(slide_score, threshold)
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": []}
+    if call is not None:
+        collection["properties"] = call
+    if not (np.isfinite(values) & (values >= threshold)).any():
+        return collection
+    from scipy import ndimage
+
+    side = float(size0)
+    grid = score_grid(rows, cols, values, (int(rows.max()) + 1, int(cols.max()) + 1))
+    origin_x = round(float(np.median(xs - cols * side)))  # whole level-0 pixels, as TileGrid's x and y
+    origin_y = round(float(np.median(ys - rows * side)))
+
+    def corner(c: int, r: int) -> list[float]:
+        return [round(origin_x + c * side, 3), round(origin_y + r * side, 3)]
+
+    for i, region in enumerate(tumor_regions(grid, threshold, connectivity), start=1):
+        top, left = region.cells[0].start, region.cells[1].start
+        parts, n_parts = ndimage.label(region.inside)  # 4-connected pieces: each one polygon with its holes
+        polygons = []
+        for part in range(1, n_parts + 1):
+            rings = _cell_outline_rings(parts == part)
+            rings.sort(key=_shoelace_area, reverse=True)  # the one outer ring (positive area) first
+            polygons.append([[corner(c + left, r + top) for c, r in ring] for ring in rings])
+        geometry = (
+            {"type": "Polygon", "coordinates": polygons[0]}
+            if len(polygons) == 1
+            else {"type": "MultiPolygon", "coordinates": polygons}
+        )
+        stats = {
+            "max_score": round(region.max_score, 6),
+            "mean_score": round(region.mean_score, 6),
+            "tiles": region.tiles,
+            "area_px": round(region.tiles * side * side, 2),
+        }
+        measurements: dict[str, Any] = dict(stats)
+        if call is not None:
+            measurements |= {"slide_score": call["slide_score"], "threshold": call["threshold"]}
+        properties: dict[str, Any] = {
+            "objectType": "annotation",
+            "name": f"{name_prefix}_{i}",
+            "classification": {"name": "Tumor", "color": list(TUMOR_COLOR)},
+            "isLocked": False,
+            **stats,
+            "measurements": measurements,
+        }
+        if call is not None:
+            properties |= call
+        collection["features"].append({"type": "Feature", "geometry": geometry, "properties": properties})
+    return collection
+
+
+def slide_call(slide_score: float | None, threshold: float) -> dict[str, Any] | None:
+    """``{"slide_prediction": "tumor" | "normal", "slide_score": s, "threshold": t}`` (``tumor`` when the
+    score is at or above the threshold; the score rounded to 6 decimals), None without a score."""
+    if slide_score is None:
+        return None
+    return {
+        "slide_prediction": "tumor" if slide_score >= threshold else "normal",
+        "slide_score": round(float(slide_score), 6),
+        "threshold": float(threshold),
+    }
+
+
+def _shoelace_area(ring: Sequence[tuple[float, float]] | Sequence[Sequence[float]]) -> float:
+    """Signed area of a closed ring (first point repeated last): positive when counter-clockwise in (x, y)."""
+    return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairwise(ring))
+
+
+def write_regions_geojson(
+    path: str | PathLike[str],
+    rows: Sequence[int] | np.ndarray,
+    cols: Sequence[int] | np.ndarray,
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    size0: float,
+    scores: Sequence[float] | np.ndarray,
+    threshold: float = 0.5,
+    connectivity: int = 8,
+    name_prefix: str = "region",
+    slide_score: float | None = None,
+) -> int:
+    """Write :func:`tumor_regions_geojson` to ``path`` (``.geojson``), atomically, one feature per line.
+    Returns the number of regions written."""
+    collection = tumor_regions_geojson(
+        rows,
+        cols,
+        x,
+        y,
+        size0,
+        scores,
+        threshold=threshold,
+        connectivity=connectivity,
+        name_prefix=name_prefix,
+        slide_score=slide_score,
+    )
+    write_feature_collection(path, collection["features"], collection.get("properties"))
+    return len(collection["features"])
