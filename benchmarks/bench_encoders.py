@@ -61,7 +61,7 @@ def speed(name: str, tile: int, batch: int, repeats: int) -> dict:
 
 def patch_auc(checkpoint: str, patches: str) -> tuple[float, float, float]:
     from wsi_mamba.data.patches import open_patches
-    from wsi_mamba.workflows.score_patches import load_patch_classifier, patch_metrics, score_patch_source
+    from wsi_mamba.workflows.reports.score_patches import load_patch_classifier, patch_metrics, score_patch_source
 
     result = score_patch_source(open_patches(patches), load_patch_classifier(checkpoint)[0])
     metrics = patch_metrics(result)

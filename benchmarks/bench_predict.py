@@ -76,7 +76,7 @@ def load_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(str(exc))
 
 
-def read_phase(path: Path, encoder, options) -> dict:
+def read_phase(path: Path, encoder, reading) -> dict:
     """Tissue, grid and every tile read, no encoder."""
     from wsi_mamba.slide import open_slide
     from wsi_mamba.slide.stream import stream_tiles
@@ -85,16 +85,16 @@ def read_phase(path: Path, encoder, options) -> dict:
 
     checksum = 0
     start = time.perf_counter()
-    with open_slide(path, mpp=options.slide_mpp) as slide:
+    with open_slide(path, mpp=reading.slide_mpp) as slide:
         tissue = detect_tissue(slide)
-        grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=tissue)
-        for tiles, _ in stream_tiles(slide, grid, options.batch_size, workers=options.workers):
+        grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, reading.min_tissue, tissue=tissue)
+        for tiles, _ in stream_tiles(slide, grid, reading.batch_size, workers=reading.read_threads):
             checksum += int(tiles[:, 0, 0, 0].sum())
         dimensions = slide.dimensions
     return {"seconds": time.perf_counter() - start, "tiles": len(grid), "dimensions": dimensions}
 
 
-def encode_phase(path: Path, encoder, options, limit: int) -> dict:
+def encode_phase(path: Path, encoder, reading, views: int, limit: int) -> dict:
     """The encoder alone on up to ``limit`` tiles read beforehand, its time scaled to every tissue tile."""
     from wsi_mamba.slide import open_slide
     from wsi_mamba.slide.stream import stream_tiles
@@ -102,9 +102,9 @@ def encode_phase(path: Path, encoder, options, limit: int) -> dict:
     from wsi_mamba.slide.tissue import detect_tissue
 
     batches, count = [], 0
-    with open_slide(path, mpp=options.slide_mpp) as slide:
-        grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, options.min_tissue, tissue=detect_tissue(slide))
-        stream = stream_tiles(slide, grid, options.batch_size, workers=options.workers)
+    with open_slide(path, mpp=reading.slide_mpp) as slide:
+        grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, reading.min_tissue, tissue=detect_tissue(slide))
+        stream = stream_tiles(slide, grid, reading.batch_size, workers=reading.read_threads)
         for tiles, _ in stream:
             batches.append(tiles)
             count += len(tiles)
@@ -113,18 +113,18 @@ def encode_phase(path: Path, encoder, options, limit: int) -> dict:
         stream.close()
     start = time.perf_counter()
     for tiles in batches:
-        encoder.encode(tiles, options.views)
+        encoder.encode(tiles, views)
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"seconds": seconds * len(grid) / max(count, 1), "sampled": count}
 
 
-def predict_phase(path: Path, bundle, options) -> dict:
+def predict_phase(path: Path, bundle, reading) -> dict:
     from wsi_mamba.workflows.predict import predict_slide
 
     start = time.perf_counter()
-    result = predict_slide(path, bundle, options)
+    result = predict_slide(path, bundle, reading)
     if bundle.encoder.device.type == "cuda":
         torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - start, "tiles": result["tiles"], "score": result["score"]}
@@ -162,7 +162,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
 
-    from wsi_mamba.workflows.configs import TileOptions
+    from wsi_mamba.features.options import ReadOptions
 
     bundle = load_model(args, parser)
     bundle.encoder.to(args.device)
@@ -172,14 +172,14 @@ def main() -> None:
     if views != model_views:  # speed only: predict refuses other views for a reason
         print(f"note: --views {views} overrides the model's views; time only, the score means nothing", file=sys.stderr)
         bundle.meta["feature_mode"] = {**bundle.feature_mode, "views": views}
-    options = TileOptions(batch_size=args.batch_size, workers=args.read_threads, views=views)
+    reading = ReadOptions(batch_size=args.batch_size, read_threads=args.read_threads)
     warm = np.zeros((min(args.batch_size, 8), bundle.encoder.tile_px, bundle.encoder.tile_px, 3), np.uint8)
     bundle.encoder.encode(warm)  # first-call costs (allocator, kernels) are not the slide's
     base_mib = current_rss() / 2**20
 
-    read = measure(read_phase, path, bundle.encoder, options)
-    encode = encode_phase(path, bundle.encoder, options, args.encode_tiles) if args.encode_tiles > 0 else None
-    predict = measure(predict_phase, path, bundle, options)
+    read = measure(read_phase, path, bundle.encoder, reading)
+    encode = encode_phase(path, bundle.encoder, reading, views, args.encode_tiles) if args.encode_tiles > 0 else None
+    predict = measure(predict_phase, path, bundle, reading)
     if predict["tiles"] != read["tiles"]:
         sys.exit(f"error: predict saw {predict['tiles']} tiles, the read phase {read['tiles']}")
     width, height = read["dimensions"]

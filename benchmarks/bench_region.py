@@ -4,7 +4,7 @@
     python benchmarks/bench_region.py --threads 1 --sizes 512 1024 2048 4096 --compare-tiles
     python benchmarks/bench_region.py --device cuda --sizes 2048 4096 8192 10240
 
-Each row runs :func:`wsi_mamba.workflows.region_mode.region_features` (the production path: uint8 region →
+Each row runs :func:`wsi_mamba.features.region_mode.region_features` (the production path: uint8 region →
 normalised input → last-stage map → per-cell features) on one random ``size``² region of 128 px tiles, once after
 a warm-up at 256 px, in a fresh process. ``MiB``: on CPU the growth of peak RSS over the RSS once the model and the
 uint8 region exist; on CUDA the peak allocated bytes. ``x prev``: memory over the previous row's (4 when linear in
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from rss import current_rss, peak_rss, reset_peak_rss, run_isolated
 
+from wsi_mamba.features.region_mode import region_features
 from wsi_mamba.models.encoder import load_encoder
-from wsi_mamba.workflows.region_mode import region_features
 
 TILE_PX = 128
 

@@ -32,7 +32,8 @@ PREDICT_PATH = """
 import sys
 from wsi_mamba.cli import build_parser
 from wsi_mamba.commands import workflows
-from wsi_mamba.workflows import batch, bundle, inputs, predict
+from wsi_mamba.outputs import names
+from wsi_mamba.workflows import bundle, inputs, predict
 bundle.load_bundle()
 print(",".join(m for m in {heavy!r} if m in sys.modules))
 """

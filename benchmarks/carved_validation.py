@@ -19,8 +19,8 @@ import torch
 from wsi_mamba.data.patches import open_patches
 from wsi_mamba.evaluation.metrics import slide_auc
 from wsi_mamba.models.encoder import load_encoder
-from wsi_mamba.workflows.configs import PatchTrainingConfig
-from wsi_mamba.workflows.patch_training import carve_validation, duplicate_groups, patch_scores
+from wsi_mamba.workflows.training.configs import PatchTrainingConfig
+from wsi_mamba.workflows.training.patch_training import carve_validation, duplicate_groups, patch_scores
 
 
 def main() -> None:

@@ -29,18 +29,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from wsi_mamba.evaluation.colour import tile_colour_stats
+    from wsi_mamba.features.options import ReadOptions
     from wsi_mamba.slide import open_slide
     from wsi_mamba.slide.stream import stream_tiles
     from wsi_mamba.slide.tiling import make_tile_grid
     from wsi_mamba.slide.tissue import detect_tissue
     from wsi_mamba.workflows.bundle import load_bundle
-    from wsi_mamba.workflows.configs import TileOptions
     from wsi_mamba.workflows.domain import domain_warnings
     from wsi_mamba.workflows.predict import predict_slide
     from wsi_mamba.workflows.scoring import score_tiles
 
     bundle = load_bundle(args.model)
-    encoder, options = bundle.encoder, TileOptions()
+    encoder, options = bundle.encoder, ReadOptions()
     encoder.encode(np.zeros((8, encoder.tile_px, encoder.tile_px, 3), np.uint8))  # first-call costs
     seconds: dict[str, float] = {}
 
@@ -55,8 +55,8 @@ def main() -> None:
         geometry = (encoder.tile_px, encoder.mpp, options.min_tissue)
         grid = timed("tile grid", make_tile_grid, slide, *geometry, tissue=tissue)
         batches = timed(
-            f"reading ({options.workers} threads)",
-            lambda: list(stream_tiles(slide, grid, options.batch_size, workers=options.workers)),
+            f"reading ({options.read_threads} threads)",
+            lambda: list(stream_tiles(slide, grid, options.batch_size, workers=options.read_threads)),
         )
         features = np.concatenate([timed("encoder", encoder.encode, tiles) for tiles, _ in batches])
         colour = np.concatenate([timed("colour statistics", tile_colour_stats, tiles) for tiles, _ in batches])
@@ -70,7 +70,7 @@ def main() -> None:
     timed("domain check", domain_warnings, bundle.meta.get("domain"), features, colour, mpp, encoder.mpp)
     timed("predict_slide", predict_slide, args.slide, bundle, options)
     with tempfile.TemporaryDirectory() as folder:
-        timed("predict_slide + heatmap outputs", predict_slide, args.slide, bundle, options, folder, True)
+        timed("predict_slide + heatmap outputs", predict_slide, args.slide, bundle, options, None, folder, True)
     print(f"# {len(grid)} tiles, model {bundle.name}, {torch.get_num_threads()} torch threads")
     print("| stage | s |\n|---|---|")
     for name, value in seconds.items():

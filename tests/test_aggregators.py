@@ -16,7 +16,7 @@ from wsi_mamba.cli import main
 from wsi_mamba.models import SlideMamba, load_slide_model, save_slide_model
 from wsi_mamba.models.aggregators import aggregator_spec, create_aggregator, list_aggregators
 from wsi_mamba.workflows.bundle import load_bundle
-from wsi_mamba.workflows.train import fold_splits
+from wsi_mamba.workflows.training.slide_examples import fold_splits
 
 AGGREGATORS = ["ss2d", "abmil", "clam-sb", "transmil", "mean", "max"]
 IN_DIM = 6

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+import wsi_mamba.features.store as store_module
 import wsi_mamba.models.checkpoint as checkpoint_module
-import wsi_mamba.workflows.store as store_module
+from wsi_mamba.features.store import PARTIAL, SlideFeatures, read_store, store_path, write_store
 from wsi_mamba.models.checkpoint import config_path, load_checkpoint, save_checkpoint
 from wsi_mamba.models.encoder import load_encoder
 from wsi_mamba.models.slide_model import SlideMamba, SlideModelConfig
@@ -21,7 +22,6 @@ from wsi_mamba.models.vmamba import VSSM, VMambaConfig
 from wsi_mamba.outputs.artefact import ArtefactFormat, read_json_object
 from wsi_mamba.outputs.atomic import TEMP_MARKER
 from wsi_mamba.workflows.bundle import load_bundle, save_bundle
-from wsi_mamba.workflows.store import PARTIAL, SlideFeatures, read_store, store_path, write_store
 
 FMT = ArtefactFormat("wsi-mamba/test", 2, kind="manifest")
 

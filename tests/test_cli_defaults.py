@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from wsi_mamba.cli import build_parser
-from wsi_mamba.workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig, TileOptions
+from wsi_mamba.features.options import ReadOptions
+from wsi_mamba.workflows.training.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig
 
 MINIMAL_ARGV = {
     "extract": ["extract", "s.tif", "--out", "features"],
@@ -22,19 +23,18 @@ MINIMAL_ARGV = {
     "split-patches": ["split-patches", "patches", "--out", "split"],
 }
 
-TILE_OPTIONS = [
-    ("batch_size", TileOptions, "batch_size"),
-    ("read_threads", TileOptions, "workers"),
-    ("min_tissue", TileOptions, "min_tissue"),
-    ("slide_mpp", TileOptions, "slide_mpp"),
-    ("region_px", TileOptions, "region_px"),
-    ("region_overlap_px", TileOptions, "region_overlap_px"),
-    ("views", TileOptions, "views"),
+READ_OPTIONS = [
+    ("batch_size", ReadOptions, "batch_size"),
+    ("read_threads", ReadOptions, "read_threads"),
+    ("min_tissue", ReadOptions, "min_tissue"),
+    ("slide_mpp", ReadOptions, "slide_mpp"),
 ]
+# The feature mode's options: None when not given (extract: tile mode; predict and cohort: the model's mode).
+MODE_OPTIONS = ("region_px", "region_overlap_px", "views")
 
 # (command, option dest, dataclass, field)
 DEFAULTS = [
-    *[(command, *row) for command in ("extract", "predict", "cohort") for row in TILE_OPTIONS],
+    *[(command, *row) for command in ("extract", "predict", "cohort") for row in READ_OPTIONS],
     ("train-encoder", "tile_px", EncoderTrainingConfig, "tile_px"),
     ("train-encoder", "mpp", EncoderTrainingConfig, "mpp"),
     ("train-encoder", "max_tiles", EncoderTrainingConfig, "max_tiles_per_class"),
@@ -60,9 +60,10 @@ DEFAULTS = [
 # Options whose default depends on what is trained (patches or slides): None on the command line, the
 # dataclass of the chosen path fills it in.
 RESOLVED_LATER = [("train-encoder", dest) for dest in ("model", "epochs", "batch_size", "lr")]
+RESOLVED_LATER += [(command, dest) for command in ("extract", "predict", "cohort") for dest in MODE_OPTIONS]
 
 # Options that share a field's name but mean something else.
-UNRELATED = [("cohort", "workers")]  # worker processes; TileOptions.workers is --read-threads
+UNRELATED = [("cohort", "workers")]  # worker processes; ReadOptions.read_threads is --read-threads
 
 
 def parse(command: str) -> dict:

@@ -16,8 +16,9 @@ from test_patches import run, write_folder
 from wsi_mamba.cli import build_parser
 from wsi_mamba.evaluation.delong import delong_covariance, delong_test, paired_permutation_p
 from wsi_mamba.outputs.atomic import TEMP_MARKER
-from wsi_mamba.workflows.compare import _threads_text, compare, count_gflops, markdown_table, profile_encoder
 from wsi_mamba.workflows.recipe import load_recipe
+from wsi_mamba.workflows.reports.compare import _threads_text, compare, markdown_table
+from wsi_mamba.workflows.reports.compare_runs import count_gflops, profile_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 

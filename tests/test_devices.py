@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,9 +22,9 @@ from workflow_fixtures import TILE_MPP, TILE_PX, workflow_data, write_encoder
 from wsi_mamba import devices
 from wsi_mamba.cli import build_parser, main
 from wsi_mamba.devices import DEFAULT_DEVICE, DeviceError, autocast, check_spec, resolve_device
-from wsi_mamba.workflows.configs import EncoderTrainingConfig
-from wsi_mamba.workflows.encoder_training import train_encoder
 from wsi_mamba.workflows.inputs import read_labels
+from wsi_mamba.workflows.training.configs import EncoderTrainingConfig
+from wsi_mamba.workflows.training.encoder_training import train_encoder
 
 CPU = torch.device("cpu")
 
@@ -76,9 +79,26 @@ def test_resolution_without_gpu(no_gpu: None) -> None:
         assert "\n" not in str(caught.value) and f"--device {spec}:" in str(caught.value)
 
 
-def test_auto_is_cpu_on_this_machine() -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
+def _cuda_works() -> bool:
+    """Whether a CUDA tensor can really be made and computed on here (not what the resolver asks torch)."""
+    try:
+        return float((torch.ones(2, device="cuda") * 2).sum().cpu()) == 4.0
+    except Exception:  # no CUDA build, no driver, no device
+        return False
+
+
+def test_auto_follows_what_this_machine_can_run() -> None:
+    """``auto`` is CUDA exactly where a computation on CUDA succeeds, checked by running one."""
+    assert resolve_device("auto").type == ("cuda" if _cuda_works() else "cpu")
+
+
+def test_auto_is_cpu_with_the_gpus_hidden() -> None:
+    """With every GPU hidden from the process (CUDA_VISIBLE_DEVICES empty), ``auto`` is the CPU on any machine."""
+    code = "from wsi_mamba.devices import resolve_device; print(resolve_device('auto'))"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cpu"
 
 
 def test_resolution_with_two_gpus(two_gpus: None) -> None:
@@ -165,7 +185,7 @@ def test_train_encoder_on_slides_on_cpu(
 def test_cohort_worker_device(two_gpus: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """cohort's workers: ``cpu`` and ``cuda:N`` as given; ``auto``/``cuda`` outside a LocalCluster worker: the
     current GPU (a LocalCluster worker k gets GPU k mod the count)."""
-    from wsi_mamba.workflows.cohort_worker import _worker_device
+    from wsi_mamba.workflows.cohort.worker import _worker_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert _worker_device("cpu") == CPU
@@ -176,7 +196,7 @@ def test_cohort_worker_device(two_gpus: None, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_cohort_worker_device_without_gpu(no_gpu: None) -> None:
-    from wsi_mamba.workflows.cohort_worker import _worker_device
+    from wsi_mamba.workflows.cohort.worker import _worker_device
 
     assert _worker_device("auto") == CPU and _worker_device("cpu") == CPU
     with pytest.raises(DeviceError, match="CUDA is not available"):

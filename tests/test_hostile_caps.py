@@ -24,14 +24,14 @@ from test_hostile_inputs import assert_one_error, run
 from workflow_fixtures import WorkflowData, copy_tree, workflow_data
 
 from wsi_mamba.data.patches import csv_patches, read_label_csv
+from wsi_mamba.features.store import _digest, read_store
 from wsi_mamba.outputs.artefact import read_json_object
 from wsi_mamba.slide import AnnotationError
 from wsi_mamba.slide.annotations import read_annotations
-from wsi_mamba.workflows import cohort as cohort_module
-from wsi_mamba.workflows.cohort_manifest import read_manifest
+from wsi_mamba.workflows.cohort import run as cohort_module
+from wsi_mamba.workflows.cohort.manifest import read_manifest
 from wsi_mamba.workflows.inputs import read_labels
 from wsi_mamba.workflows.recipe import load_recipe
-from wsi_mamba.workflows.store import _digest, read_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -385,9 +385,9 @@ def test_store_grid_cells_are_checked_on_read(data: WorkflowData, tmp_path: Path
 
 
 def test_store_grid_limit_matches_what_extract_may_write() -> None:
+    from wsi_mamba.features.store import MAX_GRID_CELLS
     from wsi_mamba.slide.base import DEFAULT_MAX_PIXELS
     from wsi_mamba.slide.tiling import PIXELS_PER_GRID_CELL
-    from wsi_mamba.workflows.store import MAX_GRID_CELLS
 
     assert MAX_GRID_CELLS == DEFAULT_MAX_PIXELS // PIXELS_PER_GRID_CELL
 

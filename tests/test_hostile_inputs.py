@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import assert_one_error, dead_pid, run, snapshot
 from slide_fixtures import gradient_image, shared_file, write_pyramid
 from workflow_fixtures import TRAINING, WorkflowData, copy_tree, workflow_data
 
-from wsi_mamba.cli import main
+from wsi_mamba.features.store import read_store
 from wsi_mamba.outputs.atomic import TEMP_MARKER
 from wsi_mamba.outputs.lock import lock_path, output_lock
 from wsi_mamba.slide import open_slide
@@ -28,8 +29,7 @@ from wsi_mamba.slide.errors import SlideError
 from wsi_mamba.workflows import bundle as bundle_module
 from wsi_mamba.workflows import extract as extract_module
 from wsi_mamba.workflows import predict as predict_module
-from wsi_mamba.workflows.store import read_store
-from wsi_mamba.workflows.train import train_slide_model
+from wsi_mamba.workflows.training.slide_training import train_slide_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,35 +39,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> WorkflowData:
     return workflow_data(tmp_path_factory)
 
 
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_error(err: str, *fragments: str) -> str:
-    """Exactly one ``error:`` line, holding every fragment, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert all(text in lines[0] for text in fragments), (fragments, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file under ``folder`` by relative path: equal snapshots = nothing touched."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def dead_pid() -> int:
-    """The PID of a process that has exited (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 # ----------------------------------------------------------------------------------- 1. train --out
@@ -848,9 +821,9 @@ def corrupt_file_tiles(path: Path, page: int, which: list[int]) -> None:
 def test_corrupt_tile_is_a_warning_left_out_and_counted(
     data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from wsi_mamba.features.store import read_attrs, store_path
     from wsi_mamba.slide.tiling import make_tile_grid
     from wsi_mamba.slide.tissue import detect_tissue
-    from wsi_mamba.workflows.store import read_attrs, store_path
 
     path = write_copy_with_small_tiles(data.slide("test_001"), tmp_path / "damaged.tif")
     with open_slide(path) as slide:
@@ -952,7 +925,7 @@ def test_official_config_including_itself_is_one_line(tmp_path: Path, capsys: py
 
 
 def test_output_stem_is_clipped_unique_and_stable() -> None:
-    from wsi_mamba.workflows.batch import MAX_STEM_BYTES, output_stem
+    from wsi_mamba.outputs.names import MAX_STEM_BYTES, output_stem
 
     assert output_stem("slide_001") == "slide_001"
     long_a, long_b = "é" * 200 + "a", "é" * 200 + "b"
@@ -964,7 +937,7 @@ def test_output_stem_is_clipped_unique_and_stable() -> None:
 def test_predict_out_with_a_250_character_slide_name(
     data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from wsi_mamba.workflows.batch import output_stem
+    from wsi_mamba.outputs.names import output_stem
 
     name = "s" * 246
     long = tmp_path / f"{name}.tif"
@@ -988,8 +961,8 @@ def test_predict_out_with_a_250_character_slide_name(
 def test_extract_and_train_with_a_250_character_slide_name(
     data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from wsi_mamba.workflows.batch import output_stem
-    from wsi_mamba.workflows.store import list_stores, read_store
+    from wsi_mamba.features.store import list_stores, read_store
+    from wsi_mamba.outputs.names import output_stem
 
     name = "s" * 246
     slides = tmp_path / "slides"

@@ -8,20 +8,24 @@ See docs/hostile-inputs.md, "Second round (issue 25): option ranges and empty pa
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from slide_fixtures import write_pyramid
 
 from wsi_mamba import ranges
-from wsi_mamba.cli import build_parser, main
+from wsi_mamba.cli import build_parser
 from wsi_mamba.commands._args import Ranged, device_spec, json_object, name_text, path_text
 from wsi_mamba.commands.compare import labelled_folder
 from wsi_mamba.commands.models import _resolution
-from wsi_mamba.workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig, TileOptions
+from wsi_mamba.features.modes import RegionMode, TileMode
+from wsi_mamba.features.options import ReadOptions
 from wsi_mamba.workflows.inputs import find_slides
+from wsi_mamba.workflows.training.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig
 
 # Types of value options that are neither a range nor a path: each checks its own syntax.
 OTHER_TYPES = {device_spec, json_object, labelled_folder, _resolution, name_text}
@@ -115,11 +119,6 @@ def parse_error(argv: list, capsys: pytest.CaptureFixture[str]) -> str:
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
 
-
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_usage_line(err: str, *fragments: str) -> None:
@@ -245,12 +244,13 @@ def test_library_find_slides_refuses_an_empty_path(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize(
     ("config", "field", "value", "message"),
     [
-        (TileOptions, "min_tissue", 25, "TileOptions.min_tissue must be in [0, 1]"),
-        (TileOptions, "min_tissue", math.nan, "TileOptions.min_tissue must be in [0, 1]"),
-        (TileOptions, "batch_size", 0, "TileOptions.batch_size must be ≥ 1 (an integer)"),
-        (TileOptions, "slide_mpp", math.inf, "TileOptions.slide_mpp must be in [0.05, 20] µm/px"),
-        (TileOptions, "views", 3, "TileOptions.views must be one of 1, 4, 8"),
-        (TileOptions, "region_overlap_px", -1, "TileOptions.region_overlap_px must be ≥ 0"),
+        (ReadOptions, "min_tissue", 25, "ReadOptions.min_tissue must be in [0, 1]"),
+        (ReadOptions, "min_tissue", math.nan, "ReadOptions.min_tissue must be in [0, 1]"),
+        (ReadOptions, "batch_size", 0, "ReadOptions.batch_size must be ≥ 1 (an integer)"),
+        (ReadOptions, "read_threads", 0, "ReadOptions.read_threads must be ≥ 1 (an integer)"),
+        (ReadOptions, "slide_mpp", math.inf, "ReadOptions.slide_mpp must be in [0.05, 20] µm/px"),
+        (TileMode, "views", 3, "TileMode.views must be one of 1, 4, 8"),
+        (functools.partial(RegionMode, 256), "overlap_px", -1, "RegionMode.overlap_px must be ≥ 0"),
         (SlideTrainingConfig, "val_fraction", 2.0, "SlideTrainingConfig.val_fraction must be in [0, 1)"),
         (SlideTrainingConfig, "val_fraction", math.nan, "SlideTrainingConfig.val_fraction must be in [0, 1)"),
         (SlideTrainingConfig, "lr", math.inf, "SlideTrainingConfig.lr must be > 0"),
@@ -274,6 +274,6 @@ def test_cli_and_library_rules_agree() -> None:
     _, val_fraction = find_action("train", "--val-fraction")
     assert min_tissue.type.range is ranges.FRACTION and val_fraction.type.range is ranges.VAL_FRACTION
     for text in ("0", "0.5", "1"):
-        TileOptions(min_tissue=min_tissue.type(text))
+        ReadOptions(min_tissue=min_tissue.type(text))
     SlideTrainingConfig(val_fraction=val_fraction.type("0"))
     PatchTrainingConfig(val_fraction=val_fraction.type("0.99"))

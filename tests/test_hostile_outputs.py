@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error, dead_pid, run, snapshot
 from PIL import Image
 from slide_fixtures import write_pyramid
 from workflow_fixtures import WorkflowData, workflow_data
 
-from wsi_mamba.cli import main
 from wsi_mamba.outputs.atomic import (
     TEMP_MARKER,
     atomic_folder,
@@ -43,35 +43,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> WorkflowData:
     return workflow_data(tmp_path_factory)
 
 
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_error(err: str, *fragments: str) -> str:
-    """Exactly one ``error:`` line, holding every fragment, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert all(text in lines[0] for text in fragments), (fragments, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file under ``folder`` by relative path: equal snapshots = nothing touched."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def dead_pid() -> int:
-    """The PID of a process that has exited (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def write_patches(root: Path, n: int = 4, px: int = 32) -> list[Path]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import assert_one_error, run
 from PIL import Image
 from workflow_fixtures import WorkflowData, workflow_data
 
-from wsi_mamba.cli import main
 from wsi_mamba.slide import Slide, open_slide
 from wsi_mamba.slide.errors import SlideError, TileDecodeError
 
@@ -30,19 +30,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> WorkflowData:
     return workflow_data(tmp_path_factory)
 
 
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_error(err: str, *fragments: str) -> str:
-    """Exactly one ``error:`` line, holding every fragment, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert all(text in lines[0] for text in fragments), (fragments, lines[0])
-    return lines[0]
 
 
 def quiet_open(path: Path, **kwargs: object) -> Slide:
@@ -213,6 +200,23 @@ def test_a_palette_slide_finds_its_tissue(tmp_path: Path, capsys: pytest.Capture
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["tiles"] >= 9 and 0.2 < summary["tissue_fraction"] < 0.3
+
+
+@pytest.mark.parametrize("photometric", ["minisblack", "miniswhite"])
+def test_a_grayscale_slide_is_refused_not_called_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], photometric: str
+) -> None:
+    """Read right (R = G = B), a grayscale slide still has no stain colour: tissue detection found nothing and
+    predict gave a null score with exit 0. It is one line naming the file and why, exit 1; reading still works."""
+    gray = np.full((1024, 1024), 240, np.uint8)
+    gray[256:768, 256:768] = 90  # dark tissue on light glass
+    pixels = gray if photometric == "minisblack" else 255 - gray
+    path = write(tmp_path / f"{photometric}.tif", pixels, photometric=photometric)
+    assert quiet_open(path).read_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)
+    for argv in (["tiles", path, "--mpp", "1", "--tile", "64", "--json"], ["predict", path]):
+        code, stdout, err = run(argv, capsys)
+        assert code == 1 and stdout == "", (argv, err)
+        assert_one_error(err, str(path), "grayscale image")
 
 
 REFUSED = {

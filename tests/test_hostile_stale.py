@@ -10,10 +10,12 @@ import hashlib
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error, run, snapshot
 from PIL import Image
 from workflow_fixtures import WorkflowData, copy_tree, workflow_data, write_blank_slide
 
@@ -41,27 +43,7 @@ def scheduler():
         yield cluster.scheduler_address
 
 
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def assert_one_error(err: str, *fragments: str) -> str:
-    """Exactly one ``error:`` line, holding every fragment, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert all(text in lines[0] for text in fragments), (fragments, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def cohort(manifest: Path, out: Path, model: Path, scheduler: str, capsys) -> tuple[int, dict, str]:
@@ -319,3 +301,32 @@ def test_synth_from_patches_rerun_with_another_seed(tmp_path: Path, capsys: pyte
     assert run([*argv, "3", "--overwrite"], capsys)[0] == 0
     assert run(["synth", tmp_path / "fresh", *argv[2:], "3"], capsys)[0] == 0
     assert digests(out) == digests(tmp_path / "fresh"), "the slide, its labels and patches of seed 3"
+
+
+def test_cohort_warns_about_results_without_a_fingerprint(
+    data: WorkflowData, tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A result written before results recorded their provenance is kept (it cannot be shown stale), but the run
+    says so once, naming the slide, so a user knows those scores were not checked against the model."""
+    from wsi_mamba.workflows.bundle import load_bundle
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copyfile(data.slide("test_001"), images / "old.tif")
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    legacy = {"slide": "old", "score": 0.5, "tiles": 3, "model": load_bundle(data.model).name}
+    (out / "slides" / "old.json").write_text(json.dumps(legacy))
+    with pytest.warns(UserWarning) as caught:
+        code, summary, err = cohort(images, out, data.model, scheduler, capsys)
+    assert code == 0 and summary["skipped"] == 1, (summary, err)
+    warned = [str(w.message) for w in caught if "no model or slide fingerprint" in str(w.message)]
+    assert len(warned) == 1 and "(old)" in warned[0], [str(w.message) for w in caught]
+    (out / "slides" / "old.json").unlink()
+    code, summary, err = cohort(images, out, data.model, scheduler, capsys)
+    assert code == 0 and summary["processed"] == 1
+    with warnings.catch_warnings(record=True) as caught:  # a result of this version: nothing to warn about
+        warnings.simplefilter("always")
+        code, summary, err = cohort(images, out, data.model, scheduler, capsys)
+    assert code == 0 and summary["skipped"] == 1
+    assert not [w for w in caught if "fingerprint" in str(w.message)]

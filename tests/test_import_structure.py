@@ -1,4 +1,5 @@
-"""The project's import graph has no cycle, and the command modules never import the CLI.
+"""The project's import graph has no cycle, the command modules never import the CLI, and the lower layers never
+import the workflows or the commands.
 
 Static: every module's source is parsed, nothing is imported. Imports anywhere in a module count (top level
 and inside functions), except under ``if TYPE_CHECKING:``; only edges between project modules are kept.
@@ -10,6 +11,7 @@ import ast
 import importlib.util
 import pkgutil
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,40 @@ def test_slide_reading_never_imports_the_generators() -> None:
     slide = [name for name in graph if name == "wsi_mamba.slide" or name.startswith("wsi_mamba.slide.")]
     offenders = {name: sorted(t for t in graph[name] if t.startswith("wsi_mamba.synth")) for name in slide}
     assert len(slide) > 1 and not any(offenders.values()), offenders
+
+
+LOWER_LAYERS = ("slide", "models", "data", "evaluation", "synth", "outputs", "features")
+"""Packages of ``wsi_mamba`` below the workflows (with the kernels, ``wsi_mamba_scan``): they never import up."""
+UPPER_LAYERS = ("wsi_mamba.workflows", "wsi_mamba.commands", "wsi_mamba.cli", "wsi_mamba.__main__")
+
+
+def _inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(f"{package}.")
+
+
+def upward_imports(graph: dict[str, set[str]], lower: Sequence[str], upper: Sequence[str]) -> dict[str, list[str]]:
+    """Module of a ``lower`` package -> the modules of ``upper`` packages it imports (only those that do)."""
+    found = {}
+    for name, targets in graph.items():
+        if any(_inside(name, package) for package in lower):
+            up = sorted(t for t in targets if any(_inside(t, package) for package in upper))
+            if up:
+                found[name] = up
+    return found
+
+
+def test_upward_imports_are_found() -> None:
+    graph = {"p.low.a": {"p.low.b", "p.top.x"}, "p.low.b": set(), "p.lowish": {"p.top"}, "p.top.x": {"p.low.a"}}
+    assert upward_imports(graph, ["p.low"], ["p.top"]) == {"p.low.a": ["p.top.x"]}
+    assert upward_imports(graph, ["p.low", "p.lowish"], ["p.top"]) == {"p.low.a": ["p.top.x"], "p.lowish": ["p.top"]}
+
+
+def test_lower_layers_never_import_workflows_or_commands() -> None:
+    """slide, models, data, evaluation, synth, outputs, features and the kernels stand below the workflows and the
+    commands: nothing they import (at run time) comes from those."""
+    graph = import_graph()
+    lower = [f"wsi_mamba.{layer}" for layer in LOWER_LAYERS] + ["wsi_mamba_scan"]
+    missing = [package for package in lower if package not in graph]
+    assert not missing, f"layers not found (renamed? update LOWER_LAYERS): {missing}"
+    offenders = upward_imports(graph, lower, UPPER_LAYERS)
+    assert not offenders, "upward imports:\n" + "\n".join(f"{k} -> {', '.join(v)}" for k, v in offenders.items())

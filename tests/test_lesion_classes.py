@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_mamba.workflows.evaluate import rates_by_class
 from wsi_mamba.workflows.inputs import read_label_column, read_labels
+from wsi_mamba.workflows.reports.evaluate import rates_by_class
 
 
 def test_lesion_class_column(tmp_path: Path) -> None:

@@ -29,15 +29,10 @@ from wsi_mamba.outputs import (
     write_tiles_geojson,
 )
 from wsi_mamba.outputs.atomic import FILE_MODE
-from wsi_mamba.outputs.heatmap import (
-    DEFAULT_ALPHA,
-    DEFAULT_CMAP,
-    TRANSPARENT_BELOW,
-    TUMOR_COLOR,
-    overlay_opacity,
-    tumour_regions_geojson,
-    write_regions_geojson,
-)
+from wsi_mamba.outputs.geojson import TUMOR_COLOR
+from wsi_mamba.outputs.heatmap import DEFAULT_ALPHA, DEFAULT_CMAP, TRANSPARENT_BELOW, overlay_opacity
+from wsi_mamba.outputs.heatmap_colours import greyscale_backdrop
+from wsi_mamba.outputs.regions import tumor_regions_geojson, write_regions_geojson
 
 
 class Boom(RuntimeError):
@@ -72,6 +67,22 @@ def test_atomic_path_gives_results_the_usual_mode(tmp_path: Path) -> None:
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == FILE_MODE
+
+
+@pytest.mark.skipif(os.name != "posix", reason="umask modes are POSIX")
+def test_result_modes_follow_the_umask_and_leave_it_unchanged() -> None:
+    """Under umask 027 results are 0640 and folders 0750, and importing the writers leaves the umask as it was."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.umask(0o027)\n"
+        "from wsi_mamba.outputs.atomic import DIR_MODE, FILE_MODE\n"
+        "print(oct(FILE_MODE), oct(DIR_MODE), oct(os.umask(0o022)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0o640", "0o750", "0o27"]
 
 
 def test_atomic_path_error_leaves_nothing(tmp_path: Path) -> None:
@@ -186,8 +197,10 @@ def test_render_heatmap_exact_mapping() -> None:
     grid[1, 2] = 0.95
     grid[4, 7] = 0.6
     grid[0, 0] = 0.02  # below TRANSPARENT_BELOW: not drawn at all
-    out = render_heatmap(thumb, grid, (1000, 600), 100.0)
+    out = render_heatmap(thumb, grid, (1000, 600), 100.0, greyscale=False)
     assert out.shape == thumb.shape and out.dtype == np.uint8
+    grey = render_heatmap(thumb, grid, (1000, 600), 100.0)  # the default: over the greyscale thumbnail
+    assert np.array_equal(grey[0, 0:10], greyscale_backdrop(thumb)[0, 0:10])
     changed = (out != thumb).any(axis=2)
     covered = np.zeros((60, 100), bool)
     covered[10:20, 20:30] = True
@@ -203,12 +216,14 @@ def test_render_heatmap_exact_mapping() -> None:
         assert np.abs(out[10 * r : 10 * r + 10, 10 * c : 10 * c + 10].astype(int) - expected).max() <= 1
     # alpha = 1, nothing transparent: score 1 is the colour alone, score 0.5 half of it; another colormap.
     grid[1, 2], grid[4, 7] = 1.0, 0.5
-    solid = render_heatmap(thumb, grid, (1000, 600), 100.0, alpha=1.0, transparent_below=0.0, cmap="inferno")
+    solid = render_heatmap(
+        thumb, grid, (1000, 600), 100.0, alpha=1.0, transparent_below=0.0, cmap="inferno", greyscale=False
+    )
     inferno = colormap_lut("inferno")
     assert (solid[10:20, 20:30] == inferno[255]).all()
     half = np.round(0.5 * thumb[40:50, 70:80] + 0.5 * inferno[round(0.5 * 255)].astype(np.float32))
     assert np.abs(solid[40:50, 70:80].astype(int) - half).max() <= 1
-    assert np.array_equal(render_heatmap(thumb, grid, (1000, 600), 100.0, alpha=0.0), thumb)
+    assert np.array_equal(render_heatmap(thumb, grid, (1000, 600), 100.0, alpha=0.0, greyscale=False), thumb)
 
 
 def test_heatmap_png_low_scores_leave_the_tissue_visible(tmp_path: Path) -> None:
@@ -221,10 +236,11 @@ def test_heatmap_png_low_scores_leave_the_tissue_visible(tmp_path: Path) -> None
     write_heatmap_png(target, thumb, grid, (3000, 600), 100.0)  # legend below: the heatmap is the top 60 rows
     with Image.open(target) as im:
         drawn = np.asarray(im)[:60].astype(int)
+    backdrop = greyscale_backdrop(thumb).astype(int)
 
     def difference(r: int, c: int) -> float:
         cell = np.s_[10 * r : 10 * r + 10, 10 * c : 10 * c + 10]
-        return float(np.abs(drawn[cell] - thumb[cell].astype(int)).mean())
+        return float(np.abs(drawn[cell] - backdrop[cell]).mean())
 
     assert difference(1, 1) < 3  # low score: the tissue as it is
     assert difference(3, 5) > 30  # high score: clearly coloured
@@ -239,7 +255,7 @@ def test_render_heatmap_grid_larger_than_slide() -> None:
     grid = np.full(shape, np.nan, np.float32)
     grid[-1, -1] = 1.0  # the partial corner cell: level-0 [900, 950) x [500, 530)
     grid[0, 0] = 1.0
-    out = render_heatmap(thumb, grid, (w0, h0), size0, alpha=1.0)
+    out = render_heatmap(thumb, grid, (w0, h0), size0, alpha=1.0, greyscale=False)
     assert out.shape == thumb.shape
     covered = (out != thumb).any(axis=2)
     expected = np.zeros((53, 95), bool)
@@ -264,33 +280,33 @@ def test_render_heatmap_rejects_bad_input() -> None:
 
 
 def test_write_heatmap_png(tmp_path: Path) -> None:
-    thumb = _thumbnail(120, 300)
-    grid = score_grid([0, 1, 2], [0, 1, 3], [0.0, 0.5, 1.0], (3, 6))
+    thumb = _thumbnail(120, 400)
+    grid = score_grid([0, 1, 2], [0, 1, 3], [0.0, 0.5, 1.0], (3, 8))
     target = tmp_path / "heatmap.png"
-    write_heatmap_png(target, thumb, grid, (3000, 1200), 500.0, title="slide 1: 0.93")
+    write_heatmap_png(target, thumb, grid, (4000, 1200), 500.0, title="slide 1: 0.93")
     with Image.open(target) as im:
         assert im.format == "PNG" and im.mode == "RGB"
         width, height = im.size
         pixels = np.asarray(im)
-    assert width >= 300 and height > 120
+    assert width >= 400 and height > 120
     assert _leftovers(tmp_path) == []
     # Without a title the heatmap sits on top; without a legend either, the PNG is the heatmap itself.
     plain = tmp_path / "plain.png"
-    write_heatmap_png(plain, thumb, grid, (3000, 1200), 500.0, legend=False)
+    write_heatmap_png(plain, thumb, grid, (4000, 1200), 500.0, legend=False)
     with Image.open(plain) as im:
-        assert np.array_equal(np.asarray(im), render_heatmap(thumb, grid, (3000, 1200), 500.0))
+        assert np.array_equal(np.asarray(im), render_heatmap(thumb, grid, (4000, 1200), 500.0))
     bar_only = tmp_path / "legend.png"
-    write_heatmap_png(bar_only, thumb, grid, (3000, 1200), 500.0)
+    write_heatmap_png(bar_only, thumb, grid, (4000, 1200), 500.0)
     with Image.open(bar_only) as im:
         legend = np.asarray(im)
-    assert legend.shape[0] > 120 and legend.shape[1] == 300
-    assert np.array_equal(legend[:120], render_heatmap(thumb, grid, (3000, 1200), 500.0))
+    assert legend.shape[0] > 120 and legend.shape[1] == 400
+    assert np.array_equal(legend[:120], render_heatmap(thumb, grid, (4000, 1200), 500.0))
     # The bar: transparent (the grey and white checkerboard) at 0, the map's colour for 1 blended as drawn at 1.
     lut = colormap_lut(DEFAULT_CMAP).astype(np.float32)
     bar_row = legend[120 + 6 + 6]
     assert set(map(tuple, bar_row[6:30].tolist())) == {(255, 255, 255), (204, 204, 204)}
     top_colours = [np.round((1 - DEFAULT_ALPHA) * backdrop + DEFAULT_ALPHA * lut[255]) for backdrop in (255.0, 204.0)]
-    assert min(np.abs(bar_row[300 - 7].astype(int) - colour).max() for colour in top_colours) <= 1
+    assert min(np.abs(bar_row[400 - 7].astype(int) - colour).max() for colour in top_colours) <= 1
     assert pixels.shape[0] > legend.shape[0]  # the title band adds height
 
 
@@ -368,10 +384,10 @@ def _polygons(feature: dict) -> list[list[list[list[float]]]]:
     return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
 
 
-def test_tumour_regions_l_shape_is_one_polygon() -> None:
+def test_tumor_regions_l_shape_is_one_polygon() -> None:
     rows, cols, x, y, scores = _tiles(["....", ".#..", ".#..", ".##."], size0=256.0)
     scores[(rows == 3) & (cols == 2)] = 0.7
-    collection = json.loads(json.dumps(tumour_regions_geojson(rows, cols, x, y, 256.0, scores), allow_nan=False))
+    collection = json.loads(json.dumps(tumor_regions_geojson(rows, cols, x, y, 256.0, scores), allow_nan=False))
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 1
     feature = collection["features"][0]
     assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
@@ -387,10 +403,10 @@ def test_tumour_regions_l_shape_is_one_polygon() -> None:
     assert props["measurements"] == pytest.approx(stats)
 
 
-def test_tumour_regions_separate_groups_and_connectivity() -> None:
+def test_tumor_regions_separate_groups_and_connectivity() -> None:
     rows, cols, x, y, scores = _tiles(["##...", "##...", ".....", "...#.", "....#"])
     scores[(rows == 4) & (cols == 4)] = 0.95
-    features = tumour_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
+    features = tumor_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
     assert len(features) == 2
     # Highest score first; the diagonal pair (8-connected) is one region of two squares touching at a corner.
     assert [f["properties"]["max_score"] for f in features] == pytest.approx([0.95, 0.9])
@@ -400,15 +416,15 @@ def test_tumour_regions_separate_groups_and_connectivity() -> None:
     assert sum(_shoelace(p[0]) for p in _polygons(diagonal)) == pytest.approx(2 * 100.0**2)
     assert square["geometry"]["type"] == "Polygon" and len(square["geometry"]["coordinates"][0]) == 5
     assert square["properties"]["area_px"] == pytest.approx(4 * 100.0**2)
-    four = tumour_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=4)["features"]
+    four = tumor_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=4)["features"]
     assert len(four) == 3 and all(f["geometry"]["type"] == "Polygon" for f in four)
     # The threshold decides which tiles count.
-    assert len(tumour_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.92)["features"]) == 1
+    assert len(tumor_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.92)["features"]) == 1
 
 
-def test_tumour_regions_ring_has_a_hole() -> None:
+def test_tumor_regions_ring_has_a_hole() -> None:
     rows, cols, x, y, scores = _tiles([".....", ".###.", ".#.#.", ".###.", "....."])
-    (feature,) = tumour_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
+    (feature,) = tumor_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
     assert feature["geometry"]["type"] == "Polygon"
     outer, hole = feature["geometry"]["coordinates"]
     assert {tuple(p) for p in outer} == {(100, 100), (400, 100), (400, 400), (100, 400)}
@@ -418,11 +434,11 @@ def test_tumour_regions_ring_has_a_hole() -> None:
     assert feature["properties"]["area_px"] == pytest.approx(_shoelace(outer) + _shoelace(hole))
 
 
-def test_tumour_regions_pinched_hole_and_fractional_tiles() -> None:
+def test_tumor_regions_pinched_hole_and_fractional_tiles() -> None:
     # The hole at (1, 1) meets the outside only at a corner: it stays a hole touching the outer ring there.
     size0 = 263.37  # TileGrid sizes need not be whole pixels; x and y are rounded
     rows, cols, x, y, scores = _tiles(["###", "#.#", "##."], size0=size0)
-    (feature,) = tumour_regions_geojson(rows, cols, x, y, size0, scores)["features"]
+    (feature,) = tumor_regions_geojson(rows, cols, x, y, size0, scores)["features"]
     outer, hole = feature["geometry"]["coordinates"]
     for ring in (outer, hole):
         assert ring[0] == ring[-1] and len({tuple(p) for p in ring[:-1]}) == len(ring) - 1  # simple rings
@@ -430,17 +446,17 @@ def test_tumour_regions_pinched_hole_and_fractional_tiles() -> None:
     assert feature["properties"]["area_px"] == pytest.approx(7 * size0**2)
 
 
-def test_tumour_regions_nothing_above_threshold() -> None:
+def test_tumor_regions_nothing_above_threshold() -> None:
     rows, cols, x, y, scores = _tiles(["##", "##"], high=0.4)
-    assert tumour_regions_geojson(rows, cols, x, y, 100.0, scores) == {"type": "FeatureCollection", "features": []}
+    assert tumor_regions_geojson(rows, cols, x, y, 100.0, scores) == {"type": "FeatureCollection", "features": []}
     scores[0] = np.nan  # a NaN score is never a region
-    (three,) = tumour_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.0)["features"]
+    (three,) = tumor_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.0)["features"]
     assert three["properties"]["tiles"] == 3
-    assert tumour_regions_geojson([], [], [], [], 100.0, [])["features"] == []
+    assert tumor_regions_geojson([], [], [], [], 100.0, [])["features"] == []
     with pytest.raises(ValueError, match="length"):
-        tumour_regions_geojson([0], [0], [0, 1], [0], 100.0, [0.9])
+        tumor_regions_geojson([0], [0], [0, 1], [0], 100.0, [0.9])
     with pytest.raises(ValueError, match="connectivity"):
-        tumour_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=6)
+        tumor_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=6)
 
 
 def test_write_regions_geojson(tmp_path: Path) -> None:
@@ -448,7 +464,7 @@ def test_write_regions_geojson(tmp_path: Path) -> None:
     rows, cols, x, y, scores = _tiles(["#..#", "#...", "..##"])
     assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores) == 3
     written = json.loads(target.read_text())
-    assert written == json.loads(json.dumps(tumour_regions_geojson(rows, cols, x, y, 100.0, scores)))
+    assert written == json.loads(json.dumps(tumor_regions_geojson(rows, cols, x, y, 100.0, scores)))
     assert target.read_text().endswith("]}\n") and _leftovers(tmp_path) == []
     assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores, threshold=0.99) == 0
     assert json.loads(target.read_text()) == {"type": "FeatureCollection", "features": []}

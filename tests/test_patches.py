@@ -9,14 +9,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run
 from PIL import Image
 
-from wsi_mamba.cli import main
 from wsi_mamba.data.augment import AugmentConfig, augment_patches, dihedral, hed_jitter
 from wsi_mamba.data.patches import PatchReadError, open_patches, require_labelled
 from wsi_mamba.models.checkpoint import read_checkpoint_metadata, read_safetensors
-from wsi_mamba.workflows.configs import PatchTrainingConfig
-from wsi_mamba.workflows.patch_training import (
+from wsi_mamba.workflows.training.configs import PatchTrainingConfig
+from wsi_mamba.workflows.training.patch_training import (
     carve_validation,
     duplicate_groups,
     train_encoder_on_patches,
@@ -55,11 +55,6 @@ def write_h5(folder: Path, n: int, y_len: int | None = None, split: str = "train
         f.create_dataset("y", data=labels[: y_len or n].reshape(-1, 1, 1, 1).astype(np.uint8))
     return x_file
 
-
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- sources -------------------------------------------------------------------------------------------

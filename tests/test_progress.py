@@ -41,13 +41,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> WorkflowData:
 @pytest.fixture
 def slow_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every encoder batch takes at least 80 ms more (a stand-in for a large encoder on a slow CPU)."""
-    encode = TileEncoder.encode
+    view_features = TileEncoder.view_features
 
-    def slow(self: TileEncoder, tiles, views: int = 1):
+    def slow(self: TileEncoder, x, views: int = 1):
         time.sleep(0.08)
-        return encode(self, tiles, views)
+        return view_features(self, x, views)
 
-    monkeypatch.setattr(TileEncoder, "encode", slow)
+    monkeypatch.setattr(TileEncoder, "view_features", slow)
     monkeypatch.setenv(INTERVAL_ENV, str(INTERVAL))
 
 

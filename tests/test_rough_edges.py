@@ -14,18 +14,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from slide_fixtures import write_pyramid
-
-from wsi_mamba.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
-
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(err: str) -> str:
@@ -148,10 +142,11 @@ def test_readme_real_tissue_example_is_a_slide_the_model_detects() -> None:
     if not patches.is_dir():
         pytest.skip(f"{patches} is not here")
     from wsi_mamba.data.patches import open_patches
-    from wsi_mamba.synth.from_patches import plan_patch_cohort
+    from wsi_mamba.synth.patch_plan import CohortSpec, plan_patch_cohort
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan = plan_patch_cohort(ROOT / "unused", open_patches(patches), 2, int(found[1]), test_fraction=0)
+        spec = CohortSpec(slides=2, seed=int(found[1]), test_fraction=0)
+        plan = plan_patch_cohort(ROOT / "unused", open_patches(patches), spec)
     slide = next(s for s in plan if s.name == found[2])
     assert slide.spec.metastasis == "macro"

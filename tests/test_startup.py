@@ -17,7 +17,8 @@ import sys
 from wsi_mamba.cli import build_parser
 from wsi_mamba.commands import workflows
 from wsi_mamba.devices import resolve_device
-from wsi_mamba.workflows import batch, bundle, inputs, predict
+from wsi_mamba.outputs import names
+from wsi_mamba.workflows import bundle, inputs, predict
 build_parser()
 bundle.load_bundle(device=resolve_device("cpu"))
 print(",".join(m for m in {NOT_ON_PREDICT_PATH!r} if m in sys.modules))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +14,21 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 
 from wsi_mamba.cli import main
+from wsi_mamba.data.dihedral import dihedral
 from wsi_mamba.data.patches import open_patches
 from wsi_mamba.slide import open_slide
 from wsi_mamba.slide.annotations import rasterize, read_asap_xml
 from wsi_mamba.slide.tiling import make_tile_grid
-from wsi_mamba.synth.from_patches import (
-    APPEARANCE_BINS,
-    DEFAULT_COMPOSITION,
-    MANIFEST,
-    _clean_cells,
-    _diameter_um,
-    _outline,
-    apply_dihedral,
-    lesion_class,
-    mean_optical_density,
-    normal_tissue,
-    plan_patch_cohort,
-    write_patch_cohort,
-)
+from wsi_mamba.synth.appearance import APPEARANCE_BINS, DEFAULT_COMPOSITION, mean_optical_density, normal_tissue
+from wsi_mamba.synth.from_patches import MANIFEST, write_patch_cohort
+from wsi_mamba.synth.geometry import clean_cells, diameter_um, outline
+from wsi_mamba.synth.lesions import lesion_class
+from wsi_mamba.synth.patch_plan import CohortSpec, plan_patch_cohort
 from wsi_mamba.workflows.inputs import read_labels
 
 PCAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam"
 PX, MPP = 96, 0.972
-SMALL = dict(slides=4, seed=5, max_cells=16, stain=0.0, compression="lossless", classes=("micro", "itc"))
+SMALL = CohortSpec(slides=4, seed=5, max_cells=16, stain=0.0, compression="lossless", classes=("micro", "itc"))
 
 
 def write_patches(root: Path, seed: int, normal: int = 24, tumor: int = 16) -> Path:
@@ -74,7 +67,7 @@ def patches_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory, patches_a: Path) -> tuple[Path, list]:
     out = tmp_path_factory.mktemp("cohort")
-    plan = write_patch_cohort(out, patches_a, **SMALL)
+    plan = write_patch_cohort(out, patches_a, SMALL)
     return out, plan
 
 
@@ -123,7 +116,7 @@ def test_tile_grid_lands_on_patch_cells(cohort: tuple[Path, list], patches_a: Pa
             for i in np.flatnonzero(spec.interior)[:: max(1, spec.interior.sum() // 40)]:
                 r, c = spec.cells[i]
                 tile = slide.read_region((int(c) * PX, int(r) * PX), 0, (PX, PX))
-                expected = apply_dihedral(source.read_one(int(spec.patches[i])), int(spec.transforms[i]))
+                expected = dihedral(source.read_one(int(spec.patches[i])), int(spec.transforms[i]))
                 np.testing.assert_array_equal(tile, expected)
             # background around the section is light glass
             corner = slide.read_region((0, 0), 0, (PX, PX)).astype(float)
@@ -171,7 +164,7 @@ def test_lesions_inside_tissue_and_classes(cohort: tuple[Path, list]) -> None:
 def test_deterministic_per_seed_and_resumable(cohort: tuple[Path, list], patches_a: Path, tmp_path: Path) -> None:
     out, plan = cohort
     again = tmp_path / "again"
-    write_patch_cohort(again, patches_a, **SMALL)
+    write_patch_cohort(again, patches_a, SMALL)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for name in files:
@@ -181,10 +174,11 @@ def test_deterministic_per_seed_and_resumable(cohort: tuple[Path, list], patches
     victim.unlink()
     kept = (again / "training" / "normal" / "normal_001.tif").stat().st_mtime_ns
     ticks: list[int] = []
-    write_patch_cohort(again, patches_a, tick=lambda: ticks.append(1), **SMALL)
+    write_patch_cohort(again, patches_a, SMALL, tick=lambda: ticks.append(1))
     assert len(ticks) == 4 and digest(victim) == digest(out / "training" / "tumor" / "tumor_001.tif")
     assert (again / "training" / "normal" / "normal_001.tif").stat().st_mtime_ns == kept
-    other = plan_patch_cohort(tmp_path / "x", open_patches(patches_a), 4, seed=6, max_cells=16, classes=("itc",))
+    other_spec = CohortSpec(4, seed=6, max_cells=16, classes=("itc",))
+    other = plan_patch_cohort(tmp_path / "x", open_patches(patches_a), other_spec)
     assert all(not np.array_equal(a.spec.patches, b.spec.patches) for a, b in zip(plan, other, strict=True))
 
 
@@ -194,7 +188,7 @@ def test_cohorts_from_different_folders_share_no_patch(
     out_a, _ = cohort
     patches_b = write_patches(tmp_path_factory.mktemp("patches_b"), seed=2)
     out_b = tmp_path_factory.mktemp("cohort_b")
-    write_patch_cohort(out_b, patches_b, slides=2, seed=5, max_cells=12, classes=("itc",))
+    write_patch_cohort(out_b, patches_b, CohortSpec(slides=2, seed=5, max_cells=12, classes=("itc",)))
     used_a, used_b = manifest(out_a), manifest(out_b)
     assert {r[0] for r in used_a}.isdisjoint(r[0] for r in used_b)
     assert {r[2] for r in used_a}.isdisjoint(r[2] for r in used_b)
@@ -206,7 +200,8 @@ def test_cohorts_from_different_folders_share_no_patch(
 
 def test_stain_and_jpeg(patches_a: Path, tmp_path: Path) -> None:
     """Default settings: JPEG tiles and a per-slide stain shift; tiles stay close to a transformed patch."""
-    plan = write_patch_cohort(tmp_path, patches_a, slides=2, seed=9, max_cells=12, test_fraction=0, classes=("itc",))
+    spec = CohortSpec(slides=2, seed=9, max_cells=12, test_fraction=0, classes=("itc",))
+    plan = write_patch_cohort(tmp_path, patches_a, spec)
     source = open_patches(patches_a)
     shifts = []
     for item in plan:
@@ -217,7 +212,7 @@ def test_stain_and_jpeg(patches_a: Path, tmp_path: Path) -> None:
         with open_slide(item.path) as slide:
             tile = slide.read_region((int(c) * PX, int(r) * PX), 0, (PX, PX)).astype(float)
         patch = source.read_one(int(spec.patches[i]))
-        candidates = [apply_dihedral(patch, k).astype(float) for k in range(8)]
+        candidates = [dihedral(patch, k).astype(float) for k in range(8)]
         errors = [np.abs((tile - tile.mean((0, 1))) - (p - p.mean((0, 1)))).mean() for p in candidates]
         assert int(np.argmin(errors)) == spec.transforms[i]  # the same patch, same transform ...
         shifts.append(tile.mean((0, 1)) - candidates[int(spec.transforms[i])].mean((0, 1)))
@@ -227,7 +222,7 @@ def test_stain_and_jpeg(patches_a: Path, tmp_path: Path) -> None:
 def test_lesion_size_classes_balanced() -> None:
     """Planning only (no pixels): macro slides hold a > 2 mm lesion, micro 0.2–2 mm, ITC one or two patches."""
     source = _FakeSource(normal=50, tumor=50)
-    plan = plan_patch_cohort("unused", source, slides=12, seed=3, max_cells=40, test_fraction=0.5)  # type: ignore[arg-type]
+    plan = plan_patch_cohort("unused", source, CohortSpec(slides=12, seed=3, max_cells=40, test_fraction=0.5))  # type: ignore[arg-type]
     for split in ("training", "testing"):
         kinds = [p.spec.metastasis for p in plan if p.split == split and p.spec.lesions]
         assert sorted(kinds) == ["itc", "macro", "micro"]
@@ -245,25 +240,25 @@ def test_lesion_size_classes_balanced() -> None:
         assert 150 <= len(spec.cells) <= 1500
 
 
-def test_lesion_outline() -> None:
+def test_lesionoutline() -> None:
     """A lesion is one simple polygon around its cells: corner-only neighbours dropped, holes filled, convex
     corners cut by a quarter cell (concave ones kept)."""
     mask = np.array([[1, 0, 0, 0], [0, 1, 1, 1], [0, 1, 0, 1], [0, 1, 1, 1]], bool)
-    cleaned = _clean_cells(mask)
+    cleaned = clean_cells(mask)
     expected = np.zeros((4, 4), bool)
     expected[1:, 1:] = True
     np.testing.assert_array_equal(cleaned, expected)
     r, c = np.mgrid[:4, :4]
     centres = np.stack([(c.ravel() + 0.5) * PX, (r.ravel() + 0.5) * PX], axis=1)
     for cells in (cleaned, np.array([[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)):
-        polygon = _outline(np.argwhere(cells), PX)
+        polygon = outline(np.argwhere(cells), PX)
         np.testing.assert_array_equal(MplPath(polygon).contains_points(centres).reshape(4, 4), cells)
-    assert len(_outline(np.argwhere(cleaned), PX)) == 8  # a square: 4 cut corners
-    assert len(_outline(np.array([[1, 1], [2, 1], [2, 2]]), PX)) == 11  # an L: 5 cut corners, 1 concave
+    assert len(outline(np.argwhere(cleaned), PX)) == 8  # a square: 4 cut corners
+    assert len(outline(np.array([[1, 1], [2, 1], [2, 2]]), PX)) == 11  # an L: 5 cut corners, 1 concave
     assert (
-        _diameter_um(_outline(np.array([[0, 0], [0, 1]]), PX), MPP)
+        diameter_um(outline(np.array([[0, 0], [0, 1]]), PX), MPP)
         < 200
-        <= _diameter_um(_outline(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), PX), MPP)
+        <= diameter_um(outline(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), PX), MPP)
     )
 
 
@@ -317,13 +312,7 @@ def test_real_pcam_valid_slide(tmp_path: Path) -> None:
     plan = write_patch_cohort(
         tmp_path,
         PCAM / "valid",
-        slides=2,
-        seed=0,
-        test_fraction=0,
-        max_cells=14,
-        stain=0.0,
-        compression="lossless",
-        classes=("micro",),
+        CohortSpec(slides=2, seed=0, test_fraction=0, max_cells=14, stain=0, compression="lossless", classes=["micro"]),
     )
     source = open_patches(PCAM / "valid")
     spec = plan[1].spec
@@ -332,7 +321,7 @@ def test_real_pcam_valid_slide(tmp_path: Path) -> None:
     r, c = spec.cells[i]
     with open_slide(plan[1].path) as slide:
         tile = slide.read_region((int(c) * PX, int(r) * PX), 0, (PX, PX))
-    expected = apply_dihedral(source.read_one(int(spec.patches[i])), int(spec.transforms[i]))
+    expected = dihedral(source.read_one(int(spec.patches[i])), int(spec.transforms[i]))
     np.testing.assert_array_equal(tile, expected)
     for patch_id, label, _ in manifest(tmp_path):
         assert (PCAM / "valid" / patch_id).is_file() and patch_id.split("/")[0] == label
@@ -351,31 +340,42 @@ def test_tissue_composition_varies_between_slides() -> None:
     for composition in (0.0, 0.5):
         plan = plan_patch_cohort(
             "unused",
-            source,
-            slides=8,
-            seed=3,
-            max_cells=30,
-            test_fraction=0,
-            composition=composition,
-            classes=("itc",),  # type: ignore[arg-type]
+            source,  # type: ignore[arg-type]
+            CohortSpec(slides=8, seed=3, max_cells=30, test_fraction=0, composition=composition, classes=("itc",)),
         )
         spread[composition] = np.std([_mean_density(item.spec, source) for item in plan])
         mixes = [item.spec.tissue_mix for item in plan]
         assert all(len(m) == (1 if composition == 0 else APPEARANCE_BINS) for m in mixes)
         assert all(abs(sum(m) - 1) < 1e-3 for m in mixes)
     assert spread[0.5] > 5 * spread[0.0]
-    again = plan_patch_cohort("unused", source, 8, 3, max_cells=30, test_fraction=0, composition=0.5, classes=("itc",))  # type: ignore[arg-type]
+    again_spec = CohortSpec(8, 3, max_cells=30, test_fraction=0, composition=0.5, classes=("itc",))
+    again = plan_patch_cohort("unused", source, again_spec)  # type: ignore[arg-type]
     assert [i.spec.tissue_mix for i in again] == mixes and all(
         np.array_equal(a.spec.patches, b.spec.patches) for a, b in zip(again, plan, strict=True)
     )
 
 
+class _ShuffledGreySource(_FakeSource):
+    """Flat patches whose grey levels are a seeded shuffle of 80 distinct levels (index order says nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__(normal=80, tumor=0)
+        self.grey = np.random.default_rng(7).permutation(np.arange(80) * 3 + 10).astype(np.uint8)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        grey = self.grey[np.asarray(indices)]
+        return np.broadcast_to(grey[:, None, None, None], (len(grey), 4, 4, 3)).copy()
+
+
 def test_normal_tissue_bins_by_density() -> None:
-    source = _FakeSource(normal=80, tumor=0)
+    """Bins hold the patches by brightness, lightest (least optical density) first: with 80 patches in 8 bins,
+    bin k is exactly the patches ranked 10k…10k+9 by grey level, brightest first."""
+    source = _ShuffledGreySource()
     tissue = normal_tissue(source, np.arange(80), composition=1.0, seed=0)  # type: ignore[arg-type]
-    assert len(tissue.bins) == APPEARANCE_BINS and sorted(np.concatenate(tissue.bins)) == list(range(80))
-    densities = [mean_optical_density(source.read(b)).mean() for b in tissue.bins]
-    assert densities == sorted(densities)  # lightest bin first
+    by_brightness = np.argsort(-source.grey.astype(int))  # independent of the optical-density arithmetic
+    expected = [sorted(by_brightness[10 * k : 10 * k + 10].tolist()) for k in range(8)]
+    assert APPEARANCE_BINS == 8 and [sorted(b.tolist()) for b in tissue.bins] == expected
+    assert not np.array_equal(expected[0], np.arange(10))  # the index order alone would fail this
     assert normal_tissue(source, np.arange(80), composition=0.0, seed=0).bins[0].tolist() == list(range(80))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="composition must be"):
         normal_tissue(source, np.arange(80), composition=-1.0, seed=0)  # type: ignore[arg-type]
@@ -392,3 +392,39 @@ def test_cli_composition_default_and_bad_values(tmp_path: Path, capsys: pytest.C
         err = capsys.readouterr().err.strip().splitlines()
         assert code != 0 and len(err) == 1 and "must be ≥ 0" in err[0]
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("compression", "png", "compression must be one of"),
+        ("flavour", "ndpi", "flavour must be mixed, svs or tiff"),
+        ("classes", ("macro", "huge"), "classes must be a non-empty subset"),
+        ("classes", (), "classes must be a non-empty subset"),
+        ("stain", -0.5, "stain must be ≥ 0"),
+    ],
+)
+def test_cohort_spec_refuses_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CohortSpec(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_plan_is_written_with_its_own_spec(patches_a: Path, tmp_path: Path) -> None:
+    """The plan carries the spec it was made from: synth.json records that spec, and the tiles use its
+    compression (lossless: each interior tile is exactly its transformed patch)."""
+    from wsi_mamba.synth.from_patches import write_planned_cohort
+
+    spec = CohortSpec(slides=1, seed=4, max_cells=14, stain=0, compression="lossless", classes=("itc",))
+    source = open_patches(patches_a)
+    plan = write_planned_cohort(plan_patch_cohort(tmp_path, source, spec))
+    recorded = json.loads((tmp_path / "synth.json").read_text())
+    assert {k: recorded[k] for k in ("seed", "max_cells", "compression", "classes")} == {
+        "seed": 4, "max_cells": 14, "compression": "lossless", "classes": ["itc"]
+    }
+    (item,) = plan
+    i = int(np.flatnonzero(item.spec.interior)[0])
+    r, c = item.spec.cells[i]
+    with open_slide(item.path) as slide:
+        tile = slide.read_region((int(c) * PX, int(r) * PX), 0, (PX, PX))
+    patch = source.read_one(int(item.spec.patches[i]))
+    np.testing.assert_array_equal(tile, dihedral(patch, int(item.spec.transforms[i])))

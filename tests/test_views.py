@@ -10,14 +10,14 @@ import torch
 from slide_fixtures import synthetic_slide
 
 from wsi_mamba.data.augment import dihedral
+from wsi_mamba.features.modes import TileMode, mode_from_attrs, requested_mode, resolve
+from wsi_mamba.features.options import ReadOptions
+from wsi_mamba.features.store import check_same_encoder, read_attrs, store_path
 from wsi_mamba.models.encoder import TileEncoder, load_encoder
 from wsi_mamba.models.encoders.base import dihedral_views
 from wsi_mamba.workflows.bundle import check_manifest
-from wsi_mamba.workflows.configs import TileOptions
 from wsi_mamba.workflows.extract import extract_slides
-from wsi_mamba.workflows.region_mode import options_for_model
-from wsi_mamba.workflows.score_patches import classify
-from wsi_mamba.workflows.store import check_same_encoder, describe_mode, feature_mode, read_attrs, store_path
+from wsi_mamba.workflows.reports.score_patches import classify
 
 TILE_PX = 64
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -77,32 +77,32 @@ def test_patch_scores_are_the_sigmoid_of_the_mean_logit(encoder: TileEncoder) ->
 def test_stores_and_models_record_the_views(encoder: TileEncoder, tmp_path_factory: pytest.TempPathFactory) -> None:
     slide = synthetic_slide(tmp_path_factory, "tiff")
     out = tmp_path_factory.mktemp("views")
-    options = TileOptions(batch_size=16, workers=1, views=4)
-    assert extract_slides([slide], out, encoder, options, progress=False) == {"slide": "done"}
+    read = ReadOptions(batch_size=16, read_threads=1)
+    assert extract_slides([slide], out, encoder, TileMode(4), read, progress=False) == {"slide": "done"}
     attrs = read_attrs(store_path(out, "slide"))
-    assert attrs["views"] == 4 and feature_mode(attrs) == {"mode": "tile", "views": 4}
-    assert describe_mode(attrs) == "tile mode (4 views)"
+    assert attrs["views"] == 4 and mode_from_attrs(attrs) == TileMode(4)
+    assert mode_from_attrs(attrs).describe() == "tile mode (4 views)"
     ident = (attrs["encoder"], attrs["encoder_hash"])
     check_same_encoder({"slide": attrs}, ident, expected_mode={"mode": "tile", "views": 4})
     with pytest.raises(ValueError, match=r"tile mode \(4 views\), but the model uses tile mode: extract them again"):
         check_same_encoder({"slide": attrs}, ident, expected_mode={"mode": "tile"})
     with warnings.catch_warnings():  # the same folder with one view: the 4-view store is not taken as done
         warnings.simplefilter("ignore")
-        again = extract_slides([slide], out, encoder, TileOptions(workers=1), progress=False)
+        again = extract_slides([slide], out, encoder, TileMode(), read, progress=False)
     assert again["slide"].startswith("failed:") and "4 views" in again["slide"]
     with pytest.raises(ValueError, match="--views 4 is for tile mode"):
-        extract_slides([slide], out, encoder, TileOptions(workers=1, views=4, region_px=2 * TILE_PX), progress=False)
+        requested_mode(2 * TILE_PX, None, 4)  # the CLI's --views 4 --region-px: refused before any slide
 
 
 def test_predict_takes_the_model_views_and_refuses_others() -> None:
     model_mode = {"mode": "tile", "views": 4}
-    assert options_for_model(TileOptions(), model_mode, "m").views == 4
-    assert options_for_model(TileOptions(views=4), model_mode, "m").views == 4
-    assert options_for_model(TileOptions(), {"mode": "tile"}, "m").views == 1
+    assert resolve(None, model_mode, "m") == TileMode(4)
+    assert resolve(TileMode(4), model_mode, "m") == TileMode(4)
+    assert resolve(None, {"mode": "tile"}, "m") == TileMode(1)
     with pytest.raises(ValueError, match=r"trained on features of tile mode \(4 views\), not of 1 view"):
-        options_for_model(TileOptions(views=1), model_mode, "m")
+        resolve(TileMode(1), model_mode, "m")
     with pytest.raises(ValueError, match="not of 4 view"):
-        options_for_model(TileOptions(views=4), {"mode": "tile"}, "m")
+        resolve(TileMode(4), {"mode": "tile"}, "m")
     check_manifest({"feature_mode": model_mode})
     with pytest.raises(ValueError, match="views must be one of"):
         check_manifest({"feature_mode": {"mode": "tile", "views": 3}})

@@ -4,10 +4,12 @@ that are not ours (nothing unpickled), bad labels."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import random
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 from workflow_fixtures import (
     ENCODER_NAME,
     OTHER_ENCODER_NAME,
-    TILE_OPTIONS,
+    READ_OPTIONS,
     TILE_PX,
     TRAINING,
     WorkflowData,
@@ -28,16 +30,19 @@ from workflow_fixtures import (
     write_booby_pickle,
 )
 
+from wsi_mamba.features.modes import TileMode
+from wsi_mamba.features.options import ReadOptions
+from wsi_mamba.features.store import PARTIAL, is_complete, read_store, store_path, write_store
 from wsi_mamba.models.encoder import load_encoder
 from wsi_mamba.outputs.atomic import TEMP_MARKER
 from wsi_mamba.workflows import extract as extract_module
 from wsi_mamba.workflows.bundle import ModelBundle, load_bundle
-from wsi_mamba.workflows.evaluate import evaluate, score_features
 from wsi_mamba.workflows.extract import extract_slides
 from wsi_mamba.workflows.inputs import read_labels
 from wsi_mamba.workflows.predict import predict_slide
-from wsi_mamba.workflows.store import PARTIAL, is_complete, read_store, store_path, write_store
-from wsi_mamba.workflows.train import SlideSet, train_slide_model
+from wsi_mamba.workflows.reports.evaluate import evaluate, score_features
+from wsi_mamba.workflows.training.slide_examples import SlideSet
+from wsi_mamba.workflows.training.slide_training import train_slide_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -219,7 +224,7 @@ def test_predict_ignores_slide_order(data: WorkflowData, bundle: ModelBundle) ->
     slides = data.slides()[:3]
 
     def scores(order: list[Path]) -> dict[str, tuple]:
-        results = [predict_slide(p, bundle, TILE_OPTIONS) for p in order]
+        results = [predict_slide(p, bundle, READ_OPTIONS) for p in order]
         return {r["slide"]: (r["score"], r["max_tile_score"], r["tiles"]) for r in results}
 
     forward = scores(slides)
@@ -229,16 +234,30 @@ def test_predict_ignores_slide_order(data: WorkflowData, bundle: ModelBundle) ->
 
 def test_predict_does_not_depend_on_batching(data: WorkflowData, bundle: ModelBundle) -> None:
     path = data.slide("tumor_001")
-    a = predict_slide(path, bundle, TILE_OPTIONS)
-    b = predict_slide(path, bundle, extract_module.TileOptions(batch_size=3, workers=1))
+    a = predict_slide(path, bundle, READ_OPTIONS)
+    b = predict_slide(path, bundle, ReadOptions(batch_size=3, read_threads=1))
     assert a["tiles"] == b["tiles"] > 3
     assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
+def test_predict_records_the_whole_feature_mode(data: WorkflowData, bundle: ModelBundle) -> None:
+    path = data.slide("tumor_001")
+    assert predict_slide(path, bundle, READ_OPTIONS)["feature_mode"] == {"mode": "tile"}
+    region = {"mode": "region", "region_px": 2 * TILE_PX, "region_overlap_px": 0}
+    region_bundle = copy.copy(bundle)
+    region_bundle.meta = {**bundle.meta, "feature_mode": region}  # a model trained on region features
+    with warnings.catch_warnings():  # region features are out of this tile-mode model's domain: warned, not tested
+        warnings.simplefilter("ignore")
+        result = predict_slide(path, region_bundle, READ_OPTIONS)
+    assert (result["feature_mode"], result["views"]) == (region, 1) and result["tiles"] > 0
+    with pytest.raises(ValueError, match=r"trained on features of region mode \(128 px, overlap 0 px\)"):
+        predict_slide(path, region_bundle, READ_OPTIONS, TileMode(4))
 
 
 def test_predict_equals_extract_then_score(data: WorkflowData, bundle: ModelBundle) -> None:
     """Features on the fly (predict) and from the stores (evaluate) give the same tiles and scores."""
     for path in data.slides():
-        result = predict_slide(path, bundle, TILE_OPTIONS)
+        result = predict_slide(path, bundle, READ_OPTIONS)
         stored = read_store(store_path(data.features, path.stem))
         score, tile_scores = score_features(bundle, stored)
         assert result["tiles"] == len(stored) > 0
@@ -251,7 +270,7 @@ def test_predict_slide_without_tissue(bundle: ModelBundle, tmp_path: Path) -> No
     blank = write_blank_slide(tmp_path / "blank.tif")
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="no tissue"):
-        result = predict_slide(blank, bundle, TILE_OPTIONS, out_dir=out, heatmap=True)
+        result = predict_slide(blank, bundle, READ_OPTIONS, out_dir=out, heatmap=True)
     assert result["score"] is None and result["prediction"] is None
     assert result["tiles"] == 0 and result["reason"] == "no tissue found"
     assert [p.name for p in out.iterdir()] == ["blank.json"]  # no heatmap without tiles
@@ -266,30 +285,30 @@ def test_extract_resumes_after_a_crash_mid_slide(data: WorkflowData, tmp_path: P
     complete (files untouched), does the rest, and ends with the stores of an uninterrupted run."""
     by_size = sorted(data.slides(), key=lambda p: len(read_store(store_path(data.features, p.stem))))
     slides = [by_size[0], by_size[-1], by_size[1]]  # the crash comes after the first batch of the biggest
-    assert len(read_store(store_path(data.features, slides[1].stem))) > TILE_OPTIONS.batch_size
+    assert len(read_store(store_path(data.features, slides[1].stem))) > READ_OPTIONS.batch_size
     # (the calls show that the first slide, already complete, is not encoded again)
     out = tmp_path / "features"
     encoder = load_encoder(data.encoder)
-    assert extract_slides(slides[:1], out, encoder, TILE_OPTIONS, progress=False) == {slides[0].stem: "done"}
+    assert extract_slides(slides[:1], out, encoder, read=READ_OPTIONS, progress=False) == {slides[0].stem: "done"}
     before = file_times(out / f"{slides[0].stem}.zarr")
 
-    real_encode, calls = encoder.encode, []
+    real_view_features, calls = encoder.view_features, []
 
-    def crashing_encode(tiles: np.ndarray, views: int = 1) -> np.ndarray:
-        calls.append(len(tiles))
+    def crashing_view_features(x: torch.Tensor, views: int = 1) -> torch.Tensor:  # what each batch goes through
+        calls.append(len(x))
         if len(calls) > 1:  # an interruption (a per-slide Exception would be recorded and the batch go on)
             raise KeyboardInterrupt("simulated crash")
-        return real_encode(tiles, views)
+        return real_view_features(x, views)
 
-    encoder.encode = crashing_encode  # type: ignore[method-assign]
+    encoder.view_features = crashing_view_features  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt, match="simulated crash"):
-        extract_slides(slides, out, encoder, TILE_OPTIONS, progress=False)
+        extract_slides(slides, out, encoder, read=READ_OPTIONS, progress=False)
     n_tiles = len(read_store(store_path(data.features, slides[1].stem)))
-    assert calls == [TILE_OPTIONS.batch_size, min(TILE_OPTIONS.batch_size, n_tiles - TILE_OPTIONS.batch_size)]
+    assert calls == [READ_OPTIONS.batch_size, min(READ_OPTIONS.batch_size, n_tiles - READ_OPTIONS.batch_size)]
     assert sorted(p.name for p in out.iterdir()) == [f"{slides[0].stem}.zarr"]
 
-    encoder.encode = real_encode  # type: ignore[method-assign]
-    results = extract_slides(slides, out, encoder, TILE_OPTIONS, progress=False)
+    encoder.view_features = real_view_features  # type: ignore[method-assign]
+    results = extract_slides(slides, out, encoder, read=READ_OPTIONS, progress=False)
     assert results == {slides[0].stem: "skipped", slides[1].stem: "done", slides[2].stem: "done"}
     assert file_times(out / f"{slides[0].stem}.zarr") == before
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.zarr" for p in slides)
@@ -314,7 +333,7 @@ def test_extract_redoes_partial_and_damaged_stores(
     with monkeypatch.context() as patch:
         patch.setattr(extract_module, "write_store", write_then_crash)
         with pytest.raises(KeyboardInterrupt, match="simulated crash"):
-            extract_slides(slides[:1], out, encoder, TILE_OPTIONS, progress=False)
+            extract_slides(slides[:1], out, encoder, read=READ_OPTIONS, progress=False)
     assert is_complete(out / f"{names[0]}.zarr{PARTIAL}") and not (out / f"{names[0]}.zarr").exists()
     # 1: a bogus partial folder
     (out / f"{names[1]}.zarr{PARTIAL}").mkdir()
@@ -326,7 +345,7 @@ def test_extract_redoes_partial_and_damaged_stores(
     copy_tree(store_path(data.features, names[3]), out / f"{names[3]}.zarr")
     before = file_times(out / f"{names[3]}.zarr")
 
-    results = extract_slides(slides, out, encoder, TILE_OPTIONS, progress=False)
+    results = extract_slides(slides, out, encoder, read=READ_OPTIONS, progress=False)
     assert results == {names[0]: "done", names[1]: "done", names[2]: "done", names[3]: "skipped"}
     assert file_times(out / f"{names[3]}.zarr") == before
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.zarr" for n in names)  # no .partial left
@@ -349,7 +368,7 @@ def test_extract_into_stores_of_another_encoder_fails(data: WorkflowData, tmp_pa
     other = load_encoder(data.other_encoder)
     ours = load_encoder(data.encoder)
     assert other.hash != ours.hash
-    results = extract_slides(slides, out, other, TILE_OPTIONS, progress=False)
+    results = extract_slides(slides, out, other, read=READ_OPTIONS, progress=False)
     assert set(results) == {p.stem for p in slides}
     for why in results.values():
         assert why.startswith("failed: ")
@@ -363,7 +382,7 @@ def test_evaluate_and_train_refuse_features_of_another_encoder(data: WorkflowDat
     hashes = (other.hash, ours.hash)
     foreign = tmp_path / "foreign"
     slides = data.slides()[:2]
-    assert set(extract_slides(slides, foreign, other, TILE_OPTIONS, progress=False).values()) == {"done"}
+    assert set(extract_slides(slides, foreign, other, read=READ_OPTIONS, progress=False).values()) == {"done"}
 
     with pytest.raises(ValueError) as caught:
         evaluate(data.model, foreign, data.labels, tmp_path / "eval", n_boot=10, progress=False)

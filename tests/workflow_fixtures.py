@@ -19,18 +19,20 @@ import pytest
 import tifffile
 import torch
 
+from wsi_mamba.features.options import ReadOptions
 from wsi_mamba.models.checkpoint import save_checkpoint
 from wsi_mamba.models.encoder import load_encoder
 from wsi_mamba.synth.cohort import write_cohort
-from wsi_mamba.workflows.extract import TileOptions, extract_slides
+from wsi_mamba.workflows.extract import extract_slides
 from wsi_mamba.workflows.inputs import find_slides
-from wsi_mamba.workflows.train import SlideTrainingConfig, train_slide_model
+from wsi_mamba.workflows.training.configs import SlideTrainingConfig
+from wsi_mamba.workflows.training.slide_training import train_slide_model
 
 COHORT_SEED = 8
 COHORT_SIZE = 1536
 TILE_PX = 64
 TILE_MPP = 1.0
-TILE_OPTIONS = TileOptions(batch_size=8, workers=2)
+READ_OPTIONS = ReadOptions(batch_size=8, read_threads=2)
 TRAINING = SlideTrainingConfig(epochs=2, dim=16, depth=1, d_state=2)
 ENCODER_NAME = "test-encoder"
 OTHER_ENCODER_NAME = "other-encoder"
@@ -83,7 +85,7 @@ def workflow_data(tmp_path_factory: pytest.TempPathFactory) -> WorkflowData:
             encoder = load_encoder(encoder_path)
             cohort = root / "cohort"
             results = extract_slides(
-                find_slides([cohort / "training"]), root / "features", encoder, TILE_OPTIONS, progress=False
+                find_slides([cohort / "training"]), root / "features", encoder, read=READ_OPTIONS, progress=False
             )
             assert set(results.values()) == {"done"}, results
             model = train_slide_model(

@@ -1,6 +1,7 @@
 """The allowed range of every numeric setting, in one place: the CLI checks them when it parses its options
 (``commands/_args.py`` makes argparse types of them) and the library's dataclasses in ``__post_init__``
-(``workflows/configs.py``), so ``--min-tissue 25``, ``nan`` or ``inf`` is refused before any work.
+(``features/options.py``, ``features/modes.py``, ``workflows/training/configs.py``), so ``--min-tissue 25``,
+``nan`` or ``inf`` is refused before any work.
 
 Plain Python (no numpy, no torch): building the CLI stays fast."""
 
@@ -88,6 +89,7 @@ RATE = Range(0, 1, high_open=True)  # dropout and drop-path rates
 MPP = Range(0.05, 20.0, unit="µm/px")  # a microscope's microns per pixel (slide/base.py's MPP_RANGE)
 SEED = Range(0, 2**32 - 1, integer=True)  # what numpy's and torch's generators both take
 VIEWS = Range(integer=True, values=VIEW_COUNTS)  # a tile and its rotations (and mirror images)
+PORT = Range(0, 65535, integer=True)  # a TCP port (0: one the system picks)
 
 
 def check_fields(config: Any, **rules: Range) -> None:

@@ -1,7 +1,8 @@
 """Argument helpers shared by the command modules: the parser of a subcommand, value types, the options several
 commands declare (tile reading, the decoding limit) and deprecated option names.
 
-Defaults come from the library's dataclasses (``wsi_mamba.workflows.configs``), never literals here.
+Defaults come from the library's dataclasses (``wsi_mamba.features.options``,
+``wsi_mamba.workflows.training.configs``), never literals here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import ranges
 from ..data.augment_config import VIEW_COUNTS
 from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
+from ..features.modes import FeatureMode
+from ..features.modes import requested_mode as features_requested_mode
+from ..features.options import ReadOptions
 from ..ranges import Range
-from ..workflows.configs import PatchTrainingConfig, TileOptions
+from ..workflows.training.configs import PatchTrainingConfig
 
 if TYPE_CHECKING:
     import torch
 
-TILE_DEFAULTS = TileOptions()
+READ_DEFAULTS = ReadOptions()
 CARVE_DEFAULTS = PatchTrainingConfig()
 THREADS_HELP = "torch CPU threads (default: the cores idle when the command starts, at least 1; wsi_mamba/threads.py)"
 
@@ -99,6 +103,7 @@ decay = Ranged(ranges.DECAY)
 mpp = Ranged(ranges.MPP)
 seed = Ranged(ranges.SEED)
 view_count = Ranged(ranges.VIEWS)
+port = Ranged(ranges.PORT)
 
 
 def path_text(text: str) -> str:
@@ -216,16 +221,16 @@ def carve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> None:
-    """The :class:`~wsi_mamba.workflows.configs.TileOptions` options: ``--batch-size``, ``--read-threads``,
-    ``--min-tissue``, ``--slide-mpp``, ``--region-px``, ``--region-overlap``, ``--views``. ``workers_alias`` adds
+    """The options of :class:`~wsi_mamba.features.options.ReadOptions` (``--batch-size``, ``--read-threads``,
+    ``--min-tissue``, ``--slide-mpp``) and of the requested feature mode (``--region-px``, ``--region-overlap``,
+    ``--views``: None when not given, :func:`requested_mode`). ``workers_alias`` adds
     ``--workers``, the old name of ``--read-threads`` (deprecated: ``--workers`` means worker processes, as in
     ``cohort``)."""
-    d = TILE_DEFAULTS
+    d = READ_DEFAULTS
     help_batch = f"tiles per encoder batch (default {d.batch_size})"
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=help_batch)
-    p.add_argument(
-        "--read-threads", type=positive_int, default=d.workers, help=f"tile-reading threads (default {d.workers})"
-    )
+    help_threads = f"tile-reading threads (default {d.read_threads})"
+    p.add_argument("--read-threads", type=positive_int, default=d.read_threads, help=help_threads)
     if workers_alias:
         p.add_argument(
             "--workers", dest="read_threads", type=positive_int, action=DeprecatedAlias, replacement="--read-threads"
@@ -240,7 +245,7 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
     p.add_argument(
         "--region-px",
         type=positive_int,
-        default=d.region_px,
+        default=None,
         help="region mode: encode whole regions of this many px (a multiple of the tile size) in one pass, pooled "
         "into the tiles (default: tile mode; predict: the model's mode)",
     )
@@ -248,30 +253,28 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         "--region-overlap",
         dest="region_overlap_px",
         type=count,
-        default=d.region_overlap_px,
+        default=None,
         help="region mode: px shared by neighbouring regions, whole tiles (default: a quarter of --region-px)",
     )
     p.add_argument(
         "--views",
         type=view_count,
         choices=VIEW_COUNTS,
-        default=d.views,
+        default=None,
         help="tile mode: average each tile's features over 1, 4 (rotations) or 8 (and mirror images) views; 4x/8x "
         "the encoding time (default: 1; predict: the model's)",
     )
 
 
-def tile_options(args: argparse.Namespace) -> TileOptions:
-    """The :class:`TileOptions` of the options :func:`tile_arguments` added."""
-    return TileOptions(
-        args.min_tissue,
-        args.batch_size,
-        args.read_threads,
-        args.slide_mpp,
-        args.region_px,
-        args.region_overlap_px,
-        args.views,
-    )
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    """The :class:`ReadOptions` of the options :func:`tile_arguments` added."""
+    return ReadOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)
+
+
+def requested_mode(args: argparse.Namespace) -> FeatureMode | None:
+    """The feature mode ``--region-px`` / ``--region-overlap`` / ``--views`` ask for (None: none asked;
+    :func:`~wsi_mamba.features.modes.requested_mode`)."""
+    return features_requested_mode(args.region_px, args.region_overlap_px, args.views)
 
 
 def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None:
@@ -293,10 +296,17 @@ def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None
 
 def encoder_options(args: argparse.Namespace, spec: object) -> dict[str, Any]:
     """The keyword arguments of ``load_encoder`` that :func:`encoder_arguments` added; ``--encoder-weights``
-    needs a ``FAMILY:NAME`` spec (``spec``), a :class:`UsageError` otherwise."""
+    needs a ``FAMILY:NAME`` spec or a preset name (``spec``; ``wsi-mamba encoders``), a :class:`UsageError`
+    otherwise."""
     weights = getattr(args, "encoder_weights", None)
     if weights is not None and (spec is None or ":" not in str(spec)):
-        raise UsageError("--encoder-weights needs the architecture of the weights, e.g. --encoder timm:resnet18")
+        from ..models.encoders.presets import is_preset  # imports torch: only when weights are given
+
+        if spec is None or not is_preset(spec):
+            raise UsageError(
+                "--encoder-weights needs the architecture of the weights, e.g. --encoder timm:resnet18, "
+                "or a named encoder (wsi-mamba encoders), e.g. --encoder uni"
+            )
     return {
         "weights": weights,
         "tile_px": getattr(args, "encoder_tile_px", None),

@@ -13,8 +13,9 @@ from ._args import (
     name_text,
     path_text,
     positive_int,
+    read_options,
+    requested_mode,
     tile_arguments,
-    tile_options,
 )
 
 # Manifest, model and scheduler errors are ValueErrors whose message names the file or address.
@@ -69,7 +70,6 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         command_device(args)
     from ..workflows.cohort import run_cohort
 
-    options = tile_options(args)
     summary = run_cohort(
         args.manifest,
         args.out,
@@ -78,7 +78,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         workers=args.workers,
         heatmap=args.heatmap,
         progress=not args.no_progress,
-        options=options,
+        read=read_options(args),
+        requested=requested_mode(args),
         torch_threads=args.torch_threads,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         device=args.device,

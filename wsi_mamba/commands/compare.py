@@ -1,4 +1,5 @@
-"""``wsi-mamba compare``: thin wrapper around ``wsi_mamba.workflows.compare`` (the table of pipelines/compare.yaml)."""
+"""``wsi-mamba compare``: thin wrapper around ``wsi_mamba.workflows.reports.compare`` (the table of
+pipelines/compare.yaml)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not (args.encoder or args.mode or args.aggregator):
         raise UsageError("compare needs at least one --encoder, --mode or --aggregator")
     from ..threads import apply_threads
-    from ..workflows.compare import compare
+    from ..workflows.reports.compare import compare
 
     apply_threads(args.threads)
     summary = compare(

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..data.augment_config import VIEW_COUNTS
-from ..workflows.configs import PatchTrainingConfig
+from ..workflows.training.configs import PatchTrainingConfig
 from ._args import (
     THREADS_HELP,
     carve_arguments,
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_split_patches(args: argparse.Namespace) -> int:
     from ..data.patches import open_patches
-    from ..workflows.patch_training import write_patch_split
+    from ..workflows.training.patch_training import write_patch_split
 
     cfg = PatchTrainingConfig(val_fraction=args.val_fraction, max_val_patches=args.max_val_patches, seed=args.seed)
     train_csv, val_csv = write_patch_split(open_patches(args.paths), args.out, cfg, inputs=args.paths)
@@ -102,7 +102,7 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     from ..outputs.atomic import check_not_inputs
     from ..threads import apply_threads
     from ..workflows.bundle import model_files
-    from ..workflows.score_patches import (
+    from ..workflows.reports.score_patches import (
         load_patch_classifier,
         patch_metrics,
         patch_output_files,

@@ -234,24 +234,23 @@ def _synth_from_patches(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.patches import open_patches
-    from ..synth.from_patches import patch_cohort_parameters, plan_patch_cohort, write_patch_cohort
+    from ..synth.from_patches import write_planned_cohort
     from ..synth.layout import check_cohort_output
+    from ..synth.patch_plan import CohortSpec, plan_patch_cohort
 
     source = open_patches(args.from_patches)
-    max_cells = args.size // source.geometry.px if args.size else 60
-    options = dict(
+    spec = CohortSpec(
+        slides=args.slides,
+        seed=args.seed,
         flavour=args.flavour,
         test_fraction=args.test_fraction,
-        max_cells=max_cells,
+        max_cells=args.size // source.geometry.px if args.size else 60,
         stain=args.stain,
         composition=args.composition,
     )
-    parameters = patch_cohort_parameters(source, args.slides, args.seed, **options)
-    check_cohort_output(args.out, parameters, args.overwrite)  # another cohort in --out: refused before planning
-    plan = plan_patch_cohort(args.out, source, args.slides, args.seed, **options)  # input errors before the bar
+    check_cohort_output(args.out, spec.record(source), args.overwrite)  # another cohort in --out: refused first
+    plan = plan_patch_cohort(args.out, source, spec)  # input errors before the bar
     with tqdm(total=args.slides, unit="slide", desc=f"{args.slides} slides", file=sys.stderr) as bar:
-        write_patch_cohort(
-            args.out, source, args.slides, args.seed, **options, tick=bar.update, plan=plan, overwrite=args.overwrite
-        )
+        write_planned_cohort(plan, tick=bar.update, overwrite=args.overwrite)
     print(f"wrote {len(plan)} slides of real tissue from {args.from_patches} to {args.out}")
     return 0

@@ -1,4 +1,5 @@
-"""``wsi-mamba extract | train-encoder | train | evaluate | predict``: thin wrappers around ``wsi_mamba.workflows``."""
+"""``wsi-mamba extract | evaluate | predict | run`` (and, between extract and evaluate, the training commands of
+:mod:`.training`): thin wrappers around ``wsi_mamba.workflows``."""
 
 from __future__ import annotations
 
@@ -6,36 +7,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..features.modes import TileMode
+from ..features.options import ReadOptions
 from ..slide.base import set_max_pixels
-from ..workflows.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig, TileOptions
+from . import training
 from ._args import (
     THREADS_HELP,
-    UsageError,
-    carve_arguments,
     command_device,
     command_parser,
-    count,
-    decay,
     device_argument,
     encoder_arguments,
     encoder_options,
-    json_object,
     max_pixels_argument,
-    mpp,
     name_text,
     path_text,
-    positive_float,
     positive_int,
-    seed,
+    read_options,
+    requested_mode,
     tile_arguments,
-    tile_options,
-    val_fraction,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 # Workflow errors are ValueErrors whose message names the file and the problem.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError,)
@@ -57,13 +48,13 @@ def tsv_field(text: str) -> str:
     return str(text).translate(TSV_ESCAPES)
 
 
-def _tile_options(args: argparse.Namespace) -> TileOptions:
-    """The tile options, after setting torch's thread count and the decoding limit from ``args``."""
+def _read_options(args: argparse.Namespace) -> ReadOptions:
+    """The read options, after setting torch's thread count and the decoding limit from ``args``."""
     from ..threads import apply_threads
 
     apply_threads(args.threads)
     set_max_pixels(args.max_pixels)
-    return tile_options(args)
+    return read_options(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,140 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print per-slide results as JSON")
     p.set_defaults(func=cmd_extract)
 
-    p = command_parser(
-        subparsers,
-        "train-encoder",
-        "Train the tile encoder: on labelled patches (--patches: PCam HDF5, image folders, CSV), or on annotated "
-        "tumour and normal tiles of training slides.",
-        "wsi-mamba train-encoder --patches pcam/train --out encoder.safetensors\n  "
-        "wsi-mamba train-encoder data/cohort/training --labels data/cohort/training/labels.csv "
-        "--annotations data/cohort/training/lesion_annotations --out encoder.safetensors",
-    )
-    patch_defaults = PatchTrainingConfig()
-    slide_defaults = EncoderTrainingConfig()
-    p.add_argument("slides", nargs="*", type=path_text, help="slide files or folders (training on slides)")
-    p.add_argument(
-        "--patches",
-        nargs="+",
-        type=path_text,
-        metavar="SRC",
-        help="labelled patches: ROOT/0|1 or normal|tumor image folders, PCam *_x.h5 (+ *_y.h5), CSV path,label",
-    )
-    p.add_argument(
-        "--val-patches",
-        nargs="+",
-        type=path_text,
-        metavar="SRC",
-        help="validation patches for early stopping (default: carved from --patches; never the evaluation set)",
-    )
-    p.add_argument("--labels", type=path_text, help="CSV of slide labels (image,label), training on slides")
-    p.add_argument(
-        "--annotations",
-        type=path_text,
-        help="folder of lesion annotations (NAME.xml / NAME.geojson), training on slides",
-    )
-    p.add_argument("--out", type=path_text, required=True, help="encoder checkpoint to write (.safetensors + .json)")
-    p.add_argument(
-        "--model",
-        type=path_text,
-        help="backbone: registry name, timm:NAME or an encoder checkpoint to start from "
-        f"(default {patch_defaults.model} on patches, {slide_defaults.model} on slides)",
-    )
-    p.add_argument(
-        "--model-args",
-        type=json_object,
-        default=dict(patch_defaults.model_args),
-        metavar="JSON",
-        help="build options of the architecture as a JSON object, kept in the checkpoint (patches), e.g. "
-        "'{\"channels\": [16, 32, 64, 128]}' for timm:resnet50 at a quarter width",
-    )
-    encoder_arguments(p, geometry=False)
-    p.add_argument("--patch-mpp", type=mpp, help="µm/px of the patches (default PCam's, 0.972)")
-    p.add_argument("--tile-px", type=positive_int, default=slide_defaults.tile_px, help="tile side (slides)")
-    p.add_argument("--mpp", type=mpp, default=slide_defaults.mpp, help="tile µm/px (slides)")
-    p.add_argument("--epochs", type=positive_int, help=f"default {patch_defaults.epochs} / {slide_defaults.epochs}")
-    p.add_argument(
-        "--batch-size", type=positive_int, help=f"default {patch_defaults.batch_size} / {slide_defaults.batch_size}"
-    )
-    p.add_argument("--lr", type=positive_float, help=f"default {patch_defaults.lr:g} / {slide_defaults.lr:g}")
-    p.add_argument("--patience", type=positive_int, default=patch_defaults.patience, help="early stopping (patches)")
-    carve_arguments(p)  # --val-fraction, --max-val-patches (the cap applies to --val-patches too)
-    p.add_argument("--epoch-patches", type=positive_int, help="class-balanced draws per epoch (patches)")
-    p.add_argument(
-        "--ema",
-        type=decay,
-        metavar="DECAY",
-        help="validate and keep a moving average of the weights, DECAY per step, e.g. 0.998 (patches)",
-    )
-    p.add_argument(
-        "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
-    )
-    p.add_argument("--seed", type=seed, default=patch_defaults.seed)
-    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
-    device_argument(p)
-    p.set_defaults(func=cmd_train_encoder)
-
-    p = command_parser(
-        subparsers,
-        "train",
-        "Train the slide model on feature stores and slide labels; writes a model folder.",
-        "wsi-mamba train --features features/ --labels labels.csv --out model/",
-    )
-    p.add_argument("--features", type=path_text, required=True, help="folder of feature stores (from extract)")
-    p.add_argument(
-        "--labels",
-        type=path_text,
-        required=True,
-        help="CSV of slide labels (image,label or CAMELYON16 reference.csv)",
-    )
-    p.add_argument(
-        "--out",
-        type=path_text,
-        required=True,
-        help="model folder to write (a new folder, or a model folder to replace)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace the model folder --out if there is one")
-    p.add_argument("--encoder", type=path_text, help="encoder checkpoint (default: the one the stores were made with)")
-    p.add_argument("--name", type=name_text, help="the model's name in outputs (default: the --out folder's name)")
-    p.add_argument("--annotations", type=path_text, help="lesion annotations folder: adds tile supervision")
-    train_defaults = SlideTrainingConfig()
-    p.add_argument("--epochs", type=positive_int, default=train_defaults.epochs)
-    p.add_argument("--lr", type=positive_float, default=train_defaults.lr)
-    p.add_argument(
-        "--patience", type=positive_int, default=train_defaults.patience, help="early-stopping patience (epochs)"
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=val_fraction,
-        default=train_defaults.val_fraction,
-        help=f"validation part of the slides, in [0, 1) (default {train_defaults.val_fraction})",
-    )
-    p.add_argument("--seed", type=seed, default=train_defaults.seed)
-    p.add_argument(
-        "--aggregator",
-        type=name_text,
-        default=train_defaults.aggregator,
-        help="slide aggregator (registry name): ss2d (this project's SS2D model, the default), abmil, clam-sb, "
-        "transmil, mean, max",
-    )
-    p.add_argument(
-        "--folds",
-        type=count,
-        default=train_defaults.folds,
-        metavar="K",
-        help="K-fold stratified cross-validation (K >= 2): fold models in OUT/fold-1..K, folds.json/folds.csv, "
-        "and OUT itself trained on all slides for the folds' mean best epoch count (default 0: one split)",
-    )
-    p.add_argument(
-        "--val-features",
-        type=path_text,
-        help="validate on these feature stores (other slides, same encoder) instead of a part of --features, "
-        "which then all train",
-    )
-    p.add_argument("--val-labels", type=path_text, help="labels of the --val-features slides")
-    p.add_argument("--val-annotations", type=path_text, help="lesion annotations of the --val-features slides")
-    device_argument(p)
-    p.set_defaults(func=cmd_train)
+    training.register(subparsers)  # train-encoder, train: in the order a study runs them
 
     p = command_parser(
         subparsers,
@@ -292,7 +150,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     slides = find_slides(args.slides)
     spec = args.encoder or default_model_path() / "encoder.safetensors"
     encoder = load_encoder(spec, **encoder_options(args, args.encoder)).to(device)
-    results = extract_slides(slides, args.out, encoder, _tile_options(args))
+    results = extract_slides(slides, args.out, encoder, requested_mode(args) or TileMode(), _read_options(args))
     failed = {k: v for k, v in results.items() if v.startswith("failed")}
     if args.json:
         print(json.dumps(results, indent=2))
@@ -305,130 +163,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_train_encoder(args: argparse.Namespace) -> int:
-    device = command_device(args)
-    from ..outputs.atomic import check_not_inputs
-    from ..threads import apply_threads
-
-    apply_threads(args.threads)
-    out = Path(args.out)  # the checkpoint and its JSON: never over a file this run reads (a start checkpoint)
-    inputs = [*(args.patches or ()), *(args.val_patches or ()), args.labels, args.model, args.encoder_weights]
-    check_not_inputs([out, out.with_suffix(".json"), out.with_suffix(".safetensors")], inputs)
-    if args.patches:
-        return _train_encoder_on_patches(args, device)
-    if args.model_args:
-        raise UsageError("train-encoder: --model-args applies to training on --patches")
-    if not args.slides or not args.labels or not args.annotations:
-        raise UsageError("train-encoder needs --patches SRC, or slides with --labels and --annotations")
-    from ..workflows.encoder_training import train_encoder
-    from ..workflows.inputs import find_slides, read_labels
-
-    cfg = EncoderTrainingConfig(
-        model=args.model or EncoderTrainingConfig.model,
-        tile_px=args.tile_px,
-        mpp=args.mpp,
-        max_tiles_per_class=args.max_tiles,
-        epochs=args.epochs or EncoderTrainingConfig.epochs,
-        batch_size=args.batch_size or EncoderTrainingConfig.batch_size,
-        lr=args.lr or EncoderTrainingConfig.lr,
-        seed=args.seed,
-    )
-    path = train_encoder(
-        find_slides(args.slides), read_labels(args.labels), args.annotations, args.out, cfg, device=device
-    )
-    print(f"wrote {path}")
-    return 0
-
-
-def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) -> int:
-    from ..data.patches import PatchGeometry, open_patches
-    from ..workflows.patch_training import train_encoder_on_patches
-
-    if args.slides or args.labels or args.annotations:
-        raise UsageError("train-encoder: give either --patches or slides with --labels/--annotations, not both")
-    source = open_patches(args.patches)
-    if args.patch_mpp:  # keep the source's own patch size, with the stated resolution
-        source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
-    val_source = open_patches(args.val_patches, geometry=source.geometry) if args.val_patches else None
-    encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
-    cfg = PatchTrainingConfig(
-        model=args.model or PatchTrainingConfig.model,
-        model_args=args.model_args,
-        weights=args.encoder_weights,
-        epochs=args.epochs or PatchTrainingConfig.epochs,
-        batch_size=args.batch_size or PatchTrainingConfig.batch_size,
-        lr=args.lr or PatchTrainingConfig.lr,
-        patience=args.patience,
-        val_fraction=args.val_fraction,
-        max_val_patches=args.max_val_patches,
-        epoch_patches=args.epoch_patches,
-        ema_decay=args.ema,
-        seed=args.seed,
-    )
-    path = train_encoder_on_patches(source, args.out, cfg, val_source, device=device)
-    print(f"wrote {path}")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from ..threads import apply_threads
-
-    apply_threads(None)  # no --threads here: the cores idle now (OMP_NUM_THREADS wins)
-    device = command_device(args)
-    from ..workflows.train import SlideSet, train_slide_model
-
-    if bool(args.val_features) != bool(args.val_labels):
-        raise UsageError("--val-features and --val-labels go together")
-    if args.val_annotations and not args.val_features:
-        raise UsageError("--val-annotations needs --val-features")
-    validation = SlideSet(args.val_features, args.val_labels, args.val_annotations) if args.val_features else None
-    cfg = SlideTrainingConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        patience=args.patience,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        aggregator=args.aggregator,
-        folds=args.folds,
-    )
-    path = train_slide_model(
-        args.features,
-        args.labels,
-        args.out,
-        args.encoder,
-        args.annotations,
-        cfg,
-        name=args.name,
-        overwrite=args.overwrite,
-        device=device,
-        validation=validation,
-    )
-    meta = json.loads((Path(path) / "model.json").read_text())["training"]
-    folds = meta.get("cross_validation")
-    if folds is None:
-        auc = meta["best_val_auc"]
-        shown = "none (no validation slides)" if auc is None else f"{auc:.3f}"
-        print(f"wrote {path} (best epoch {meta['best_epoch']}, validation AUC {shown}, aggregator {cfg.aggregator})")
-        return 0
-    for row in folds["per_fold"]:
-        print(
-            f"fold {row['fold']}: validation AUC {row['val_auc']:.3f} on {row['validation_slides']} slides "
-            f"(best epoch {row['best_epoch']}) -> {Path(path) / row['model']}"
-        )
-    print(
-        f"{cfg.aggregator}: {folds['folds']}-fold validation AUC {folds['mean_val_auc']:.3f} ± "
-        f"{folds['sd_val_auc']:.3f} (mean ± sd)"
-    )
-    print(f"wrote {path} (trained on all {folds['final']['slides']} slides for {folds['final']['epochs']} epochs)")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..threads import apply_threads
 
     apply_threads(None)  # no --threads here: the cores idle now (OMP_NUM_THREADS wins)
     device = command_device(args)
-    from ..workflows.evaluate import evaluate
+    from ..workflows.reports.evaluate import evaluate
 
     metrics = evaluate(
         args.model,
@@ -466,8 +206,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     device = command_device(args)
+    from ..messages import slide_failure
+    from ..outputs.names import RESULT_SUFFIXES, check_unique_names, prepare_output_folder
     from ..progress import Progress
-    from ..workflows.batch import RESULT_SUFFIXES, check_unique_names, prepare_output_folder, slide_failure
     from ..workflows.bundle import load_bundle
     from ..workflows.inputs import find_slides
     from ..workflows.predict import predict_slide
@@ -479,13 +220,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model, device=device)
     if out is not None:  # no result over an input; temporaries of killed runs removed
         prepare_output_folder(out, slides, RESULT_SUFFIXES, bundle.path.glob("*"))
-    options = _tile_options(args)  # once: it also sets torch's thread count
+    read, requested = _read_options(args), requested_mode(args)  # once: it also sets torch's thread count
     results, failed = [], 0
     with Progress("predict", "tile") as bar:  # a bar on a terminal, a line every 30 s in a log (wsi_mamba.progress)
         for number, path in enumerate(slides, 1):
             bar.set_note(f"slide {number}/{len(slides)} {tsv_field(Path(path).name)}")  # one log line
             try:
-                result = predict_slide(path, bundle, options, out, args.heatmap, bar.update, bar.add_total)
+                result = predict_slide(path, bundle, read, requested, out, args.heatmap, bar.update, bar.add_total)
             except Exception as exc:  # any per-slide failure (SlideError, OSError, ...): the others go on
                 failed += 1
                 bar.clear()

@@ -15,25 +15,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import stain
 from .augment_config import AugmentConfig
+from .dihedral import dihedral as dihedral_transform
 
-# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image's rgb_from_hed.
-RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
-)
-RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+RGB_FROM_HED = torch.from_numpy(stain.RGB_FROM_HED.copy())  # the stain vectors of wsi_mamba.data.stain
+# Inverted by torch (float32), as before the vectors moved: NumPy's inverse differs in the last bit, which
+# would change a few augmented pixels of seeded training runs.
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
 
 def dihedral(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Apply dihedral transform ``k[i]`` (0–7: rotation by 90°·(k mod 4), then a flip when k ≥ 4) to patch
+    """Apply dihedral transform ``k[i]`` (0–7, numbered as :func:`wsi_mamba.data.dihedral.dihedral`) to patch
     ``i`` of an (n, h, w, c) batch of square patches."""
     out = torch.empty_like(x)
     for t in range(8):
         sel = (k == t).nonzero().flatten()
         if len(sel):
-            y = torch.rot90(x[sel], t % 4, dims=(1, 2))
-            out[sel] = y.flip(2) if t >= 4 else y
+            out[sel] = dihedral_transform(x[sel], t, axes=(1, 2))
     return out
 
 

@@ -212,6 +212,21 @@ class VSSM(nn.Module):
             x = layer.downsample(x)
         return pyramid
 
+    def forward_last_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map through the classifier's LayerNorm, (B, C, H / s, W / s) with s =
+        :attr:`feature_stride`: what :meth:`forward_head` pools, kept spatial. Only one stage's activations live
+        at a time (no pyramid), so memory follows the input's pixels (region mode's whole-region pass)."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer.downsample(layer.blocks(x))
+        return self.classifier.norm(x)
+
+    @property
+    def feature_stride(self) -> int:
+        """Input pixels per pixel of :meth:`forward_last_map` (4 from the stem, 2 per downsample)."""
+        return 4 * 2 ** (len(self.config.depths) - 1)
+
     def forward_head(self, features: list[torch.Tensor] | torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Classifier on the last stage output: LN → global average pool → [Linear]."""
         x = features[-1] if isinstance(features, (list, tuple)) else features

@@ -12,17 +12,9 @@ from .atomic import (
     write_json_atomic,
     write_text_atomic,
 )
-from .heatmap import (
-    NORMAL_COLOR,
-    TUMOR_COLOR,
-    colormap_lut,
-    render_heatmap,
-    render_heatmap_png,
-    score_grid,
-    tiles_geojson,
-    write_heatmap_png,
-    write_tiles_geojson,
-)
+from .geojson import NORMAL_COLOR, TUMOR_COLOR, tiles_geojson, write_tiles_geojson
+from .grid import score_grid
+from .heatmap import colormap_lut, render_heatmap, render_heatmap_png, write_heatmap_png
 
 __all__ = [
     "NORMAL_COLOR",

@@ -59,21 +59,21 @@ _TEMP_NAME = re.compile(r"(?P<final>.+)\.tmp-(?P<pid>[0-9]{1,10})(?:-[a-z0-9_]{8
 (:func:`tempfile.mkdtemp`'s characters)."""
 
 
-def _process_umask() -> int:
-    """The process's umask, read without changing it (``os.umask`` both sets and returns, racing threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+def _read_umask() -> int:
+    """The process's umask. ``os.umask`` can only set it (returning the old one), so it is set to 0o077 for
+    the instant of the read and put back: a file or folder another thread creates in that instant comes out
+    more private than asked, never more open. Called once, when this module is imported (before any command
+    starts its threads), on every platform."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
-FILE_MODE = 0o666 & ~_process_umask()
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
 """Mode of every result file: what ``open()`` would give. Some writers (safetensors, ``mkstemp``) create their
 files private (0600); results are then renamed into place with this mode, readable as any other output."""
-DIR_MODE = 0o777 & ~_process_umask()
+DIR_MODE = 0o777 & ~_UMASK
 """Mode of every result folder (what ``mkdir`` would give): a folder built in a private temporary gets it."""
 
 

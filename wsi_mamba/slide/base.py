@@ -143,6 +143,7 @@ class Slide(ABC):
     native_mpp: float | None = None
     native_mpp_xy: tuple[float, float] | None = None
     mpp_problem: str | None = None
+    grayscale: bool = False  # the file holds one gray sample per pixel (rendered as R = G = B)
 
     def _set_native_mpp_xy(self, xy: tuple[float, float] | None) -> None:
         """Record the file's (x, y) microns per pixel; ``native_mpp`` is their mean (see ``_init_mpp``)."""

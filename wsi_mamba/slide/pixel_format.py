@@ -61,6 +61,13 @@ def rgb_converter(path: Path, page: Any, channels: int | None = None) -> Convert
     return _refuse(path, f"photometric interpretation {_name(photometric)} has no RGB rendering")
 
 
+def renders_gray(page: Any, channels: int | None = None) -> bool:
+    """True when :func:`rgb_converter` renders ``page`` as gray replicated into RGB (one MinIsBlack/MinIsWhite
+    sample per pixel): an image without colour, which stain-based tissue detection and H&E models cannot use."""
+    gray = page.photometric in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE)
+    return gray and not (channels and channels > 1)
+
+
 def _refuse(path: Path, problem: str) -> NoReturn:
     raise SlideError(path, f"unsupported pixel format: {problem}")
 

@@ -15,7 +15,7 @@ from tifffile import RESUNIT, TIFF
 
 from .base import Slide, check_pixels, positive_float_or_none
 from .errors import SlideError, TileDecodeError
-from .pixel_format import Converter, rgb_converter
+from .pixel_format import Converter, renders_gray, rgb_converter
 from .tile_cache import TileCache
 
 # Formats with vendor-specific layouts (overlaps, stripes, extra planes) are left to OpenSlide.
@@ -213,6 +213,7 @@ class TiffSlide(Slide):
             warnings.warn(f"{self.path}: TIFF has no pyramid; low-resolution reads are slow", stacklevel=4)
         self._check_not_truncated(tf, levels)
         self._converters = [self._converter(level) for level in levels]
+        self.grayscale = renders_gray(first, self._channels(levels[0]))
         self._missing = [MissingChunks.of_level(level) for level in levels]
         self._tiles = []
         for level in levels:
@@ -240,9 +241,13 @@ class TiffSlide(Slide):
     def _converter(self, level: Any) -> Converter:
         """How the samples this backend reads from ``level`` become RGB (``SlideError`` for a format without
         one). A page's channels are its samples (S), or the series' C axis when they are separate pages."""
+        return rgb_converter(self.path, level.keyframe, self._channels(level))
+
+    @staticmethod
+    def _channels(level: Any) -> int | None:
+        """The size of a series' C axis when its channels are separate pages, else None (samples in a page)."""
         shape = dict(zip(level.axes, level.shape, strict=True))
-        channels = int(shape["C"]) if "S" not in shape and "C" in shape else None
-        return rgb_converter(self.path, level.keyframe, channels)
+        return int(shape["C"]) if "S" not in shape and "C" in shape else None
 
     def _check_not_truncated(self, tf: tifffile.TiffFile, levels: list[Any]) -> None:
         size = tf.filehandle.size

@@ -121,8 +121,7 @@ def make_tile_grid(
         )
     check_pixels(slide.path, f"each tile read ({tile_px} px at {target_mpp:g} µm/px)", read_px, read_px)
     rows, cols = np.divmod(np.arange(shape[0] * shape[1], dtype=np.int64), shape[1])
-    x = np.round(cols * size0).astype(np.int64)
-    y = np.round(rows * size0).astype(np.int64)
+    x, y = cell_origins(rows, cols, size0)
     if min_tissue > 0:
         tissue = tissue or detect_tissue(slide, tissue_params)
         fraction = region_fractions(tissue.mask, tissue.downsample, x, y, size0)
@@ -148,9 +147,24 @@ def make_tile_grid(
     )
 
 
+def cell_origins(rows: np.ndarray, cols: np.ndarray, size0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (x, y) top-left corners of the grid cells (``rows``, ``cols``) of ``size0`` level-0 px: the one
+    tile-position formula (the grid's ``x``, ``y`` are these)."""
+    return np.round(cols * size0).astype(np.int64), np.round(rows * size0).astype(np.int64)
+
+
+def _read_square(slide: Slide, grid: TileGrid, x: int, y: int) -> np.ndarray:
+    """The ``read_px`` square at level-0 (x, y) on the grid's level, resized to ``tile_px``."""
+    pixels = slide.read_region((x, y), grid.level, (grid.read_px, grid.read_px))
+    return resize_rgb(pixels, (grid.tile_px, grid.tile_px))
+
+
 def read_tile(slide: Slide, grid: TileGrid, index: int) -> np.ndarray:
     """Pixels of tile ``index`` of ``grid``: (tile_px, tile_px, 3) uint8."""
-    pixels = slide.read_region(
-        (int(grid.x[index]), int(grid.y[index])), grid.level, (grid.read_px, grid.read_px)
-    )
-    return resize_rgb(pixels, (grid.tile_px, grid.tile_px))
+    return _read_square(slide, grid, int(grid.x[index]), int(grid.y[index]))
+
+
+def read_cell(slide: Slide, grid: TileGrid, row: int, col: int) -> np.ndarray:
+    """Pixels of grid cell (``row``, ``col``), kept or not, read as :func:`read_tile` reads a kept tile."""
+    x, y = cell_origins(np.int64(row), np.int64(col), grid.size0)
+    return _read_square(slide, grid, int(x), int(y))

@@ -9,6 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .base import Slide
+from .errors import SlideError
 
 # Without an mpp, the mask is made at this downsample of level 0.
 _FALLBACK_DOWNSAMPLE = 32.0
@@ -90,6 +91,12 @@ def detect_tissue(slide: Slide, params: TissueParams | None = None) -> TissueMas
     """Tissue mask at ``params.mask_mpp`` (or level-0 downsample 32 without an mpp), read from the
     finest pyramid level not finer than needed and resized. No tissue gives an all-False mask."""
     params = params or TissueParams()
+    if slide.grayscale:
+        raise SlideError(
+            slide.path,
+            "a grayscale image (one sample per pixel, no colour): tissue is found by its stain colour and the "
+            "models are trained on colour H&E slides; use a colour scan",
+        )
     ds = params.mask_mpp / slide.mpp if slide.mpp else _FALLBACK_DOWNSAMPLE
     w0, h0 = slide.dimensions
     size = (max(1, round(w0 / ds)), max(1, round(h0 / ds)))

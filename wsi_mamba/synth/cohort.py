@@ -19,7 +19,7 @@ from .layout import (
     claim_cohort_output,
     label_row,
     slide_layout,
-    tumour_annotations,
+    tumor_annotations,
     write_label_csvs,
     write_lesion_xml,
 )
@@ -31,7 +31,7 @@ __all__ = ["CohortSlide", "cohort_parameters", "lesion_annotations", "plan_cohor
 
 def lesion_annotations(spec: SlideSpec) -> Annotations:
     """The lesions of a synthetic slide as ASAP-style annotations (group "Tumor")."""
-    return tumour_annotations(lesion.polygon() for lesion in spec.lesions)
+    return tumor_annotations(lesion.polygon() for lesion in spec.lesions)
 
 
 @dataclass

@@ -23,7 +23,7 @@ __all__ = [
     "cohort_files",
     "label_row",
     "slide_layout",
-    "tumour_annotations",
+    "tumor_annotations",
     "write_label_csvs",
     "write_lesion_xml",
 ]
@@ -92,7 +92,7 @@ def slide_layout(
     return layout
 
 
-def tumour_annotations(polygons: Iterable[np.ndarray]) -> Annotations:
+def tumor_annotations(polygons: Iterable[np.ndarray]) -> Annotations:
     """Lesion outlines (level-0 px) as ASAP-style annotations: "Annotation i", group "Tumor"."""
     return Annotations(lesions=[Polygon(p, f"Annotation {i}", "Tumor") for i, p in enumerate(polygons)])
 

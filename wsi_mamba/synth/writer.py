@@ -25,6 +25,7 @@ __all__ = ["COMPRESSIONS", "FLAVOURS", "TILE", "Renderer", "SlideLike", "tile_co
 
 APP_MAG = 40  # at MPP; other resolutions get the objective power in proportion (0.972 µm/px: 10x)
 TILE = 256
+SVS_HEADER = "Aperio Image Library v12.0.15"  # the first line of every SVS ImageDescription
 FLAVOURS = ("svs", "tiff")
 COMPRESSIONS = {"jpeg": "jpeg", "lossless": "zlib"}
 
@@ -113,20 +114,10 @@ def write_slide(
     if flavour == "tiff":
         res = 1e4 / spec.mpp
         tiled.update(resolution=(res, res), resolutionunit="CENTIMETER")
-    header = "Aperio Image Library v12.0.15"
     bigtiff = w0 * h0 * 3 > 2**31
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
         for index, (w, h, ds) in enumerate(levels):
-            if flavour == "svs":
-                description = (
-                    f"{header}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
-                    f"|AppMag = {max(1, round(APP_MAG * MPP / spec.mpp))}|MPP = {spec.mpp}"
-                    if index == 0
-                    else f"{header}\r\n{w0}x{h0} -> {w}x{h}"
-                )
-                subfiletype = 0
-            else:
-                description, subfiletype = None, (1 if index else 0)
+            description, subfiletype = _level_tags(spec, flavour, index, w, h, quality)
             tw.write(
                 _tiles(spec, w, h, ds, tick, renderer),
                 shape=(h, w, 3),
@@ -135,10 +126,25 @@ def write_slide(
                 **tiled,
             )
             if flavour == "svs" and index == 0:
-                _write_thumbnail(tw, spec, header, common, renderer)
+                _write_thumbnail(tw, spec, SVS_HEADER, common, renderer)
         if flavour == "svs":
-            _write_label_macro(tw, spec, header, common, renderer)
+            _write_label_macro(tw, spec, SVS_HEADER, common, renderer)
     return path
+
+
+def _level_tags(spec: SlideLike, flavour: str, index: int, w: int, h: int, quality: int) -> tuple[str | None, int]:
+    """ImageDescription and NewSubfileType of pyramid level ``index`` (w × h): Aperio's for SVS (the base level
+    names the tile size, quality, AppMag and MPP), none and reduced-resolution for generic TIFF."""
+    if flavour != "svs":
+        return None, (1 if index else 0)
+    w0, h0 = spec.width, spec.height
+    if index:
+        return f"{SVS_HEADER}\r\n{w0}x{h0} -> {w}x{h}", 0
+    return (
+        f"{SVS_HEADER}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE}) JPEG/RGB Q={quality}"
+        f"|AppMag = {max(1, round(APP_MAG * MPP / spec.mpp))}|MPP = {spec.mpp}",
+        0,
+    )
 
 
 def _write_thumbnail(

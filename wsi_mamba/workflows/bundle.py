@@ -61,7 +61,7 @@ class ModelBundle:
     @property
     def feature_mode(self) -> dict:
         """How the model's training features were made: ``{"mode": "tile"}`` (also for models that do not say)
-        or region mode's ``region_px`` / ``region_overlap_px`` (:mod:`~wsi_mamba.workflows.region_mode`)."""
+        or region mode's ``region_px`` / ``region_overlap_px`` (:mod:`~wsi_mamba.features.modes`)."""
         return dict(self.meta.get("feature_mode") or {"mode": "tile"})
 
 

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..features.encode import EncodedSlide, encode_slide
+from ..features.modes import FeatureMode, TileMode, resolve
+from ..features.options import ReadOptions
 from ..outputs.atomic import json_safe, write_json_atomic
-from ..outputs.heatmap import score_grid, write_heatmap_png, write_regions_geojson, write_tiles_geojson
+from ..outputs.geojson import write_tiles_geojson
+from ..outputs.grid import score_grid
+from ..outputs.heatmap import write_heatmap_png
+from ..outputs.heatmap_legend import heatmap_caveats, heatmap_title
+from ..outputs.names import output_stem, slide_name
+from ..outputs.regions import write_regions_geojson
 from ..slide import open_slide
-from .batch import output_stem
 from .bundle import ModelBundle
 from .domain import domain_warnings
-from .extract import EncodedSlide, TileOptions, encode_slide, slide_name
 from .provenance import bundle_sha256, slide_identity
-from .region_mode import options_for_model
 from .scoring import score_tiles
 
 THUMBNAIL_PX = 1024
@@ -34,24 +39,27 @@ def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np
 def predict_slide(
     path: str | Path,
     bundle: ModelBundle,
-    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
+    read: ReadOptions = ReadOptions(),
+    requested: FeatureMode | None = None,
     out_dir: str | Path | None = None,
     heatmap: bool = False,
     on_batch: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> dict:
-    """Score one slide. The result (also written as ``out_dir/NAME.json``; a name too long for a file name is
-    clipped, :func:`~.batch.output_stem`) has ``score`` None and a ``reason`` when the slide has no tissue.
-    Slide errors (unreadable file, no resolution) raise. Progress: ``on_total(n)`` once the slide's n tiles
-    are known, ``on_batch(k)`` as k of them are encoded."""
+    """Score one slide, encoded in the model's feature mode (``requested``, the user's ``--views`` /
+    ``--region-px``, may name it but not change it: :func:`~wsi_mamba.features.modes.resolve`), which the
+    result records in full. The result (also written as ``out_dir/NAME.json``; a name too long for a file name
+    is clipped, :func:`~wsi_mamba.outputs.names.output_stem`) has ``score`` None and a ``reason`` when the slide
+    has no tissue. Slide errors (unreadable file, no resolution) raise. Progress: ``on_total(n)`` once the
+    slide's n tiles are known, ``on_batch(k)`` as k of them are encoded."""
     path = Path(path)
     name = slide_name(path)
     stem = output_stem(name)  # of the file names; the result names the slide in full
     started = time.perf_counter()
-    options = options_for_model(options, bundle.feature_mode, bundle.name)  # tile or region mode, as trained
-    with open_slide(path, mpp=options.slide_mpp) as slide:
+    mode = resolve(requested, bundle.feature_mode, bundle.name)  # tile or region mode, as trained
+    with open_slide(path, mpp=read.slide_mpp) as slide:
         identity = slide_identity(path)  # before any pixel is read: a later change of the file shows
-        encoded = encode_slide(slide, bundle.encoder, options, on_batch, on_total)
+        encoded = encode_slide(slide, bundle.encoder, mode, read, on_batch, on_total)
         slide_mpp = slide.mpp
         drawing = heatmap and out_dir is not None and len(encoded.grid) > 0
         thumbnail = slide.get_thumbnail(THUMBNAIL_PX) if drawing else None
@@ -63,7 +71,8 @@ def predict_slide(
         "threshold": bundle.threshold,
         "tiles": len(encoded.grid),
         "corrupt_tiles": encoded.corrupt_tiles,
-        "views": options.views or 1,
+        "views": encoded.mode.views if isinstance(encoded.mode, TileMode) else 1,  # as older results have it
+        "feature_mode": encoded.mode.attrs(),  # the whole mode: tile (views) or region (sizes)
         "model": bundle.name,
         "model_sha256": bundle_sha256(bundle),
         "slide_file": identity,
@@ -90,15 +99,17 @@ def predict_slide(
             out.mkdir(parents=True, exist_ok=True)
             grid = encoded.grid
             scores = score_grid(grid.rows, grid.cols, tile_scores, grid.shape)
-            title = f"{name}: metastasis probability {score:.3f}"
-            write_heatmap_png(out / f"{stem}.heatmap.png", thumbnail, scores, encoded.dimensions, grid.size0, title)
+            regions_path, heatmap_path = out / f"{stem}.regions.geojson", out / f"{stem}.heatmap.png"
+            cells = (grid.rows, grid.cols, grid.x, grid.y, grid.size0)
+            regions = write_regions_geojson(regions_path, *cells, tile_scores, bundle.threshold, slide_score=score)
+            caveats = heatmap_caveats(result, regions)  # written on the heatmap: warnings, corrupt tiles, ...
+            with open_slide(path, mpp=read.slide_mpp) as source:  # read again for zoom panels on small regions
+                heat = (thumbnail, scores, encoded.dimensions, grid.size0, heatmap_title(result))
+                write_heatmap_png(heatmap_path, *heat, threshold=bundle.threshold, caveats=caveats, slide=source)
             write_tiles_geojson(out / f"{stem}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
-            result["heatmap"] = str(out / f"{stem}.heatmap.png")
+            result["heatmap"] = str(heatmap_path)
             result["geojson"] = str(out / f"{stem}.tiles.geojson")
-            regions_path = out / f"{stem}.regions.geojson"
-            result["regions"] = write_regions_geojson(
-                regions_path, grid.rows, grid.cols, grid.x, grid.y, grid.size0, tile_scores, bundle.threshold
-            )
+            result["regions"] = regions
             result["regions_geojson"] = str(regions_path)
     result["seconds"] = round(time.perf_counter() - started, 2)
     if out_dir is not None:

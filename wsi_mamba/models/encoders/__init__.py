@@ -7,6 +7,7 @@ checkpoints) and ``timm`` (any timm architecture, ``timm:NAME``, from local weig
   random weights;
 * a checkpoint of ours (``.safetensors`` + JSON): the family its JSON names (``format``) rebuilds it;
 * a Hugging Face-style folder (``config.json`` + weights): the family that claims such folders (timm);
+* a preset name (``uni``, ``virchow2``, …; ``wsi-mamba encoders``) with ``weights``, the published files;
 * any other name: the default family's registry name (``vmamba_nano``: seeded random weights, experiments only).
 
 Nothing is downloaded: weights come from local files only.
@@ -14,6 +15,7 @@ Nothing is downloaded: weights come from local files only.
 
 from __future__ import annotations
 
+from . import presets as _presets  # noqa: F401  (registers the named foundation-model presets: uni, virchow2, …)
 from . import timm as _timm  # noqa: F401  (registers the timm family; timm itself is imported on first use)
 from . import vmamba as _vmamba  # noqa: F401  (registers the vmamba family)
 from .base import MEAN, STD, TileEncoder, weights_hash

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data.augment_config import VIEW_COUNTS
+from ...data.dihedral import dihedral
 from ...devices import autocast
 
 # ImageNet statistics, as the published VMamba models were trained with (and most timm models).
@@ -31,9 +32,9 @@ def check_views(views: int) -> int:
 
 
 def dihedral_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
-    """The first ``views`` dihedral transforms of an (n, c, h, w) batch: 90° rotations, then their mirror images."""
-    rotations = [x] + [torch.rot90(x, k, dims=(2, 3)) for k in range(1, min(views, 4))]
-    return rotations + [r.flip(3) for r in rotations[: views - 4]]
+    """The first ``views`` dihedral transforms of an (n, c, h, w) batch (:func:`~wsi_mamba.data.dihedral.dihedral`
+    0, 1, …): 90° rotations, then their mirror images; view 0 is ``x`` itself."""
+    return [dihedral(x, k, axes=(2, 3)) for k in range(views)]
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -106,7 +107,7 @@ class TileEncoder:
             x = F.interpolate(x, size=(self.input_px,) * 2, mode="bilinear", antialias=True).clamp_(0, 1)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)  # in place: one float copy of the input (region mode's whole regions)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logit features of preprocessed tiles (differentiable; used by encoder training)."""

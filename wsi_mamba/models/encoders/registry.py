@@ -20,7 +20,8 @@ class EncoderFamily:
     ``create(name, weights, tile_px, mpp, seed, **overrides)``: ``name`` of the family's architecture (None: take
     it from ``weights``, a folder with a config); ``load(path, meta, tile_px, mpp, **overrides)``: our checkpoint
     ``path`` whose JSON is ``meta``; ``save(encoder, path, metadata)``: write our checkpoint, return the tensor
-    file. ``checkpoint_format``: the ``format`` of the JSON the family writes."""
+    file. ``checkpoint_format``: the ``format`` of the JSON the family writes. ``claims_folder`` / ``claims_name``:
+    whether a bare folder or name (``uni``: a preset) is the family's."""
 
     name: str
     checkpoint_format: str
@@ -28,6 +29,7 @@ class EncoderFamily:
     load: Callable[..., TileEncoder]
     save: Callable[..., Path]
     claims_folder: Callable[[Path], bool] = lambda path: False
+    claims_name: Callable[[str], bool] = lambda name: False
 
 
 _FAMILIES: dict[str, EncoderFamily] = {}
@@ -94,6 +96,9 @@ def create_encoder(
             raise ValueError(f"{text}: no architecture after '{prefix}:' (e.g. {prefix}:resnet18)")
         return _FAMILIES[prefix].create(name, weights, tile_px, mpp, seed, **overrides)
     path = Path(text)
+    claimant = next((f for f in _FAMILIES.values() if f.claims_name(text)), None)
+    if claimant is not None and (weights is not None or not path.exists()):  # `--encoder uni --encoder-weights uni`
+        return claimant.create(text, weights, tile_px, mpp, seed, **overrides)
     if weights is not None:
         raise ValueError(f"{text}: weights are given with a FAMILY:NAME spec (e.g. timm:resnet18), not with a file")
     if path.is_dir():

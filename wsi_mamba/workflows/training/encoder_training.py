@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..devices import DEFAULT_DEVICE, autocast, resolve_device
-from ..evaluation.metrics import slide_auc
-from ..models.checkpoint import save_checkpoint
-from ..models.encoder import TileEncoder, load_encoder
-from ..slide import open_slide
-from ..slide.annotations import lesion_fractions
-from ..slide.tiling import make_tile_grid, read_tile
+from ...devices import DEFAULT_DEVICE, autocast, resolve_device
+from ...evaluation.metrics import slide_auc
+from ...models.checkpoint import save_checkpoint
+from ...models.encoder import TileEncoder, load_encoder
+from ...outputs.names import slide_name
+from ...slide import open_slide
+from ...slide.annotations import lesion_fractions
+from ...slide.tiling import make_tile_grid, read_tile
+from ..inputs import find_annotations
 from .configs import EncoderTrainingConfig
-from .extract import slide_name
-from .inputs import find_annotations
 from .optimisation import optimiser_step
 
 
@@ -46,7 +46,7 @@ def sample_tiles(
     and as many lesion-free tiles spread over the slides."""
     rng = np.random.default_rng(cfg.seed)
     picks: list[tuple[Path, int, np.ndarray]] = []  # (slide, label, tile indices)
-    tumour_total = 0
+    tumor_total = 0
     grids = {}
     for path in tqdm(slides, desc="scan slides", unit="slide", file=sys.stderr):
         name = slide_name(path)
@@ -62,19 +62,19 @@ def sample_tiles(
         fraction = lesion_fractions(annotations, grid, dims) if annotations else np.zeros(len(grid))
         if labels[name] == 1 and annotations is None:
             continue  # a tumour slide without annotations gives no trustworthy tile labels
-        tumour = np.flatnonzero(fraction >= cfg.tumor_min_fraction)
+        tumor = np.flatnonzero(fraction >= cfg.tumor_min_fraction)
         normal = np.flatnonzero(fraction == 0)
-        tumour_total += len(tumour)
-        picks.append((path, 1, tumour))
+        tumor_total += len(tumor)
+        picks.append((path, 1, tumor))
         picks.append((path, 0, rng.permutation(normal)[: cfg.max_normal_per_slide]))
     # balance: cap tumour tiles, then take as many normal tiles
-    tumour_keep = min(tumour_total, cfg.max_tiles_per_class)
+    tumor_keep = min(tumor_total, cfg.max_tiles_per_class)
     normal_pool = sum(len(idx) for _, label, idx in picks if label == 0)
-    normal_keep = min(normal_pool, max(tumour_keep, 1))
+    normal_keep = min(normal_pool, max(tumor_keep, 1))
     chosen: list[tuple[Path, int, np.ndarray]] = []
     for path, label, idx in picks:
-        pool = tumour_total if label == 1 else normal_pool
-        keep = tumour_keep if label == 1 else normal_keep
+        pool = tumor_total if label == 1 else normal_pool
+        keep = tumor_keep if label == 1 else normal_keep
         share = math.ceil(len(idx) * keep / max(pool, 1))
         chosen.append((path, label, rng.permutation(idx)[:share]))
     tiles, tile_labels, names = [], [], []

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.patches import PatchReadError, PatchSource
-from ..devices import autocast, resolve_device
-from ..models.encoder import TileEncoder, load_encoder
-from ..models.encoders.base import check_views, dihedral_views
-from .bundle import MANIFEST, model_path, model_views
+from ...data.patches import PatchReadError, PatchSource
+from ...devices import autocast, resolve_device
+from ...models.encoder import TileEncoder, load_encoder
+from ...models.encoders.base import check_views, dihedral_views
+from ..bundle import MANIFEST, model_path, model_views
 
 MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
 
@@ -129,7 +129,7 @@ def score_patch_source(
 def patch_metrics(result: PatchScores, threshold: float = 0.5, n_boot: int = 2000) -> dict | None:
     """AUC (95 % stratified bootstrap interval), accuracy at ``threshold`` and at Youden's threshold of the
     labelled, scored patches; None when fewer than two classes are labelled."""
-    from ..evaluation.metrics import summarize
+    from ...evaluation.metrics import summarize
 
     keep = result.labelled()
     labels, scores = result.labels[keep], result.scores[keep]
@@ -166,8 +166,8 @@ def patch_output_files(out_csv: str | Path) -> list[Path]:
 def write_patch_outputs(result: PatchScores, out_csv: str | Path, metrics: dict | None, title: str) -> list[Path]:
     """``out_csv`` (path, index, label, score, error), and with metrics ``NAME.metrics.json`` and
     ``NAME.roc.png`` beside it; each written atomically. Returns the files written."""
-    from ..evaluation.roc_plot import write_roc_png
-    from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
+    from ...evaluation.roc_plot import write_roc_png
+    from ...outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
 
     out_csv, metrics_file, roc_file = patch_output_files(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,11 @@ import hashlib
 import os
 import threading
 
-from ..devices import DEFAULT_DEVICE, check_spec, resolve_device
-from ..messages import use_one_line_warnings
-from .bundle import ModelBundle, load_bundle, model_path
-from .extract import TileOptions
+from ...devices import DEFAULT_DEVICE, check_spec, resolve_device
+from ...features.modes import FeatureMode
+from ...features.options import ReadOptions
+from ...messages import use_one_line_warnings
+from ..bundle import ModelBundle, load_bundle, model_path
 
 __all__ = ["model_fingerprint", "predict_task", "worker_cache_info"]
 
@@ -95,7 +96,8 @@ def predict_task(
     path: str,
     out_dir: str,
     model: str | None,
-    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
+    read: ReadOptions = ReadOptions(),
+    requested: FeatureMode | None = None,
     heatmap: bool = False,
     torch_threads: int | None = None,
     fingerprint: str = "",
@@ -107,14 +109,14 @@ def predict_task(
     slide's own problem: returns ``{"status": "done", "result": ...}`` or ``{"status": "failed", "error": ...}``
     so that the scheduler side records it and the others go on. The worker's warnings (a damaged tile, a
     slide out of the model's domain) are shown as the CLI shows them, one ``warning: ...`` line each."""
-    from .predict import predict_slide
+    from ..predict import predict_slide
 
     use_one_line_warnings()  # a worker process starts with Python's format: file, line and source line
     try:
         bundle = _worker_bundle(model, fingerprint, torch_threads, device)
-        result = predict_slide(path, bundle, options, out_dir, heatmap)
+        result = predict_slide(path, bundle, read, requested, out_dir, heatmap)
     except Exception as exc:  # a slide's failure is data: recorded, never fatal to the cohort
-        from ..slide import SlideError
+        from ...slide import SlideError
 
         expected = isinstance(exc, (SlideError, ValueError, OSError))
         message = str(exc) if expected and str(exc) else f"{type(exc).__name__}: {exc}"

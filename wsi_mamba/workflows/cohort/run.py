@@ -17,61 +17,47 @@ a killed run left (``<final name>.tmp-<pid>``), never a slide's result whose nam
 
 A slide is done when ``slides/NAME.json`` is a complete result of the same model: its name, and the
 provenance every result records (``model_sha256`` of the model's weights and configs, ``slide_file``: the
-slide's resolved path, size, mtime and a hash of its first 64 KiB; :mod:`.provenance`) match this run's. A
+slide's resolved path, size, mtime and a hash of its first 64 KiB; :mod:`..provenance`) match this run's. A
 rerun skips those and only those, and redoes failed and missing slides and those of other weights or another
 file, saying so (``2 redone: model changed (a, b)``; their stale result files are removed first). The CSV
 holds no timings and no absolute paths (``path`` is the manifest's own text, or the path relative to a manifest
 folder), so an interrupted and resumed run ends with the same ``cohort.csv`` as an uninterrupted one.
 
-This module is the scheduler side (:func:`run_cohort`, which imports ``distributed`` lazily) and the cohort
-API's one import path; the manifest reader lives in ``cohort_manifest`` and the task side in ``cohort_worker``
-(:func:`predict_task` runs in the worker processes, which load the model once each and keep it).
+This module is the scheduler side (:func:`run_cohort`; its dask client, imported lazily, comes from
+``cluster``); the manifest reader lives in ``manifest`` and the task side in ``worker`` (:func:`predict_task` runs
+in the worker processes, which load the model once each and keep it). The package ``wsi_mamba.workflows.cohort``
+is the cohort API's one import path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib.util
 import os
-import signal
-import socket
 import sys
-import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..devices import DEFAULT_DEVICE, check_spec, resolve_device
-from ..outputs.artefact import read_json_object
-from ..outputs.atomic import check_not_inputs, json_safe, remove_stale_temporaries, write_csv_atomic, write_json_atomic
-from ..outputs.lock import output_lock
-from .batch import RESULT_SUFFIXES, output_stem
-from .bundle import load_bundle, model_files
-from .cohort_manifest import ManifestEntry, read_manifest
-from .cohort_worker import model_fingerprint, predict_task, worker_cache_info
-from .extract import TileOptions
-from .provenance import bundle_sha256, provenance_change, slide_identity
-
-__all__ = [
-    "CSV_COLUMNS",
-    "CohortSummary",
-    "ManifestEntry",
-    "model_fingerprint",
-    "predict_task",
-    "read_manifest",
-    "run_cohort",
-    "worker_cache_info",
-]
+from ...devices import DEFAULT_DEVICE, check_spec, resolve_device
+from ...features.modes import FeatureMode
+from ...features.options import ReadOptions
+from ...outputs.artefact import read_json_object
+from ...outputs.atomic import check_not_inputs, json_safe, remove_stale_temporaries, write_csv_atomic, write_json_atomic
+from ...outputs.lock import output_lock
+from ...outputs.names import RESULT_SUFFIXES, output_stem
+from ..bundle import load_bundle, model_files
+from ..provenance import bundle_sha256, provenance_change, slide_identity
+from .cluster import cluster_client, cpu_count, scheduler_client
+from .manifest import ManifestEntry, read_manifest
+from .worker import model_fingerprint, predict_task
 
 CSV_COLUMNS = ("slide", "path", "score", "prediction", "tiles", "status", "error", "model_sha256", "slide_head_sha256")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula (OWASP)
-DEFAULT_MAX_WORKERS = 4
-SCHEDULER_PROBE_S = 5.0  # a TCP scheduler that does not accept a connection in this time is unreachable
 CSV_INTERVAL_S = 1.0  # rewrite cohort.csv at most this often while results arrive (and always at the end)
 
 
@@ -178,89 +164,6 @@ class CohortSummary:
         return data
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # a broken CUDA install means CPU workers
-        return 0
-
-
-@contextlib.contextmanager
-def _workers_ignore_sigint() -> Iterator[None]:
-    """Ignore SIGINT while worker processes are spawned (they inherit it): Ctrl-C then reaches this process
-    alone, which closes the cluster, instead of printing a KeyboardInterrupt traceback from every worker."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _scheduler_client(scheduler: str | None) -> Iterator[Any]:
-    """A ``distributed.Client`` connected to the running scheduler ``scheduler`` (None: yields None), opened
-    before the run creates any output, so an unreachable address fails in one line leaving nothing behind; a
-    TCP address is probed first (a refused connection fails at once, not after the 30 s connect timeout)."""
-    if scheduler is None:
-        yield None
-        return
-    try:
-        from distributed import Client
-        from distributed.comm import parse_address
-        from distributed.comm.addressing import parse_host_port
-    except ImportError:
-        raise ValueError("cohort runs need dask.distributed: pip install distributed") from None
-    try:
-        protocol, location = parse_address(scheduler)
-        if protocol == "tcp":
-            socket.create_connection(parse_host_port(location), timeout=SCHEDULER_PROBE_S).close()
-        client = Client(scheduler)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise ValueError(f"{scheduler}: cannot reach the dask scheduler ({exc})") from None
-    with client:
-        yield client
-
-
-@contextlib.contextmanager
-def _client(
-    external: Any, workers: int | None, log: Callable[[str], None], device: str = DEFAULT_DEVICE
-) -> Iterator[tuple[Any, int]]:
-    """``external`` (a client of a running scheduler, from :func:`_scheduler_client`) or a client of a new
-    LocalCluster; yields it with the number of worker processes a LocalCluster started (0 for an existing
-    scheduler). ``device`` sets the default number of local workers: one per GPU (``auto``, ``cuda``), one
-    (``cuda:N``), CPU workers (``cpu``)."""
-    if external is not None:
-        yield external, 0
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ValueError("cohort runs need dask.distributed: pip install distributed") from None
-    spec = check_spec(device)
-    gpus = 0 if spec == "cpu" else 1 if spec.startswith("cuda:") else _gpu_count()
-    n = workers or (gpus or min(DEFAULT_MAX_WORKERS, _cpu_count()))
-    import logging
-
-    with _workers_ignore_sigint():
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
-    with cluster, Client(cluster) as client:
-        kind = (spec if spec.startswith("cuda:") else f"{gpus} GPU(s)") if gpus else "CPU"
-        log(f"LocalCluster: {n} worker process(es), 1 task thread each, {kind}")
-        yield client, n
-
-
 class _CohortState:
     """The rows of cohort.csv and the per-slide files of one run, updated as results arrive."""
 
@@ -303,7 +206,8 @@ def run_cohort(
     workers: int | None = None,
     heatmap: bool = False,
     progress: bool = True,
-    options: TileOptions = TileOptions(),  # noqa: B008 (frozen dataclass)
+    read: ReadOptions = ReadOptions(),
+    requested: FeatureMode | None = None,
     torch_threads: int | None = None,
     log: Callable[[str], None] | None = None,
     device: str = DEFAULT_DEVICE,
@@ -341,12 +245,13 @@ def run_cohort(
     )
 
     # an unreachable scheduler fails before any output; one run per output folder (a second fails in one line)
-    with _scheduler_client(scheduler) as external, output_lock(out):
+    with scheduler_client(scheduler) as external, output_lock(out):
         state = _CohortState(Path(out), len(entries))
         for folder in (state.slides_dir, state.failed_dir):
             folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(Path(out), (entry.name for entry in entries))
         todo: list[ManifestEntry] = []
+        unverified: list[str] = []  # kept results without a model or slide fingerprint
         for entry in entries:
             result = _read_result(state.slides_dir / f"{output_stem(entry.name)}.json")
             if result is not None and result.get("model") != model_name:
@@ -356,6 +261,8 @@ def run_cohort(
                 )
             change = None if result is None else provenance_change(result, model_hash, slide_identity(entry.path))
             if change is None and _is_done(result, entry.name, heatmap):
+                if not {"model_sha256", "slide_file"} <= result.keys():
+                    unverified.append(entry.name)
                 state.rows[entry.name] = _row(entry, "done", result)
                 (state.failed_dir / f"{output_stem(entry.name)}.json").unlink(missing_ok=True)
                 state.summary.skipped += 1
@@ -367,12 +274,13 @@ def run_cohort(
                 state.rows[entry.name] = _row(entry, "pending")
                 todo.append(entry)
         _log_redone(state.summary.redone, log)
+        _warn_unverified(unverified, Path(out))
         state.write_csv()
 
         if todo:
-            with _client(external, workers, log, device) as (client, started_workers):
+            with cluster_client(external, workers, log, device) as (client, started_workers):
                 if started_workers and torch_threads is None:
-                    torch_threads = max(1, _cpu_count() // started_workers)
+                    torch_threads = max(1, cpu_count() // started_workers)
                 state.summary.workers = started_workers or len(client.nthreads())
                 if scheduler is None and importlib.util.find_spec("bokeh") is None:
                     log("dashboard: none (pip install 'bokeh>=3.1' to get one)")
@@ -383,7 +291,7 @@ def run_cohort(
                     waiting = "; the tasks wait until workers join" if not state.summary.workers else ""
                     log(f"scheduler {scheduler}: {state.summary.workers} worker(s) connected{waiting}")
                 slides_dir = str(state.slides_dir.absolute())
-                task = (slides_dir, model_arg, options, heatmap, torch_threads, fingerprint, device)
+                task = (slides_dir, model_arg, read, requested, heatmap, torch_threads, fingerprint, device)
                 _run_tasks(client, todo, task, state, progress)
 
     summary = state.summary
@@ -391,6 +299,18 @@ def run_cohort(
     summary.failed = sum(row[5] == "failed" for row in state.rows.values())
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _warn_unverified(names: list[str], out: Path) -> None:
+    """One warning for results kept without proof of what produced them: written before results recorded their
+    model and slide fingerprints, so a change of weights or file cannot be seen (delete them to rescore)."""
+    if names:
+        shown = ", ".join(sorted(names)[:5]) + (f", and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.warn(
+            f"{out}: {len(names)} result(s) record no model or slide fingerprint (written by an older wsi-mamba) "
+            f"and are kept as done without that check ({shown}); delete {out / 'slides'}/NAME.json to rescore",
+            stacklevel=3,
+        )
 
 
 def _log_redone(redone: dict[str, str], log: Callable[[str], None]) -> None:
@@ -406,7 +326,7 @@ def _run_tasks(client: Any, todo: list[ManifestEntry], task: tuple, state: _Coho
     result as it arrives (``as_completed``), keeping cohort.csv current."""
     from distributed import as_completed
 
-    from ..progress import Progress
+    from ...progress import Progress
 
     run = uuid.uuid4().hex[:8]
     futures = {

@@ -1,22 +1,25 @@
-"""Tile mode's encoding pipeline (reader threads, colour statistics on the feeder thread, encoding here) against a
-plain sequential loop: the same features, colour statistics and decode errors."""
+"""Tile mode's engine (reader threads, colour statistics on the feeder thread, encoding here through the device
+runner) against a plain sequential loop: the same features, colour statistics and decode errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from slide_fixtures import synthetic_slide
 
 from wsi_mamba.evaluation.colour import tile_colour_stats
+from wsi_mamba.features.encode import encode_slide
+from wsi_mamba.features.modes import TileMode
+from wsi_mamba.features.options import ReadOptions
+from wsi_mamba.features.runner import DeviceRunner
+from wsi_mamba.features.tile_mode import encode_tiles
 from wsi_mamba.models.encoder import TileEncoder, load_encoder
 from wsi_mamba.slide import open_slide, stream
 from wsi_mamba.slide.base import Slide
 from wsi_mamba.slide.errors import TileDecodeError
 from wsi_mamba.slide.tiling import TileGrid, make_tile_grid, read_tile
 from wsi_mamba.slide.tissue import detect_tissue
-from wsi_mamba.workflows.configs import TileOptions
-from wsi_mamba.workflows.extract import encode_slide
-from wsi_mamba.workflows.pipeline import encode_tiles
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +50,11 @@ def test_pipeline_matches_sequential_reference(
         grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, 0.25, tissue=detect_tissue(slide))
         assert len(grid) > 2 * batch_size or batch_size == 64
         counted: list[int] = []
-        options = TileOptions(batch_size=batch_size, workers=workers)
-        features, colour, errors = encode_tiles(slide, grid, encoder, options, on_batch=counted.append)
+        read = ReadOptions(batch_size=batch_size, read_threads=workers)
+        found = encode_tiles(slide, grid, encoder, 1, read, on_batch=counted.append)
+        features, colour, errors = found.features, found.colour, found.errors
         expected_features, expected_colour = sequential(slide, grid, encoder, batch_size)
-        encoded = encode_slide(slide, encoder, options)
+        encoded = encode_slide(slide, encoder, TileMode(), read)
     assert not errors and sum(counted) == len(grid)
     np.testing.assert_array_equal(features, expected_features)
     np.testing.assert_array_equal(colour, expected_colour)
@@ -73,10 +77,10 @@ def test_pipeline_leaves_out_undecodable_tiles_like_the_reference(
         grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, 0.25, tissue=detect_tissue(slide))
         expected_features, expected_colour = sequential(slide, grid, encoder, 4, bad)
         monkeypatch.setattr(stream, "read_tile", damaged)
-        features, colour, errors = encode_tiles(slide, grid, encoder, TileOptions(batch_size=4, workers=2))
-    assert sorted(errors) == sorted(bad)
-    np.testing.assert_array_equal(features, expected_features)
-    np.testing.assert_array_equal(colour, expected_colour)
+        found = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=4, read_threads=2))
+    assert sorted(found.errors) == sorted(bad)
+    np.testing.assert_array_equal(found.features, expected_features)
+    np.testing.assert_array_equal(found.colour, expected_colour)
 
 
 def test_stream_batches_prepare_runs_off_the_consumer_and_raises_there(
@@ -96,3 +100,14 @@ def test_stream_batches_prepare_runs_off_the_consumer_and_raises_there(
 
         with pytest.raises(RuntimeError, match="prepare failed"):
             list(stream.stream_batches(slide, grid, 4, workers=2, prepare=fail))
+
+
+def test_cpu_runner_stages_tiles_as_they_are_and_brings_features_home_at_once() -> None:
+    runner = DeviceRunner("cpu")
+    tiles = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert runner.stage(tiles) is tiles  # no pinned copy without CUDA
+    out = runner.compute(lambda x: x.double() * 0.5, torch.ones(2, 3))
+    pending = runner.launch(out, keep=tiles)
+    assert pending.done is None and pending.keep is None  # nothing in flight on the CPU
+    home = runner.finish(pending)
+    assert home.dtype == np.float32 and home.shape == (2, 3) and np.all(home == 0.5)

@@ -29,16 +29,16 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..data.augment import augment_patches
-from ..data.patches import FilePatches, PatchSource, require_labelled
-from ..devices import DEFAULT_DEVICE, autocast, resolve_device
-from ..evaluation.metrics import slide_auc
-from ..models.encoder import TileEncoder, load_encoder
-from ..models.encoders import save_encoder
-from ..outputs.atomic import check_not_inputs, write_csv_atomic
+from ...data.augment import augment_patches
+from ...data.patches import FilePatches, PatchSource, require_labelled
+from ...devices import DEFAULT_DEVICE, autocast, resolve_device
+from ...evaluation.metrics import slide_auc
+from ...models.encoder import TileEncoder, load_encoder
+from ...models.encoders import save_encoder
+from ...outputs.atomic import check_not_inputs, write_csv_atomic
+from ..reports.score_patches import classify
 from .configs import PatchTrainingConfig
 from .optimisation import optimiser_step
-from .score_patches import classify
 
 
 def duplicate_groups(source: PatchSource) -> np.ndarray:
@@ -109,7 +109,7 @@ def balanced_epoch(labels: np.ndarray, size: int, rng: np.random.Generator) -> n
 
 def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 128, views: int = 1) -> np.ndarray:
     """Tumour probabilities of (n, px, px, 3) uint8 patches from the encoder's classifier head in ``views``
-    dihedral views (:func:`~.score_patches.classify`), a batch at a time."""
+    dihedral views (:func:`~wsi_mamba.workflows.reports.score_patches.classify`), a batch at a time."""
     parts = [
         classify(encoder, patches[start : start + batch_size], views) for start in range(0, len(patches), batch_size)
     ]

@@ -25,7 +25,8 @@ import zarr
 from ..outputs.artefact import ArtefactFormat
 from ..outputs.atomic import atomic_folder
 from ..outputs.lock import output_lock
-from .batch import output_stem
+from ..outputs.names import output_stem
+from .modes import mode_from_attrs
 
 FORMAT = ArtefactFormat("wsi-mamba/features", 1, kind="store")
 FORMAT_VERSION = FORMAT.version
@@ -41,7 +42,7 @@ VIEW_COUNTS = (1, 4, 8)  # as wsi_mamba.data.augment_config (not imported: this 
 
 def store_path(out_dir: str | Path, name: str) -> Path:
     """Where the features of slide ``name`` live under ``out_dir`` (a name too long for a file name is clipped
-    with a hash, :func:`~wsi_mamba.workflows.batch.output_stem`; the store's ``slide_name`` attribute keeps it
+    with a hash, :func:`~wsi_mamba.outputs.names.output_stem`; the store's ``slide_name`` attribute keeps it
     whole)."""
     return Path(out_dir) / f"{output_stem(name)}{SUFFIX}"
 
@@ -338,27 +339,6 @@ def list_stores(features_dir: str | Path, strict: bool = True) -> dict[str, Path
     return {store_slide_name(p): p for p in sorted(features_dir.glob(f"*{SUFFIX}")) if is_complete(p)}
 
 
-MODE_KEYS = ("mode", "region_px", "region_overlap_px")
-
-
-def feature_mode(attrs: dict) -> dict:
-    """How a store's (or a model's) features were made: ``{"mode": "tile"}`` (also for stores written before
-    modes existed), ``{"mode": "tile", "views": 4}`` (features averaged over dihedral views) or
-    ``{"mode": "region", "region_px": …, "region_overlap_px": …}``."""
-    if attrs.get("mode", "tile") == "tile":
-        views = int(attrs.get("views", 1))
-        return {"mode": "tile", "views": views} if views > 1 else {"mode": "tile"}
-    return {key: attrs.get(key) for key in MODE_KEYS}
-
-
-def describe_mode(mode: dict) -> str:
-    """``tile mode``, ``tile mode (4 views)`` or ``region mode (1024 px, overlap 256 px)``."""
-    mode = feature_mode(mode)
-    if mode["mode"] == "tile":
-        return f"tile mode ({mode['views']} views)" if "views" in mode else "tile mode"
-    return f"{mode['mode']} mode ({mode['region_px']} px, overlap {mode['region_overlap_px']} px)"
-
-
 def check_same_encoder(
     stores: dict[str, dict],
     expected: tuple[str, str] | None = None,
@@ -367,8 +347,8 @@ def check_same_encoder(
 ) -> tuple[str, str]:
     """The (encoder, hash) shared by all ``stores`` (name → attrs); ``ValueError`` naming both when two differ
     or when they differ from ``expected`` (the encoder of ``expected_by``, e.g. the model). The feature mode
-    (:func:`feature_mode`: tile or region mode and its sizes) is part of the identity: stores of two modes, or of
-    another mode than ``expected_mode``, are refused the same way."""
+    (:func:`~.modes.mode_from_attrs`: tile or region mode and its sizes) is part of the identity: stores of two
+    modes, or of another mode than ``expected_mode``, are refused the same way."""
     if not stores and expected is None:
         raise ValueError("no feature stores given")
     idents = {name: (str(attrs.get("encoder")), str(attrs.get("encoder_hash"))) for name, attrs in stores.items()}
@@ -379,13 +359,13 @@ def check_same_encoder(
             f"features of {name} come from encoder {ident[0]} ({ident[1]}), but {first} uses "
             f"{seen[0]} ({seen[1]}): extract them again with the same encoder"
         )
-    modes = {name: feature_mode(attrs) for name, attrs in stores.items()}
-    expected_feature_mode = feature_mode(expected_mode) if expected_mode is not None else None
+    modes = {name: mode_from_attrs(attrs) for name, attrs in stores.items()}
+    expected_feature_mode = mode_from_attrs(expected_mode) if expected_mode is not None else None
     mode_seen, mode_first, name = _first_difference(modes, expected_feature_mode, expected_by)
     if name is not None:
         raise ValueError(
-            f"features of {name} were extracted in {describe_mode(modes[name])}, but {mode_first} uses "
-            f"{describe_mode(mode_seen)}: extract them again in one mode"
+            f"features of {name} were extracted in {modes[name].describe()}, but {mode_first} uses "
+            f"{mode_seen.describe()}: extract them again in one mode"
         )
     return seen
 

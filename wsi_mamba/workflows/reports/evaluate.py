@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from ..devices import DEFAULT_DEVICE
-from ..evaluation.colour import baseline_predict, slide_colour_vector
-from ..evaluation.lesion_froc import SlideDetections, froc, tile_detections
-from ..evaluation.metrics import summarize
-from ..evaluation.roc_plot import write_roc_png
-from ..outputs.atomic import check_not_inputs, json_safe, write_csv_atomic, write_json_atomic
-from .bundle import ModelBundle, load_bundle, model_files
-from .inputs import find_annotations, read_label_column, read_labels
-from .scoring import score_tiles
-from .store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
+from ...devices import DEFAULT_DEVICE
+from ...evaluation.colour import baseline_predict, slide_colour_vector
+from ...evaluation.lesion_froc import SlideDetections, froc, tile_detections
+from ...evaluation.metrics import summarize
+from ...evaluation.roc_plot import write_roc_png
+from ...features.store import SlideFeatures, check_same_encoder, list_stores, read_attrs, read_store
+from ...outputs.atomic import check_not_inputs, json_safe, write_csv_atomic, write_json_atomic
+from ..bundle import ModelBundle, load_bundle, model_files
+from ..inputs import find_annotations, read_label_column, read_labels
+from ..scoring import score_tiles
 
 if TYPE_CHECKING:
     import torch

@@ -2,7 +2,7 @@
 stores: slide-label BCE (+ optional tile supervision from lesion annotations, + the aggregator's own
 ``aux_loss``, e.g. CLAM's instance loss), AdamW with warm-up and cosine decay, gradient clipping, early
 stopping on validation AUC, fixed seeds, a progress bar and a metrics log. Writes a model folder (see
-``bundle.py``); with ``folds`` K ≥ 2, K-fold cross-validation (see :func:`fold_splits`)."""
+``bundle.py``); with ``folds`` K ≥ 2, K-fold cross-validation (see :func:`.slide_examples.fold_splits`)."""
 
 from __future__ import annotations
 
@@ -18,99 +18,32 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import __version__
-from ..devices import DEFAULT_DEVICE, autocast, resolve_device
-from ..evaluation.colour import baseline_to_json, fit_colour_baseline, slide_colour_vector
-from ..evaluation.metrics import slide_auc
-from ..models.aggregators import Aggregator, aggregator_spec, create_aggregator
-from ..models.encoders import encoder_from_record
-from ..models.grid import grid_tensors
-from ..outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
-from ..outputs.lock import output_lock
-from ..slide.annotations import lesion_fractions_at
-from .bundle import check_model_output, save_bundle
+from ... import __version__
+from ...devices import DEFAULT_DEVICE, autocast, resolve_device
+from ...evaluation.colour import baseline_to_json, fit_colour_baseline, slide_colour_vector
+from ...evaluation.metrics import slide_auc
+from ...features.modes import mode_from_attrs
+from ...features.store import check_same_encoder, list_stores, read_attrs
+from ...models.aggregators import Aggregator, aggregator_spec, create_aggregator
+from ...models.encoders import encoder_from_record
+from ...outputs.atomic import json_safe, write_csv_atomic, write_json_atomic
+from ...outputs.lock import output_lock
+from ..bundle import check_model_output, save_bundle
+from ..domain import domain_statistics
+from ..inputs import read_labels
 from .configs import SlideTrainingConfig
-from .domain import domain_statistics
-from .inputs import find_annotations, read_labels
 from .optimisation import optimiser_step
-from .store import SlideFeatures, check_same_encoder, feature_mode, list_stores, read_attrs, read_store
+from .slide_examples import (
+    Example,
+    SlideSet,
+    fold_splits,
+    model_inputs,
+    read_examples,
+    split_validation,
+    validation_examples,
+)
 
 CPU = torch.device("cpu")
-
-
-@dataclass(frozen=True)
-class SlideSet:
-    """Labelled feature stores: a features folder, its labels CSV and (optional) lesion annotations."""
-
-    features: str | Path
-    labels: str | Path
-    annotations: str | Path | None = None
-
-
-@dataclass
-class Example:
-    name: str
-    label: int
-    features: torch.Tensor  # (1, D, R, C)
-    mask: torch.Tensor  # (1, R, C)
-    tile_target: torch.Tensor | None  # (1, R, C), -1 where unknown
-
-
-def tile_targets(data: SlideFeatures, label: int, annotations_dir: str | Path | None) -> np.ndarray | None:
-    """Per-tile targets: 1 inside lesions (≥ half the tile), 0 outside (no lesion at all), -1 on edges;
-    all 0 on normal slides; None for tumour slides without annotations."""
-    if label == 0:
-        return np.zeros(len(data), np.float32)
-    annotations = find_annotations(annotations_dir, data.name) if annotations_dir else None
-    if annotations is None:
-        return None
-    dims = data.dimensions
-    fraction = lesion_fractions_at(
-        annotations, dims, data.coords[:, 0], data.coords[:, 1], data.size0, cells_per_tile=16  # type: ignore[arg-type]
-    )
-    return np.where(fraction >= 0.5, 1.0, np.where(fraction == 0, 0.0, -1.0)).astype(np.float32)
-
-
-def to_example(data: SlideFeatures, label: int, targets: np.ndarray | None) -> Example:
-    """Place a store's tiles on its grid (cropped to the tissue's bounding box)."""
-    features, mask, offset = grid_tensors(data.features, data.rows, data.cols, data.grid_shape)
-    tile_target = None
-    if targets is not None:
-        tile_target = torch.full(mask.shape, -1.0)
-        tile_target[0, data.rows - offset[0], data.cols - offset[1]] = torch.from_numpy(targets)
-    return Example(data.name, label, features, mask, tile_target)
-
-
-def split_validation(names: list[str], labels: dict[str, int], fraction: float, seed: int) -> set[str]:
-    """A stratified validation subset (at least one slide of each class when there are two or more)."""
-    rng = np.random.default_rng(seed)
-    chosen: set[str] = set()
-    for cls in (0, 1):
-        group = sorted(n for n in names if labels[n] == cls)
-        count = min(len(group) - 1, max(1, round(len(group) * fraction))) if fraction > 0 else 0
-        chosen.update(rng.permutation(group)[:count].tolist())
-    return chosen
-
-
-def fold_splits(names: list[str], labels: dict[str, int], folds: int, seed: int) -> list[list[str]]:
-    """K stratified validation folds: each class's slides shuffled (seeded) and dealt round robin (the second
-    class continuing where the first stopped, so fold sizes differ by at most one), so every slide is in
-    exactly one fold and each fold holds both classes. Needs K ≥ 2 and at least K slides of each class."""
-    if folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {folds}")
-    rng = np.random.default_rng(seed)
-    out: list[list[str]] = [[] for _ in range(folds)]
-    dealt = 0
-    for cls in (0, 1):
-        group = sorted(n for n in names if labels[n] == cls)
-        if len(group) < folds:
-            raise ValueError(
-                f"--folds {folds} needs at least {folds} slides of each class, class {cls} has {len(group)}"
-            )
-        for i, name in enumerate(rng.permutation(group).tolist()):
-            out[(dealt + i) % folds].append(name)
-        dealt += len(group)
-    return [sorted(fold) for fold in out]
 
 
 def build_aggregator(cfg: SlideTrainingConfig, in_dim: int) -> Aggregator:
@@ -224,7 +157,8 @@ def _train(
     if len({labels[n] for n in names}) < 2 or len(names) < 4:
         raise ValueError(f"{labels_csv}: training needs at least 4 labelled slides of both classes in {features_dir}")
     attrs = {n: read_attrs(stores[n]) for n in names}
-    encoder_id = check_same_encoder(attrs)
+    encoder_id = check_same_encoder(attrs)  # one encoder and one feature mode
+    feature_mode = mode_from_attrs(attrs[names[0]]).attrs()  # tile or region mode: predict / evaluate use the same
     source = encoder_path or attrs[names[0]].get("encoder_source")
     encoder = encoder_from_record(attrs[names[0]], encoder_path)  # ValueError when the stores do not say where
     if encoder.hash != encoder_id[1]:
@@ -247,7 +181,7 @@ def _train(
             "threshold": 0.5,
             "version": __version__,
             "aggregator": cfg.aggregator,
-            "feature_mode": feature_mode(attrs[names[0]]),  # tile or region mode: predict / evaluate use the same
+            "feature_mode": feature_mode,
             "domain": domain_statistics([data[n].features for n in seen], [data[n].colour for n in seen]),
             "training": {
                 "config": asdict(cfg),
@@ -269,7 +203,7 @@ def _train(
 
     if validation is not None or not cfg.folds:
         if validation is not None:  # other slides validate; all of these train
-            train_names, val_set = names, validation_examples(validation, encoder_id, feature_mode(attrs[names[0]]))
+            train_names, val_set = names, validation_examples(validation, encoder_id, feature_mode)
             sources["validation"] = {key: str(v) if v else None for key, v in asdict(validation).items()}
         else:
             val_names = split_validation(names, labels, cfg.val_fraction, cfg.seed)
@@ -364,44 +298,6 @@ class Fit:
     best_epoch: int
     best_val_auc: float | None
     seconds: float
-
-
-def model_inputs(
-    features_dir: str | Path,
-    labels_csv: str | Path,
-    annotations_dir: str | Path | None,
-    validation: SlideSet | None,
-) -> tuple:
-    """The paths a model is trained from (its output folder must not be among them)."""
-    inputs = (features_dir, labels_csv, annotations_dir)
-    return inputs if validation is None else (*inputs, validation.features, validation.labels, validation.annotations)
-
-
-def read_examples(
-    stores: dict[str, Path], names: list[str], labels: dict[str, int], annotations_dir: str | Path | None
-) -> tuple[dict[str, SlideFeatures], dict[str, Example]]:
-    """The stores of ``names`` and their examples, both by name; slides without tissue tiles are left out with
-    a warning."""
-    data = {n: read_store(stores[n]) for n in names}
-    empty = [n for n in names if len(data[n]) == 0]
-    if empty:
-        warnings.warn(f"{len(empty)} slides have no tissue tiles and are left out: {empty[:5]}", stacklevel=3)
-    data = {n: d for n, d in data.items() if len(d)}
-    return data, {n: to_example(d, labels[n], tile_targets(d, labels[n], annotations_dir)) for n, d in data.items()}
-
-
-def validation_examples(validation: SlideSet, encoder_id: tuple[str, str], mode: dict) -> list[Example]:
-    """Examples of the labelled stores of ``validation``; ``ValueError`` when they are not of the training
-    features' encoder and mode, or do not hold both classes."""
-    labels = read_labels(validation.labels)
-    stores = list_stores(validation.features)
-    names = sorted(n for n in stores if n in labels)
-    check_same_encoder({n: read_attrs(stores[n]) for n in names}, encoder_id, "the training features", mode)
-    if len({labels[n] for n in names}) < 2:
-        raise ValueError(
-            f"{validation.labels}: validation needs labelled slides of both classes in {validation.features}"
-        )
-    return list(read_examples(stores, names, labels, validation.annotations)[1].values())
 
 
 def _fit(

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..outputs.capped import read_csv_rows
-from .extract import slide_name
-from .inputs import SLIDE_SUFFIXES, find_slides
+from ...outputs.capped import read_csv_rows
+from ...outputs.names import slide_name
+from ..inputs import SLIDE_SUFFIXES, find_slides
 
 __all__ = ["PATH_COLUMNS", "ManifestEntry", "read_manifest"]
 

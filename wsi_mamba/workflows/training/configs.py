@@ -1,12 +1,12 @@
-"""Workflow configurations as plain dataclasses: the one source of defaults for the library and the CLI
-(importable without torch, so building the CLI stays fast; ``tests/test_cli_defaults.py`` checks the CLI)."""
+"""Training configurations as plain dataclasses: the one source of training defaults for the library and the
+CLI (importable without torch, so building the CLI stays fast; ``tests/test_cli_defaults.py`` checks the CLI)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.augment_config import AugmentConfig
-from ..ranges import (
+from ...data.augment_config import AugmentConfig
+from ...ranges import (
     COUNT,
     DECAY,
     FRACTION,
@@ -17,36 +17,8 @@ from ..ranges import (
     RATE,
     SEED,
     VAL_FRACTION,
-    VIEWS,
     check_fields,
 )
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How tiles are cut, read and encoded (the geometry itself, tile_px and mpp, comes from the encoder; region
-    mode: :mod:`wsi_mamba.workflows.region_mode`)."""
-
-    min_tissue: float = 0.25  # keep tiles with at least this tissue fraction
-    batch_size: int = 64
-    workers: int = 4  # reader threads (the CLI's --read-threads)
-    slide_mpp: float | None = None  # override for slides without resolution metadata
-    region_px: int | None = None  # region mode: whole regions of this many px per encoder pass (None: tile mode)
-    region_overlap_px: int | None = None  # px shared by neighbouring regions (None: a quarter, in whole tiles)
-    views: int | None = None  # tile mode: features averaged over 1, 4 or 8 dihedral views (None: 1; predict: model's)
-
-    def __post_init__(self) -> None:
-        """Each field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``."""
-        check_fields(
-            self,
-            min_tissue=FRACTION,
-            batch_size=POSITIVE_INT,
-            workers=POSITIVE_INT,
-            slide_mpp=MPP,
-            region_px=POSITIVE_INT,
-            region_overlap_px=COUNT,
-            views=VIEWS,
-        )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Batch helpers shared by ``predict`` and ``extract``: one line per failed slide, and output names that
-cannot collide."""
+"""The names a batch of slides writes under: a slide's name, output stems that fit a file name, and the checks
+that two slides' outputs never collide nor land on an input (shared by ``extract``, ``predict`` and ``cohort``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..outputs.atomic import check_not_inputs, remove_stale_temporaries
+from .atomic import check_not_inputs, remove_stale_temporaries
 
 MAX_STEM_BYTES = 200
 """Longest output stem (UTF-8 bytes): file names are at most 255 bytes on common file systems, and a stem gets
@@ -30,22 +30,6 @@ def output_stem(name: str) -> str:
     digest = hashlib.sha256(encoded).hexdigest()[:16]
     head = encoded[: MAX_STEM_BYTES - len(digest) - 1].decode("utf-8", errors="ignore")
     return f"{head}~{digest}"
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line for a per-slide failure: the message of a ValueError (ours name the file and the problem);
-    for anything else (OSError, ZeroDivisionError, MemoryError, ...) also the exception's type."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    if isinstance(exc, ValueError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def slide_failure(path: str | Path, exc: BaseException) -> str:
-    """``PATH: message`` for a slide that failed (the path only once, when the message names it already)."""
-    text = describe_failure(exc)
-    return text if str(path) in text else f"{path}: {text}"
 
 
 def check_unique_names(paths: Sequence[str | Path], what: str = "outputs") -> None:

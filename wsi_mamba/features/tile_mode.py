@@ -1,0 +1,84 @@
+"""Tile mode's engine: tiles read and decoded on threads, encoded on the device in this thread.
+
+:func:`encode_tiles` consumes :func:`~wsi_mamba.slide.stream.stream_batches`: a pool of reader threads decodes
+tiles ahead of the encoder (bounded queue), and the feeder thread computes each batch's colour statistics and
+stages its tiles for the device (pinned memory on CUDA), so the thread that drives the encoder only encodes. The
+:class:`~.runner.DeviceRunner` keeps one batch in flight on CUDA. Features are those of ``encoder.encode`` on the
+same batches (tests/test_pipeline.py compares with a plain sequential loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..evaluation.colour import tile_colour_stats
+from ..models.encoder import TileEncoder
+from ..slide.base import Slide
+from ..slide.stream import stream_batches
+from ..slide.tiling import TileGrid
+from .grid_features import GridFeatures
+from .options import ReadOptions
+from .runner import DeviceRunner, Pending
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """The feeder thread's work on a batch: its colour statistics and its tiles staged for the device."""
+
+    colour: np.ndarray
+    staged: np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A launched batch: the grid indices of its tiles and their features on the way home."""
+
+    indices: np.ndarray
+    pending: Pending
+
+
+@torch.inference_mode()
+def encode_tiles(
+    slide: Slide,
+    grid: TileGrid,
+    encoder: TileEncoder,
+    views: int = 1,
+    read: ReadOptions = ReadOptions(),
+    runner: DeviceRunner | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> GridFeatures:
+    """Features of every tile of ``grid`` averaged over ``views`` dihedral views, their colour statistics and the
+    tiles that could not be decoded (:class:`~.grid_features.GridFeatures`). ``on_batch(k)`` after each batch."""
+    found = GridFeatures.zeros(len(grid), encoder.dim)
+    if not len(grid):
+        return found
+    runner = runner or DeviceRunner(encoder.device)
+
+    def prepare(tiles: np.ndarray) -> PreparedBatch:
+        return PreparedBatch(tile_colour_stats(tiles), runner.stage(tiles))
+
+    def finish(batch: InFlight) -> None:
+        found.features[batch.indices] = runner.finish(batch.pending)
+        if on_batch is not None:
+            on_batch(len(batch.indices))
+
+    in_flight: InFlight | None = None
+    batches = stream_batches(
+        slide, grid, read.batch_size, workers=read.read_threads, on_error=found.errors.__setitem__, prepare=prepare
+    )
+    for batch in batches:
+        prepared: PreparedBatch = batch.prepared
+        found.colour[batch.indices] = prepared.colour
+        x = encoder.preprocess(prepared.staged)  # on CUDA a non-blocking copy from pinned memory
+        out = runner.compute(lambda x: encoder.view_features(x, views), x)
+        launched = InFlight(batch.indices, runner.launch(out, keep=prepared.staged))
+        if in_flight is not None:
+            finish(in_flight)  # the previous batch's features, while the device works on this one
+        in_flight = launched
+    if in_flight is not None:
+        finish(in_flight)
+    return found
