@@ -219,6 +219,16 @@ def test_a_grayscale_slide_is_refused_not_called_empty(
         assert_one_error(err, str(path), "grayscale image")
 
 
+def test_openslide_refuses_samples_deeper_than_8_bits(tmp_path: Path) -> None:
+    """OpenSlide reads only the high byte of 16-bit samples (12-bit data came out near-black and was scored): the
+    OpenSlide backend refuses them in one line; the tifffile backend renders them by MaxSampleValue."""
+    pixels, options, expected = FORMATS["12-bit-in-16"]
+    path = write(tmp_path / "deep.tif", pixels, **options)
+    with pytest.raises(SlideError, match="16-bit samples: OpenSlide renders only their high byte"):
+        quiet_open(path, backend="openslide")
+    np.testing.assert_array_equal(quiet_open(path, backend="tifffile").read_region((0, 0), 0, SHAPE[::-1]), expected)
+
+
 REFUSED = {
     # name: (pixels, writer options, words of the error)
     "float": (RGB.astype(np.float32) / 255, dict(photometric="rgb"), "32-bit floating-point samples"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+import tifffile
 from PIL import Image
 
 from .base import Slide, check_pixels, positive_float_or_none
@@ -34,6 +35,28 @@ def dicom_file_in(folder: Path) -> Path | None:
     return None
 
 
+def _check_sample_depth(path: Path, target: Path) -> None:
+    """Refuse a TIFF-based file whose samples are deeper than 8 bits: OpenSlide renders only their high byte (it
+    ignores ``MaxSampleValue``), so 12-bit data in 16-bit samples reads as near-black and would be scored as
+    such. The tifffile backend (the default for TIFF files) renders them; other formats pass unchecked."""
+    if not target.is_file():
+        return
+    with open(target, "rb") as handle:
+        if handle.read(4) not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            return
+    try:
+        with tifffile.TiffFile(target) as tif:
+            bits = int(tif.pages.first.bitspersample)
+    except Exception:  # OpenSlide opened it: what tifffile cannot parse is not checked here
+        return
+    if bits > 8:
+        raise SlideError(
+            path,
+            f"{bits}-bit samples: OpenSlide renders only their high byte (a 12-bit image reads as near-black); "
+            "read it with the tifffile backend (the default for TIFF files)",
+        )
+
+
 class OpenSlideSlide(Slide):
     """A slide read through OpenSlide: .svs .tif .ndpi .mrxs .scn .vms .bif, DICOM."""
 
@@ -56,6 +79,7 @@ class OpenSlideSlide(Slide):
         mpp_y = positive_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
         self._set_native_mpp_xy((mpp_x, mpp_y) if mpp_x and mpp_y else None)
         try:
+            _check_sample_depth(self.path, target)
             self._init_mpp(mpp)
         except SlideError:
             self._osr.close()
