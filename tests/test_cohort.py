@@ -297,3 +297,17 @@ def test_worker_model_cache(data, tmp_path):
 
     failed = cohort.predict_task(str(tmp_path / "missing.tif"), str(tmp_path / "d"), str(model), fingerprint="x")
     assert failed["status"] == "failed" and "missing.tif" in failed["error"]
+
+
+def test_shipped_model_by_name(tmp_path, monkeypatch):
+    """``model`` may name a shipped model (as ``--model synthetic-camelyon`` does): the workers get its folder,
+    not a path of that name under the current directory."""
+    from wsi_mamba.synth import make_spec, write_slide
+
+    (tmp_path / "slides").mkdir()
+    spec = make_spec(seed=5001, index=0, width=1024, height=768, tumor=False)
+    write_slide(spec, tmp_path / "slides" / "s.tif", flavour="tiff")
+    monkeypatch.chdir(tmp_path)  # no folder named synthetic-camelyon here
+    summary = run_cohort(tmp_path / "slides", tmp_path / "out", model="synthetic-camelyon", workers=1, progress=False)
+    assert summary.failed == 0, summary.failures
+    assert json.loads((tmp_path / "out" / "slides" / "s.json").read_text())["model"] == "synthetic-camelyon"

@@ -1,14 +1,17 @@
 """The notebooks in notebooks/ are part of the product: each one is executed here, top to bottom, in a
-fresh kernel of the interpreter running the tests, and any cell error fails the test.
+fresh kernel of the interpreter running the tests, twice: on real tissue (PatchCamelyon in ../shared/data/pcam;
+skipped with a reason when absent) and with that folder pointed at a missing one (the procedural fallback).
+Any cell error fails the test. The committed notebooks carry their real-tissue outputs; a test checks that.
 
 They need nbclient, nbformat and ipykernel (the ``dev`` extra): when those are missing the tests fail with
-the install command instead of being skipped. Each notebook writes its data into a temporary folder of its
-own and runs in well under a minute on two CPU cores.
+the install command instead of being skipped. Slides, scores and features are cached in notebooks/.cache
+(git-ignored; ``WSI_MAMBA_NOTEBOOK_CACHE`` to put them elsewhere), so only the first run pays for them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,10 +20,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-EXPECTED = ("01-explore-a-slide", "02-cohort-auc", "03-heatmaps")
+EXPECTED = ("01-explore-a-slide", "02-cohort-auc", "03-heatmaps", "04-bring-your-own-encoder")
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL = "python3"
 TIMEOUT_S = 600  # per cell
+PCAM = ROOT.parent / "shared" / "data" / "pcam"
+CACHE = Path(os.environ.get("WSI_MAMBA_NOTEBOOK_CACHE", NOTEBOOK_DIR / ".cache")).absolute()
+REAL_SOURCE = "data source: real tissue (PatchCamelyon valid)"
+FALLBACK_SOURCE = "data source: procedural tissue"
+# the model each notebook's saved outputs must name: the shipped real-tissue default, or the timm encoder
+MODEL_NAMED = {"04-bring-your-own-encoder": "timm:resnet18"}
+MAX_BYTES = 1_500_000
+MODES = ("real", "fallback")
 # Figures are drawn off-screen into the cell outputs, as in Jupyter. Not "Agg": under Agg plt.show() does
 # nothing, figures are never drawn, and errors that only appear when drawing would pass unnoticed.
 INLINE = "module://matplotlib_inline.backend_inline"
@@ -49,7 +60,7 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Environment of the kernel the notebooks run in: the "python3" kernelspec points at this very
     interpreter (a kernelspec of that name elsewhere on the machine, e.g. in ~/.local/share/jupyter, would
     otherwise start another Python), matplotlib draws off-screen into the outputs, and the notebooks use
-    their synthetic slides. Returns the working directory for the kernel."""
+    their own slides (the data folder is set per test). Returns the working directory for the kernel."""
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
     spec = {
@@ -62,6 +73,7 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("MPLBACKEND", INLINE)
     monkeypatch.delenv("WSI_MAMBA_SLIDE", raising=False)
+    monkeypatch.setenv("WSI_MAMBA_NOTEBOOK_CACHE", str(CACHE))
     workdir = tmp_path / "work"
     workdir.mkdir()
     return workdir
@@ -77,18 +89,38 @@ def test_all_notebooks_present() -> None:
     assert [p.stem for p in NOTEBOOKS] == list(EXPECTED), f"notebooks in {NOTEBOOK_DIR}"
 
 
+def _texts(nb) -> str:
+    """Everything the code cells printed or displayed as text."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            parts.append(out.get("text", ""))
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_stored_clean(path: Path) -> None:
-    """Stored without outputs (small diffs), valid nbformat 4, for the python3 kernel."""
+def test_notebook_stored_with_real_tissue_outputs(path: Path) -> None:
+    """Valid nbformat 4 for the python3 kernel, opening with a markdown cell that says what it costs, and stored
+    with the outputs of a run on real tissue (every code cell run in order, no error, figures included)."""
     nbformat, _, _ = _jupyter()
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL
     assert nb.cells and nb.cells[0].cell_type == "markdown", "a notebook opens with a markdown cell saying what it does"
-    dirty = [
-        i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and (cell.outputs or cell.execution_count)
-    ]
-    assert not dirty, f"{path.name}: clear the outputs of cells {dirty} before committing"
+    assert "on 2 cores" in nb.cells[0].source, f"{path.name}: the first cell says what it costs (N minutes on 2 cores)"
+    assert path.stat().st_size < MAX_BYTES, f"{path.name}: {path.stat().st_size} bytes, keep it under {MAX_BYTES}"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), (
+        f"{path.name}: save it after one run top to bottom (Restart Kernel and Run All Cells)"
+    )
+    outputs = [out for cell in code for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"], f"{path.name}: saved with an error"
+    assert any("image/png" in out.get("data", {}) for out in outputs), f"{path.name}: saved without its figures"
+    text = _texts(nb)
+    assert REAL_SOURCE in text, f"{path.name}: the saved outputs are not from real tissue ({REAL_SOURCE!r})"
+    model = MODEL_NAMED.get(path.stem, "pcam-camelyon")
+    assert model in text, f"{path.name}: the saved outputs do not name the model {model!r}"
 
 
 def test_kernel_is_this_interpreter(kernel_env: Path) -> None:
@@ -100,19 +132,26 @@ def test_kernel_is_this_interpreter(kernel_env: Path) -> None:
     assert text == [sys.executable, INLINE]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path: Path, kernel_env: Path) -> None:
+def test_notebook_runs(path: Path, mode: str, kernel_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without a cell error on real tissue and, with the PCam folder missing, on procedural tissue,
+    saying which one it used and drawing figures."""
+    if mode == "real" and not (PCAM / "valid").is_dir():
+        pytest.skip(f"real-tissue run needs PatchCamelyon in {PCAM} (train/ and valid/)")
+    monkeypatch.setenv("WSI_MAMBA_PCAM", str(PCAM if mode == "real" else kernel_env / "no-pcam-here"))
     nbformat, _, CellExecutionError = _jupyter()
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
     try:
         _execute(nb, kernel_env)
     except CellExecutionError as exc:
-        pytest.fail(f"{path.name}: a cell failed\n{exc}", pytrace=False)
+        pytest.fail(f"{path.name} ({mode}): a cell failed\n{exc}", pytrace=False)
     seconds = time.perf_counter() - started
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     errors = [out for out in outputs if out.output_type == "error"]
     assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     assert images, f"{path.name}: no figure was drawn"
-    print(f"{path.name}: {seconds:.1f} s")
+    assert (REAL_SOURCE if mode == "real" else FALLBACK_SOURCE) in _texts(nb), f"{path.name}: data source not said"
+    print(f"{path.name} ({mode}): {seconds:.1f} s")

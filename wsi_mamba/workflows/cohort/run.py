@@ -50,7 +50,7 @@ from ...outputs.artefact import read_json_object
 from ...outputs.atomic import check_not_inputs, json_safe, remove_stale_temporaries, write_csv_atomic, write_json_atomic
 from ...outputs.lock import output_lock
 from ...outputs.names import RESULT_SUFFIXES, output_stem
-from ..bundle import load_bundle, model_files
+from ..bundle import load_bundle, model_files, model_path
 from ..provenance import bundle_sha256, provenance_change, slide_identity
 from .cluster import cluster_client, cpu_count, scheduler_client
 from .manifest import ManifestEntry, read_manifest
@@ -237,7 +237,7 @@ def run_cohort(
     entries = read_manifest(manifest)
     bundle = load_bundle(model)  # checked once, before any worker starts; each worker loads its own
     model_name, model_hash = bundle.name, bundle_sha256(bundle)
-    model_arg = None if model is None else str(Path(model).absolute())
+    model_arg = None if model is None else str(model_path(model).absolute())  # a shipped model's name, too
     fingerprint = model_fingerprint(model)
     check_not_inputs(  # a manifest kept as OUT/cohort.csv (or any input) is never written over
         _output_files(Path(out), (entry.name for entry in entries)),
