@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..outputs.capped import read_capped_bytes
+from .training.configs import PAUSED_EXIT_CODE
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,9 @@ def run_recipe(
             if dry_run:
                 continue
             code = run_command(step.argv)
+            if code == PAUSED_EXIT_CODE:
+                log(f"{header}: paused before finishing (exit code {code}): run the recipe again to continue it")
+                return code
             if code != 0:
                 log(f"{header}: failed with exit code {code}")
                 return code

@@ -20,6 +20,10 @@ from ...ranges import (
     check_fields,
 )
 
+PAUSED_EXIT_CODE = 75
+"""The exit code of a training that stopped cleanly before finishing, its state kept for a resume
+(``train-encoder --max-minutes``; sysexits' EX_TEMPFAIL): a recipe stops there and says a rerun continues it."""
+
 
 @dataclass(frozen=True)
 class EncoderTrainingConfig:

@@ -39,6 +39,16 @@ from ...outputs.atomic import check_not_inputs, write_csv_atomic
 from ..reports.score_patches import classify
 from .configs import PatchTrainingConfig
 from .optimisation import optimiser_step
+from .training_state import (
+    Progress,
+    Resumable,
+    Resume,
+    TrainingPaused,
+    fingerprint,
+    read_state,
+    remove_state,
+    state_folder,
+)
 
 
 def duplicate_groups(source: PatchSource) -> np.ndarray:
@@ -132,17 +142,26 @@ def train_encoder_on_patches(
     val_source: PatchSource | None = None,
     metrics_path: str | Path | None = None,
     device: str | torch.device = DEFAULT_DEVICE,
+    resume: Resume = False,
+    max_minutes: float | None = None,
 ) -> Path:
     """Train a tile encoder on ``source`` on ``device`` (bf16 autocast on CUDA, fp32 weights) and write it to
     ``out`` (.safetensors + JSON); returns the path. A per-epoch log goes to ``metrics_path`` (default:
-    ``OUT.metrics.csv`` beside the checkpoint)."""
+    ``OUT.metrics.csv`` beside the checkpoint). The state after each epoch is kept in ``OUT.train-state/``
+    (:mod:`.training_state`) until the output is written; ``resume`` continues from it. With ``max_minutes``,
+    the run stops after the epoch that spends the budget and raises :class:`TrainingPaused`."""
+    started_at = time.monotonic()
     device = resolve_device(device)
     require_labelled(source, "training")
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
+    state_dir = state_folder(out)
+    identity = fingerprint(asdict(cfg), source, val_source)
+    saved = read_state(state_dir, identity, resume)
     metrics_path = Path(metrics_path) if metrics_path else out.with_name(out.stem + ".metrics.csv")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch log is written before the checkpoint
+    state_dir.parent.mkdir(parents=True, exist_ok=True)  # and so is the state
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if val_source is not None:
@@ -183,15 +202,20 @@ def train_encoder_on_patches(
     averaged = weight_average(model, cfg.ema_decay)
     validated = dataclasses.replace(encoder, model=averaged.module) if averaged is not None else encoder
     generator = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    best = {"auc": -1.0, "epoch": 0, "state": None}
+    resumable = Resumable(model, optimiser, schedule, averaged, rng, generator)
+    progress = resumable.restore(saved) if saved is not None else Progress()
+    history = progress.history
+    best = {"auc": progress.best_auc, "epoch": progress.best_epoch, "state": progress.best_state}
+    if saved is not None:
+        print(f"resuming after epoch {progress.epoch} of {cfg.epochs} from {state_dir}", file=sys.stderr)
     reader = ThreadPoolExecutor(1)  # the next batch is read while this one trains
     print(
         f"training {cfg.model} on {len(train_idx)} patches ({int(train_labels.sum())} tumour) of {source.description};"
         f" validation: {val_description}",
         file=sys.stderr,
     )
-    for epoch in range(1, cfg.epochs + 1):
+    last_epoch = progress.epoch if progress.stopped_early else cfg.epochs  # early-stopped: only the output is left
+    for epoch in range(progress.epoch + 1, last_epoch + 1):
         started = time.perf_counter()
         model.train()
         order = train_idx[balanced_epoch(train_labels, epoch_size, rng)]
@@ -235,9 +259,17 @@ def train_encoder_on_patches(
             f"{' (best)' if improved else ''}, {row['seconds']:.0f} s",
             file=sys.stderr,
         )
-        if epoch - best["epoch"] >= cfg.patience:
+        stop = epoch - best["epoch"] >= cfg.patience
+        resumable.save(state_dir, identity, Progress(epoch, best["auc"], best["epoch"], best["state"], history, stop))
+        if stop:
             print(f"early stop: no better validation AUC for {cfg.patience} epochs", file=sys.stderr)
             break
+        if max_minutes is not None and epoch < cfg.epochs and time.monotonic() - started_at >= 60 * max_minutes:
+            reader.shutdown()
+            raise TrainingPaused(
+                f"stopped after epoch {epoch} of {cfg.epochs}: the {max_minutes:g}-minute budget is spent; "
+                f"the state is in {state_dir}: run again with --resume to continue"
+            )
     reader.shutdown()
     model.load_state_dict(best["state"])
     model.eval()
@@ -256,4 +288,6 @@ def train_encoder_on_patches(
             "history": history,
         },
     }
-    return save_encoder(encoder, out, metadata=metadata)
+    path = save_encoder(encoder, out, metadata=metadata)
+    remove_state(state_dir)
+    return path
