@@ -5,6 +5,16 @@ the same tiles.
     python benchmarks/bench_predict.py --size 4096 --model runs/model --threads 2
     python benchmarks/bench_predict.py --slide my.svs --model runs/model --json
     python benchmarks/bench_predict.py --views 1            # one view's time instead of the model's (score meaningless)
+    python benchmarks/bench_predict.py --camelyon --cache ~/wsi-bench   # a CAMELYON16-size real-tissue slide
+    python benchmarks/bench_predict.py --camelyon --cache ~/wsi-bench --slide-only   # only write that slide
+
+``--camelyon``: the slide is a real-tissue one at CAMELYON16 scale, the size of issue 22's: 99,840 x 46,080 px
+at 20x (0.486 µm/px; ``--magnification 40``: 0.243 µm/px, twice the pixels a side), 520 x 240 cells of 96 px at
+0.972 µm/px, several tissue sections, PCam patches (``--patches``, default ../shared/data/pcam/valid: evaluation
+patches, never the model's training ones) upsampled from 10x, with one micro-metastasis (``--lesion``), written
+tile by tile (``wsi_mamba.synth.patch_tiles``) into ``--cache`` once. Predict's time is then also split by stage
+(tissue and grid; reading and encoding, which overlap; slide model; regions GeoJSON; heatmap PNG; tiles GeoJSON),
+with the heatmap and GeoJSON written (to ``--cache``/predict-out), as ``wsi-mamba predict --heatmap`` does.
 
 The slide (a tumour slide of the synthetic cohort, seed ``--seed``) is written once into ``--cache`` and
 reused. Both phases run in this process, one after the other, on the same tile grid (the model encoder's
@@ -32,6 +42,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +70,95 @@ def slide_path(args: argparse.Namespace) -> Path:
             write_slide(make_spec(args.seed, 1, args.size, args.size, tumor=True), path, "tiff", tick=bar.update)
         print(f"wrote {path} ({args.size} x {args.size} px) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return path
+
+
+CAMELYON_CELLS = (240, 520)  # rows, cols of 96 px cells at 0.972 µm/px: 99,840 x 46,080 px at 20x
+
+
+def camelyon_slide(args: argparse.Namespace) -> Path:
+    """The CAMELYON16-size real-tissue slide in ``--cache`` (written on first use), its lesion XML beside it."""
+    from tqdm import tqdm
+
+    from wsi_mamba.data.patches import open_patches
+    from wsi_mamba.synth.appearance import DEFAULT_COMPOSITION, normal_tissue
+    from wsi_mamba.synth.from_patches import lesion_annotations
+    from wsi_mamba.synth.layout import write_lesion_xml
+    from wsi_mamba.synth.patch_plan import plan_slide
+    from wsi_mamba.synth.patch_tiles import PatchTileRenderer
+    from wsi_mamba.synth.writer import tile_count, write_slide
+
+    upsample = args.magnification // 10
+    path = args.cache / f"camelyon-{args.magnification}x-{args.lesion}-seed{args.seed}.tif"
+    if path.exists():
+        return path
+    if not args.patches.is_dir():
+        sys.exit(f"error: {args.patches}: no such folder of labelled patches (--patches)")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    source = open_patches(args.patches)
+    labels = np.asarray(source.labels)
+    normal = normal_tissue(source, np.flatnonzero(labels == 0), DEFAULT_COMPOSITION, args.seed)
+    px, mpp = source.geometry.px, source.geometry.mpp
+    spec = plan_slide(
+        args.seed, 1, args.lesion, normal, np.flatnonzero(labels == 1), px, mpp, upsample=upsample, shape=CAMELYON_CELLS
+    )
+    planned = time.perf_counter() - start
+    renderer = PatchTileRenderer(spec, source, 2)
+    with tqdm(total=tile_count(spec.width, spec.height, "tiff"), desc="write slide", unit="tile") as bar:
+        write_slide(spec, path, "tiff", tick=bar.update, renderer=renderer)
+    write_lesion_xml(path, lesion_annotations(spec))
+    lesions = ", ".join(f"{x.kind} {x.diameter_um:.0f} µm ({len(x.cells)} cells)" for x in spec.lesions) or "none"
+    print(
+        f"wrote {path}: {spec.width} x {spec.height} px at {spec.mpp:g} µm/px, {len(spec.ovals)} tissue pieces, "
+        f"{len(spec.cells)} tissue cells, lesions: {lesions}; planned in {planned:.0f} s, written in "
+        f"{time.perf_counter() - start:.0f} s, {path.stat().st_size / 2**30:.2f} GiB",
+        file=sys.stderr,
+    )
+    return path
+
+
+class StageClock:
+    """Seconds spent in named functions of ``wsi_mamba.workflows.predict`` during one ``predict_slide`` call
+    (each wrapped for the call, then restored); ``on_total`` marks the end of tissue detection and grid."""
+
+    STAGES: ClassVar[dict[str, str]] = {
+        "encode_slide": "tissue, grid, read + encode",
+        "score_encoded": "slide model",
+        "write_regions_geojson": "regions GeoJSON",
+        "write_heatmap_png": "heatmap PNG",
+        "write_tiles_geojson": "tiles GeoJSON",
+    }
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(self.STAGES.values(), 0.0)
+        self.grid_at: float | None = None
+        self.started = time.perf_counter()
+
+    def on_total(self, _tiles: int) -> None:
+        self.grid_at = time.perf_counter()
+
+    def __enter__(self) -> StageClock:
+        import wsi_mamba.workflows.predict as module
+
+        self.module, self.saved = module, {name: getattr(module, name) for name in self.STAGES}
+        for name, label in self.STAGES.items():
+            setattr(module, name, self._timed(self.saved[name], label))
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, function in self.saved.items():
+            setattr(self.module, name, function)
+
+    def _timed(self, function, label: str):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+
+        return timed
 
 
 def load_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
@@ -120,14 +220,30 @@ def encode_phase(path: Path, encoder, reading, views: int, limit: int) -> dict:
     return {"seconds": seconds * len(grid) / max(count, 1), "sampled": count}
 
 
-def predict_phase(path: Path, bundle, reading) -> dict:
+def predict_phase(path: Path, bundle, reading, out_dir: Path | None = None) -> dict:
+    """``predict_slide`` end to end; with ``out_dir``, the heatmap and GeoJSONs too, and seconds by stage."""
     from wsi_mamba.workflows.predict import predict_slide
 
-    start = time.perf_counter()
-    result = predict_slide(path, bundle, reading)
-    if bundle.encoder.device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - start, "tiles": result["tiles"], "score": result["score"]}
+    with StageClock() as clock:
+        drawing = out_dir is not None
+        result = predict_slide(path, bundle, reading, out_dir=out_dir, heatmap=drawing, on_total=clock.on_total)
+        if bundle.encoder.device.type == "cuda":
+            torch.cuda.synchronize()
+    seconds = time.perf_counter() - clock.started
+    stages = dict(clock.seconds)
+    if clock.grid_at is not None:  # encode_slide = tissue and grid, then reading + encoding (overlapped)
+        grid_s = clock.grid_at - clock.started
+        read_encode = stages.pop("tissue, grid, read + encode") - grid_s
+        stages = {"tissue + grid": grid_s, "read + encode": read_encode, **stages}
+    stages["other (open, thumbnail, domain check, JSON)"] = seconds - sum(stages.values())
+    return {
+        "seconds": seconds,
+        "tiles": result["tiles"],
+        "score": result["score"],
+        "prediction": result["prediction"],
+        "regions": result.get("regions"),  # how many predicted regions (with out_dir)
+        "stages": stages,
+    }
 
 
 def measure(phase, *args) -> dict:
@@ -135,6 +251,21 @@ def measure(phase, *args) -> dict:
     row = phase(*args)
     row["peak_rss_mib"] = peak_rss() / 2**20
     return row
+
+
+def print_floors(path: Path, read: dict, encode: dict | None) -> None:
+    """The read and encode phases alone (``--skip-predict``): predict takes at least the larger of the two."""
+    width, height = read["dimensions"]
+    encode_s = encode["seconds"] if encode else float("nan")
+    print(f"# {path}: read and encode floors only (--skip-predict), {torch.get_num_threads()} torch threads")
+    print("| slide px | tissue tiles | read s | read tiles/s | read peak RSS MiB | encode s (sampled) |", end="")
+    print(" encode tiles/s |")
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {width} x {height} | {read['tiles']} | {read['seconds']:.1f} | {read['tiles'] / read['seconds']:.0f} | "
+        f"{read['peak_rss_mib']:.0f} | {encode_s:.0f} ({encode['sampled'] if encode else 0} tiles) | "
+        f"{read['tiles'] / encode_s:.1f} |"
+    )
 
 
 def main() -> None:
@@ -153,6 +284,23 @@ def main() -> None:
     )
     parser.add_argument("--encode-tiles", type=int, default=1024, help="tiles timed in the encode phase (0: none)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--camelyon", action="store_true", help="a CAMELYON16-size real-tissue slide (99,840 x 46,080 px at 20x)"
+    )
+    parser.add_argument("--magnification", type=int, choices=(20, 40), default=20, help="--camelyon's level 0")
+    parser.add_argument(
+        "--lesion", choices=("micro", "macro", "itc", "none"), default="micro", help="--camelyon's largest lesion"
+    )
+    parser.add_argument(
+        "--patches",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam" / "valid",
+        help="--camelyon's labelled patches (default ../shared/data/pcam/valid)",
+    )
+    parser.add_argument("--slide-only", action="store_true", help="only write the --camelyon slide (time it alone)")
+    parser.add_argument(
+        "--skip-predict", action="store_true", help="only the read and encode floors (predict's time bounded below)"
+    )
     args = parser.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:  # must be set before the process starts
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
@@ -164,9 +312,14 @@ def main() -> None:
 
     from wsi_mamba.features.options import ReadOptions
 
+    if args.camelyon and args.slide is None:
+        path = camelyon_slide(args)
+        if args.slide_only:
+            print(path)
+            return
     bundle = load_model(args, parser)
     bundle.encoder.to(args.device)
-    path = slide_path(args)
+    path = path if args.camelyon and args.slide is None else slide_path(args)
     model_views = int(bundle.feature_mode.get("views", 1))
     views = args.views or model_views
     if views != model_views:  # speed only: predict refuses other views for a reason
@@ -179,7 +332,11 @@ def main() -> None:
 
     read = measure(read_phase, path, bundle.encoder, reading)
     encode = encode_phase(path, bundle.encoder, reading, views, args.encode_tiles) if args.encode_tiles > 0 else None
-    predict = measure(predict_phase, path, bundle, reading)
+    if args.skip_predict:
+        print_floors(path, read, encode)
+        return
+    outputs = args.cache / "predict-out" if args.camelyon else None
+    predict = measure(predict_phase, path, bundle, reading, outputs)
     if predict["tiles"] != read["tiles"]:
         sys.exit(f"error: predict saw {predict['tiles']} tiles, the read phase {read['tiles']}")
     width, height = read["dimensions"]
@@ -209,6 +366,9 @@ def main() -> None:
         "read_peak_rss_mib": read["peak_rss_mib"],
         "predict_peak_rss_mib": predict["peak_rss_mib"],
         "score": predict["score"],
+        "prediction": predict["prediction"],
+        "regions": predict["regions"] if outputs else None,
+        "predict_stages_s": predict["stages"],
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -231,6 +391,12 @@ def main() -> None:
         f"{r['predict_tiles_per_s']:.1f} | "
         f"{r['read_peak_rss_mib']:.0f} | {r['predict_peak_rss_mib']:.0f} |"
     )
+
+    if outputs is not None:
+        print(f"\n# predict by stage ({r['prediction']}, {r['regions']} predicted regions; outputs in {outputs})")
+        print("| stage | s | share |\n|---|---|---|")
+        for stage, seconds in r["predict_stages_s"].items():
+            print(f"| {stage} | {seconds:.1f} | {seconds / r['predict_s']:.0%} |")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ from .layout import (
 )
 from .patch_pixels import LevelPyramid, render_patch_slide
 from .patch_plan import CohortSpec, PatchCohortPlan, PatchCohortSlide, PatchSlideSpec, plan_patch_cohort
-from .writer import write_slide
+from .patch_tiles import IN_MEMORY_PIXELS, PatchTileRenderer
+from .writer import Renderer, write_slide
 
 __all__ = ["MANIFEST", "lesion_annotations", "write_patch_cohort", "write_planned_cohort"]
 
@@ -90,6 +91,15 @@ def _write_csvs(out: Path, plan: list[PatchCohortSlide]) -> None:
     write_label_csvs(out, columns, rows)
 
 
+def slide_renderer(spec: PatchSlideSpec, source: PatchSource, factor: int) -> Renderer:
+    """The pixels of a planned slide for ``write_slide`` (``factor``: the flavour's level factor): drawn whole
+    in memory when level 0 is small and at the patches' resolution (as cohorts always were), else tile by tile
+    (:class:`~wsi_mamba.synth.patch_tiles.PatchTileRenderer`: large or upsampled slides, bounded memory)."""
+    if spec.upsample == 1 and spec.width * spec.height <= IN_MEMORY_PIXELS:
+        return LevelPyramid(render_patch_slide(spec, source), factor, spec.background)
+    return PatchTileRenderer(spec, source, factor)
+
+
 def write_patch_cohort(
     out: str | os.PathLike[str],
     patches: str | os.PathLike[str] | PatchSource,
@@ -127,10 +137,9 @@ def write_planned_cohort(
     for item in plan:
         item.path.parent.mkdir(parents=True, exist_ok=True)
         if not item.path.exists():
-            pixels = render_patch_slide(item.spec, source)
-            pyramid = LevelPyramid(pixels, 4 if item.flavour == "svs" else 2, item.spec.background)
-            write_slide(item.spec, item.path, item.flavour, renderer=pyramid, compression=plan.spec.compression)
-            del pixels, pyramid
+            renderer = slide_renderer(item.spec, source, 4 if item.flavour == "svs" else 2)
+            write_slide(item.spec, item.path, item.flavour, renderer=renderer, compression=plan.spec.compression)
+            del renderer
         write_lesion_xml(item.path, lesion_annotations(item.spec))
         if tick is not None:
             tick()

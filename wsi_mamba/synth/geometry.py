@@ -3,6 +3,7 @@ soft-edged opacity, which cells it covers, a lesion's cell mask and placement, a
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from scipy import ndimage
 
 SOFT_PX = 3.0  # width of the tissue outline's soft edge (level-0 px)
 MARGIN_CELLS = 2  # glass between the section and the slide's border
+BAND_ROWS = 16  # cell rows sampled at a time by covered_cells
+MULTI_SECTION_CELLS = 150  # grids at least this long (cells) hold several sections, as real slides do
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,10 @@ def fit_oval(rng: np.random.Generator, box: tuple[float, float, float, float], p
 
 
 def section_ovals(rng: np.random.Generator, rows: int, cols: int, px: int) -> list[Oval]:
-    """The section on a rows × cols grid: one oval, or (35 %, wide grids) two side by side."""
+    """The section on a rows × cols grid: one oval, or (35 %, wide grids) two side by side; grids of at least
+    :data:`MULTI_SECTION_CELLS` columns get :func:`several_sections`."""
+    if cols >= MULTI_SECTION_CELLS:
+        return several_sections(rng, rows, cols, px)
     w, h, m = cols * px, rows * px, MARGIN_CELLS * px
     if rng.random() < 0.35 and cols >= 12:  # two pieces side by side, the bigger one left or right
         share = rng.uniform(0.55, 0.7) if rng.random() < 0.5 else rng.uniform(0.3, 0.45)
@@ -76,15 +82,39 @@ def section_ovals(rng: np.random.Generator, rows: int, cols: int, px: int) -> li
     return [fit_oval(rng, (m, m, w - m, h - m), px)]
 
 
+def several_sections(rng: np.random.Generator, rows: int, cols: int, px: int) -> list[Oval]:
+    """Several sections on a large rows × cols grid, as a real slide carries (2–4 lymph-node sections or
+    pieces of one, side by side along the long axis, of unequal widths; a third of them split across)."""
+    w, h, m = cols * px, rows * px, MARGIN_CELLS * px
+    count = int(np.clip(round(cols / rows * rng.uniform(0.9, 1.5)), 2, 4))
+    shares = rng.uniform(0.7, 1.3, count)
+    edges = m + np.concatenate([[0.0], np.cumsum(shares / shares.sum())]) * (w - 2 * m)
+    ovals = []
+    for left, right in itertools.pairwise(edges):
+        if rng.random() < 0.33 and rows >= 24:  # two pieces one above the other
+            split = m + (h - 2 * m) * rng.uniform(0.4, 0.6)
+            ovals += [fit_oval(rng, (left, m, right, split), px), fit_oval(rng, (left, split, right, h - m), px)]
+        else:
+            ovals.append(fit_oval(rng, (left, m, right, h - m), px))
+    return ovals
+
+
 def covered_cells(ovals: Sequence[Oval], rows: int, cols: int, px: int) -> tuple[np.ndarray, np.ndarray]:
     """Per cell of a rows × cols grid: tissue (any coverage) and interior (fully covered) masks."""
     # 12 × 12 samples per cell classify cells; cells near the outline get an exact per-pixel test.
+    # Bands of BAND_ROWS cell rows keep the samples small on slides of 10^5 cells.
     k = 12
     step = px / k
     xs = ((np.arange(cols * k, dtype=np.float32) + 0.5) * step)[None, :]
-    ys = ((np.arange(rows * k, dtype=np.float32) + 0.5) * step)[:, None]
-    blocks = np.max([o.depth(xs, ys) for o in ovals], axis=0).reshape(rows, k, cols, k)
-    lo, hi = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))
+    lo, hi = np.empty((rows, cols), np.float32), np.empty((rows, cols), np.float32)
+    for top in range(0, rows, BAND_ROWS):
+        n = min(BAND_ROWS, rows - top)
+        ys = ((np.arange(top * k, (top + n) * k, dtype=np.float32) + 0.5) * step)[:, None]
+        depth = ovals[0].depth(xs, ys)
+        for oval in ovals[1:]:
+            depth = np.maximum(depth, oval.depth(xs, ys))
+        blocks = depth.reshape(n, k, cols, k)
+        lo[top : top + n], hi[top : top + n] = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))
     safe = SOFT_PX / 2 + 2 * step  # the depth changes by less than 2 px per px
     interior, tissue = lo >= safe, hi > -safe
     for r, c in zip(*np.nonzero(tissue & ~interior), strict=True):

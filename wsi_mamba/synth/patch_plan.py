@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.patches import PatchSource
 from .appearance import DEFAULT_COMPOSITION, NormalTissue, draw_without_repeats, normal_tissue
-from .geometry import Oval, covered_cells, section_ovals, tissue_alpha
+from .geometry import MULTI_SECTION_CELLS, Oval, covered_cells, section_ovals, tissue_alpha
 from .layout import slide_layout
 from .lesions import (
     CLASSES,
@@ -27,6 +27,8 @@ from .lesions import (
 )
 from .writer import COMPRESSIONS, FLAVOURS
 
+UPSAMPLES = (1, 2, 4)  # level 0 at 1x, 2x or 4x the patches' magnification (10x patches: 10x, 20x, 40x)
+
 
 @dataclass(frozen=True)
 class CohortSpec:
@@ -34,7 +36,9 @@ class CohortSpec:
     ``seed``, file ``flavour`` (mixed | svs | tiff), ``test_fraction`` (None: a third), ``max_cells`` (the
     long side's bound in cells; slides are 72 % of it to all of it), ``stain`` (strength of the per-slide HED
     shift, 0 = off), ``compression`` (jpeg | lossless), the tumor slides' lesion ``classes`` (a balanced
-    seeded mix) and ``composition`` (Dirichlet concentration of each slide's normal-tissue mix, 0 = uniform)."""
+    seeded mix), ``composition`` (Dirichlet concentration of each slide's normal-tissue mix, 0 = uniform) and
+    ``upsample`` (1, 2 or 4: level 0 at that many times the patches' magnification, e.g. 20x or 40x from 10x
+    patches; ``max_cells`` counts patches either way)."""
 
     slides: int = 6
     seed: int = 0
@@ -45,6 +49,7 @@ class CohortSpec:
     compression: str = "jpeg"
     classes: Sequence[str] = CLASSES
     composition: float = DEFAULT_COMPOSITION
+    upsample: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -54,6 +59,8 @@ class CohortSpec:
             raise ValueError(f"flavour must be mixed, svs or tiff, got {self.flavour!r}")
         if not self.classes or any(c not in CLASSES for c in self.classes):
             raise ValueError(f"classes must be a non-empty subset of {CLASSES}, got {self.classes}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         if self.stain < 0:
             raise ValueError(f"stain must be ≥ 0 (0 = no per-slide stain shift), got {self.stain}")
 
@@ -62,7 +69,7 @@ class CohortSpec:
         records them in ``synth.json``."""
         folder = Path(source.description)
         patches = str(folder.resolve()) if folder.is_dir() else source.description
-        return {
+        record = {
             "generator": "from-patches",
             "patches": patches,
             "slides": self.slides,
@@ -75,11 +82,15 @@ class CohortSpec:
             "classes": list(self.classes),
             "composition": self.composition,
         }
+        if self.upsample != 1:  # cohorts at the patches' own magnification keep their earlier record
+            record["upsample"] = self.upsample
+        return record
 
 
 @dataclass
 class PatchSlideSpec:
-    """Everything that determines a real-tissue slide's pixels, given its patch source."""
+    """Everything that determines a real-tissue slide's pixels, given its patch source. Sizes are level-0 pixels:
+    a cell is ``px`` a side there, and its patch (``patch_px`` a side, 0 = ``px``) is upsampled to it."""
 
     seed: int
     width: int
@@ -97,6 +108,12 @@ class PatchSlideSpec:
     stain_beta: tuple[float, float, float] = (0.0, 0.0, 0.0)  # HED shift (optical density)
     lesions: list[PatchLesion] = field(default_factory=list)
     tissue_mix: tuple[float, ...] = ()  # weights of the normal-appearance bins, lightest first
+    patch_px: int = 0  # the patches' side; 0: px (level 0 at the patches' own resolution)
+
+    @property
+    def upsample(self) -> int:
+        """Level-0 pixels per patch pixel (1: the patches' own resolution)."""
+        return self.px // self.patch_px if self.patch_px else 1
 
     @property
     def label(self) -> str:
@@ -156,16 +173,28 @@ class _Section:
     lesions: list[PatchLesion]
 
 
-def _section(rng: np.random.Generator, kind: LesionClass | None, cell: CellGeometry, max_cells: int) -> _Section:
+def _section(
+    rng: np.random.Generator,
+    kind: LesionClass | None,
+    cell: CellGeometry,
+    max_cells: int,
+    shape: tuple[int, int] | None = None,
+) -> _Section:
     """A section of 72 %–100 % of ``max_cells`` (macro: at least 80 % and room for one) that holds 1–3
-    lesions whose largest is of class ``kind`` (None: a normal slide); tried 40 times."""
+    lesions whose largest is of class ``kind`` (None: a normal slide); tried 40 times. Grids of at least
+    ``MULTI_SECTION_CELLS`` columns are CAMELYON16-shaped (short side 40–55 % of the long one) and hold several
+    sections; ``shape`` (rows, cols) fixes the grid instead."""
     min_cells = max(8, round(max_cells * 0.72))
     low = min_cells
     if kind is LesionClass.MACRO:
         low = min(max_cells, max(min_cells, round(max_cells * 0.8), macro_min_cells(cell.px, cell.mpp)))
     for _ in range(40):
-        cols = int(rng.integers(low, max_cells + 1))
-        rows = max(6, round(cols * rng.uniform(0.65, 0.85)))
+        if shape is not None:
+            rows, cols = shape
+        else:
+            cols = int(rng.integers(low, max_cells + 1))
+            aspect = (0.4, 0.55) if cols >= MULTI_SECTION_CELLS else (0.65, 0.85)
+            rows = max(6, round(cols * rng.uniform(*aspect)))
         ovals = section_ovals(rng, rows, cols, cell.px)
         tissue, interior = covered_cells(ovals, rows, cols, cell.px)
         if kind is None:
@@ -206,14 +235,20 @@ def plan_slide(
     mpp: float,
     max_cells: int = 60,
     stain: float = 1.0,
+    upsample: int = 1,
+    shape: tuple[int, int] | None = None,
 ) -> PatchSlideSpec:
     """A reproducible slide description: ``kind`` is the largest lesion's class (None or "none": a normal
-    slide); ``normal`` the normal patches (binned, with the per-slide mix) or a plain index pool."""
+    slide); ``normal`` the normal patches (binned, with the per-slide mix) or a plain index pool; ``px`` and
+    ``mpp`` the patches'. ``upsample`` puts level 0 at that many times their resolution; ``shape`` (rows, cols
+    of cells) fixes the grid, which is otherwise drawn from ``max_cells``."""
     if not isinstance(normal, NormalTissue):
         normal = NormalTissue((np.asarray(normal),))
     kind = None if kind in (None, "none") else LesionClass(kind)
+    patch_px = px
+    px, mpp = px * upsample, mpp / upsample  # level-0 cells
     rng = np.random.default_rng([seed, index, 0x7A])
-    section = _section(rng, kind, CellGeometry(px, mpp), max_cells)
+    section = _section(rng, kind, CellGeometry(px, mpp), max_cells, shape)
     cells, tumor, patches, mix = _fill(rng, section, normal, tumor_pool)
     transforms = rng.integers(0, 8, len(cells)).astype(np.int64)
     grey = rng.uniform(226, 244)
@@ -238,6 +273,7 @@ def plan_slide(
         stain_beta=tuple(float(b) for b in beta),  # type: ignore[arg-type]
         lesions=section.lesions,
         tissue_mix=tuple(round(float(w), 4) for w in mix),
+        patch_px=patch_px if upsample != 1 else 0,
     )
 
 
@@ -293,6 +329,8 @@ def plan_patch_cohort(
         flavour = spec.flavour
         if flavour == "mixed":
             flavour = FLAVOURS[index % 2 if index < 2 else int(rng.integers(2))]
-        slide = plan_slide(spec.seed, index, kinds.get(index), tissue, tumor, px, mpp, spec.max_cells, spec.stain)
+        slide = plan_slide(
+            spec.seed, index, kinds.get(index), tissue, tumor, px, mpp, spec.max_cells, spec.stain, spec.upsample
+        )
         slides.append(PatchCohortSlide(split, name, path, slide, flavour))
     return PatchCohortPlan(Path(out), source, spec, slides)
