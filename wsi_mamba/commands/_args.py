@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import ranges
 from ..data.augment_config import VIEW_COUNTS
+from ..data.stain_norm import METHODS as STAIN_METHODS
+from ..data.stain_norm import StainNorm, builtin_target, target_from_image
 from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
-from ..features.modes import FeatureMode
+from ..features.modes import NO_STAIN_NORM, FeatureMode
 from ..features.modes import requested_mode as features_requested_mode
 from ..features.options import ReadOptions
 from ..ranges import Range
@@ -264,6 +266,40 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         help="tile mode: average each tile's features over 1, 4 (rotations) or 8 (and mirror images) views; 4x/8x "
         "the encoding time (default: 1; predict: the model's)",
     )
+    stain_arguments(p, "extract: none; predict, cohort: the model's")
+
+
+def stain_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    """``--stain-norm METHOD`` and ``--stain-target IMAGE`` (:func:`stain_request`); ``default`` says what their
+    absence means for the command."""
+    p.add_argument(
+        "--stain-norm",
+        choices=STAIN_METHODS,
+        default=None,
+        help=f"normalise each slide's stain (fitted once per slide, at the tissue mask's resolution) to a target "
+        f"before the encoder: {', '.join(STAIN_METHODS)} (default: {default})",
+    )
+    p.add_argument(
+        "--stain-target",
+        type=path_text,
+        metavar="IMAGE",
+        help="fit the stain target on this image's tissue (default: the built-in target, fitted on PCam training "
+        "patches)",
+    )
+
+
+def stain_request(args: argparse.Namespace) -> StainNorm | str | None:
+    """The normalisation ``--stain-norm`` / ``--stain-target`` ask for, its target fitted now (before any work):
+    a :class:`StainNorm`, :data:`NO_STAIN_NORM`, or None when neither is given. ``ValueError`` (one line) for a
+    target image that cannot be read or holds no tissue; :class:`UsageError` for a target without a method."""
+    method, target = getattr(args, "stain_norm", None), getattr(args, "stain_target", None)
+    if target is not None and method in (None, NO_STAIN_NORM):
+        raise UsageError("--stain-target needs --stain-norm macenko or reinhard")
+    if method is None:
+        return None
+    if method == NO_STAIN_NORM:
+        return NO_STAIN_NORM
+    return target_from_image(method, target) if target is not None else builtin_target(method)
 
 
 def read_options(args: argparse.Namespace) -> ReadOptions:

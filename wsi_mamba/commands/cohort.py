@@ -15,6 +15,7 @@ from ._args import (
     positive_int,
     read_options,
     requested_mode,
+    stain_request,
     tile_arguments,
 )
 
@@ -68,6 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_cohort(args: argparse.Namespace) -> int:
     if args.scheduler is None:  # local workers: a device this machine lacks is a usage error, before any work
         command_device(args)
+    requested, stain = requested_mode(args), stain_request(args)  # a stain target fitted before any work
+    if stain is not None:  # the model's stain normalisation, or one line before any slide
+        from ..features.modes import resolve
+        from ..workflows.bundle import model_path, read_manifest
+
+        folder = model_path(args.model)
+        meta = read_manifest(folder)
+        requested = resolve(requested, meta.get("feature_mode"), str(meta.get("name") or folder.name), stain)
     from ..workflows.cohort import run_cohort
 
     summary = run_cohort(
@@ -79,7 +88,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         heatmap=args.heatmap,
         progress=not args.no_progress,
         read=read_options(args),
-        requested=requested_mode(args),
+        requested=requested,
         torch_threads=args.torch_threads,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         device=args.device,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..data.augment_config import VIEW_COUNTS
+from ..features.modes import NO_STAIN_NORM
 from ..workflows.training.configs import PatchTrainingConfig
 from ._args import (
     THREADS_HELP,
@@ -21,6 +22,8 @@ from ._args import (
     path_text,
     positive_int,
     seed,
+    stain_arguments,
+    stain_request,
     view_count,
 )
 
@@ -61,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model folder's, 1 for an encoder checkpoint)",
     )
     p.add_argument("--tta", dest="views", action="store_const", const=8, help="the same as --views 8")
+    stain_arguments(p, "the model folder's; each patch fitted on its own stain")
     p.add_argument(
         "--threshold", type=fraction, help="patch probability threshold for the accuracy, in [0, 1] (default 0.5)"
     )
@@ -96,6 +100,7 @@ def cmd_split_patches(args: argparse.Namespace) -> int:
 
 def cmd_score_patches(args: argparse.Namespace) -> int:
     device = command_device(args)
+    stain = stain_request(args)  # a stain target fitted before any work
     from tqdm import tqdm
 
     from ..data.patches import PatchGeometry, open_patches
@@ -104,6 +109,7 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     from ..workflows.bundle import model_files
     from ..workflows.reports.score_patches import (
         load_patch_classifier,
+        model_stain,
         patch_metrics,
         patch_output_files,
         result_rows,
@@ -121,14 +127,16 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
     encoder, model_views = load_patch_classifier(args.model, device, weights=args.encoder_weights)
     views = args.views or model_views
+    stain = model_stain(args.model) if stain is None else stain if stain != NO_STAIN_NORM else None
     threshold = 0.5 if args.threshold is None else args.threshold
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
-        result = score_patch_source(source, encoder, args.batch_size, views, on_batch=bar.update)
+        result = score_patch_source(source, encoder, args.batch_size, views, on_batch=bar.update, stain=stain)
     for message in result.errors.values():
         print(f"error: {message}", file=sys.stderr)
     metrics = patch_metrics(result, threshold)
     if metrics is not None:
         metrics.update(model=args.model or "default", views=views, unreadable=len(result.errors))
+        metrics.update(stain_norm=stain.attrs() if stain else None, stain_not_estimated=result.stain_skipped)
     if args.out:
         written = write_patch_outputs(result, args.out, metrics, encoder.name)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)

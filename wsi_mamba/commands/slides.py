@@ -24,7 +24,7 @@ from ._args import (
 EXPECTED_ERRORS = (SlideError, AnnotationError)
 
 
-MAX_SYNTH_SIZE = 200_000  # the largest real slides are about this wide
+MAX_SYNTH_SIZE = 250_000  # the largest real slides are about this wide (CAMELYON16: up to ~220,000 px)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,6 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative,
         default=1.0,
         help="with --from-patches: strength of the per-slide HED stain shift (0 = none; default 1)",
+    )
+    p.add_argument(
+        "--magnification",
+        type=positive_float,
+        help="with --from-patches: level 0's objective power, 1, 2 or 4 times the patches' own (PCam's 10x "
+        "patches: 10, 20 or 40; default the patches' own), the patches upsampled to it; --size is then in "
+        "level-0 px at that magnification",
     )
     p.add_argument(
         "--composition",
@@ -239,14 +246,16 @@ def _synth_from_patches(args: argparse.Namespace) -> int:
     from ..synth.patch_plan import CohortSpec, plan_patch_cohort
 
     source = open_patches(args.from_patches)
+    upsample = _upsample(args.magnification, source.geometry.mpp)
     spec = CohortSpec(
         slides=args.slides,
         seed=args.seed,
         flavour=args.flavour,
         test_fraction=args.test_fraction,
-        max_cells=args.size // source.geometry.px if args.size else 60,
+        max_cells=args.size // (source.geometry.px * upsample) if args.size else 60,
         stain=args.stain,
         composition=args.composition,
+        upsample=upsample,
     )
     check_cohort_output(args.out, spec.record(source), args.overwrite)  # another cohort in --out: refused first
     plan = plan_patch_cohort(args.out, source, spec)  # input errors before the bar
@@ -254,3 +263,19 @@ def _synth_from_patches(args: argparse.Namespace) -> int:
         write_planned_cohort(plan, tick=bar.update, overwrite=args.overwrite)
     print(f"wrote {len(plan)} slides of real tissue from {args.from_patches} to {args.out}")
     return 0
+
+
+def _upsample(magnification: float | None, patch_mpp: float) -> int:
+    """Level-0 pixels per patch pixel for ``--magnification`` (None: 1); ``UsageError`` unless 1, 2 or 4."""
+    from ..synth.patch_plan import UPSAMPLES
+    from ..synth.writer import APP_MAG, MPP
+    from ._args import UsageError
+
+    if magnification is None:
+        return 1
+    own = APP_MAG * MPP / patch_mpp
+    upsample = round(magnification / own)
+    if upsample not in UPSAMPLES or abs(upsample * own - magnification) > 0.01 * magnification:
+        allowed = ", ".join(f"{u * own:g}" for u in UPSAMPLES)
+        raise UsageError(f"--magnification {magnification:g}: the patches are {own:g}x; use {allowed}")
+    return upsample

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..workflows.training.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig
+from ..data.stain_norm import StainNorm
+from ..workflows.training.configs import (
+    PAUSED_EXIT_CODE,
+    EncoderTrainingConfig,
+    PatchTrainingConfig,
+    SlideTrainingConfig,
+)
 from ._args import (
     THREADS_HELP,
     UsageError,
@@ -26,6 +33,8 @@ from ._args import (
     positive_float,
     positive_int,
     seed,
+    stain_arguments,
+    stain_request,
     val_fraction,
 )
 
@@ -106,7 +115,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
     )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=["yes", "auto"],
+        help="continue an interrupted training from the state after its last epoch (OUT.train-state/, same options "
+        "and patches); 'auto': continue when a state exists, else start afresh (patches)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        metavar="M",
+        help=f"stop after the epoch that passes M minutes, keeping the state for --resume (exit {PAUSED_EXIT_CODE}; "
+        "patches)",
+    )
     p.add_argument("--seed", type=seed, default=patch_defaults.seed)
+    stain_arguments(p, "none; patches: each normalised on its own stain")
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     device_argument(p)
     p.set_defaults(func=cmd_train_encoder)
@@ -187,6 +212,10 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
         return _train_encoder_on_patches(args, device)
     if args.model_args:
         raise UsageError("train-encoder: --model-args applies to training on --patches")
+    if args.resume or args.max_minutes:
+        raise UsageError("train-encoder: --resume and --max-minutes apply to training on --patches")
+    if args.stain_norm or args.stain_target:
+        raise UsageError("train-encoder: --stain-norm and --stain-target apply to training on --patches")
     if not args.slides or not args.labels or not args.annotations:
         raise UsageError("train-encoder needs --patches SRC, or slides with --labels and --annotations")
     from ..workflows.inputs import find_slides, read_labels
@@ -212,6 +241,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
 def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) -> int:
     from ..data.patches import PatchGeometry, open_patches
     from ..workflows.training.patch_training import train_encoder_on_patches
+    from ..workflows.training.training_state import TrainingPaused
 
     if args.slides or args.labels or args.annotations:
         raise UsageError("train-encoder: give either --patches or slides with --labels/--annotations, not both")
@@ -219,6 +249,12 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
     if args.patch_mpp:  # keep the source's own patch size, with the stated resolution
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
     val_source = open_patches(args.val_patches, geometry=source.geometry) if args.val_patches else None
+    stain = stain_request(args)  # a stain target fitted before any training
+    if isinstance(stain, StainNorm):  # each patch normalised on its own stain, training and validation alike
+        from ..data.stain_patches import StainNormalisedPatches
+
+        source = StainNormalisedPatches(source, stain)
+        val_source = StainNormalisedPatches(val_source, stain) if val_source is not None else None
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
     cfg = PatchTrainingConfig(
         model=args.model or PatchTrainingConfig.model,
@@ -234,7 +270,14 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
         ema_decay=args.ema,
         seed=args.seed,
     )
-    path = train_encoder_on_patches(source, args.out, cfg, val_source, device=device)
+    resume = {None: False, "yes": True, "auto": "auto"}[args.resume]
+    try:
+        path = train_encoder_on_patches(
+            source, args.out, cfg, val_source, device=device, resume=resume, max_minutes=args.max_minutes
+        )
+    except TrainingPaused as paused:
+        print(f"paused: {paused}", file=sys.stderr)
+        return PAUSED_EXIT_CODE
     print(f"wrote {path}")
     return 0
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..features.modes import TileMode
+from ..features.modes import TileMode, resolve, with_stain
 from ..features.options import ReadOptions
 from ..slide.base import set_max_pixels
 from . import training
@@ -25,6 +25,7 @@ from ._args import (
     positive_int,
     read_options,
     requested_mode,
+    stain_request,
     tile_arguments,
 )
 
@@ -142,6 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     device = command_device(args)  # a device this machine lacks fails here, before anything is loaded
+    mode = with_stain(requested_mode(args) or TileMode(), stain_request(args))  # the stain target fitted now
     from ..models.encoder import load_encoder
     from ..workflows.bundle import default_model_path
     from ..workflows.extract import extract_slides
@@ -150,7 +152,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     slides = find_slides(args.slides)
     spec = args.encoder or default_model_path() / "encoder.safetensors"
     encoder = load_encoder(spec, **encoder_options(args, args.encoder)).to(device)
-    results = extract_slides(slides, args.out, encoder, requested_mode(args) or TileMode(), _read_options(args))
+    results = extract_slides(slides, args.out, encoder, mode, _read_options(args))
     failed = {k: v for k, v in results.items() if v.startswith("failed")}
     if args.json:
         print(json.dumps(results, indent=2))
@@ -206,6 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     device = command_device(args)
+    stain = stain_request(args)  # a stain target fitted before any work
     from ..messages import slide_failure
     from ..outputs.names import RESULT_SUFFIXES, check_unique_names, prepare_output_folder
     from ..progress import Progress
@@ -218,9 +221,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out is not None:
         check_unique_names(slides, "results, heatmaps and GeoJSON")
     bundle = load_bundle(args.model, device=device)
+    requested = requested_mode(args)
+    if stain is not None:  # the model's stain normalisation, or one line before any output
+        requested = resolve(requested, bundle.feature_mode, bundle.name, stain)
     if out is not None:  # no result over an input; temporaries of killed runs removed
         prepare_output_folder(out, slides, RESULT_SUFFIXES, bundle.path.glob("*"))
-    read, requested = _read_options(args), requested_mode(args)  # once: it also sets torch's thread count
+    read = _read_options(args)  # once: it also sets torch's thread count
     results, failed = [], 0
     with Progress("predict", "tile") as bar:  # a bar on a terminal, a line every 30 s in a log (wsi_mamba.progress)
         for number, path in enumerate(slides, 1):

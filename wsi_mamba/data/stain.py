@@ -20,11 +20,20 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 HED_FROM_RGB.flags.writeable = False
 
 
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB in [0, 255] → float32 optical density (Beer–Lambert; white is 0, black stays finite:
+    I·254/255 + 1/255)."""
+    return -np.log(np.asarray(rgb, np.float32) * np.float32(254 / 255 / 255) + np.float32(1 / 255))
+
+
+def from_optical_density(od: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`optical_density`: float32 RGB clipped to [0, 255] (not rounded)."""
+    return np.clip((np.exp(-np.asarray(od, np.float32)) - np.float32(1 / 255)) * np.float32(255 * 255 / 254), 0, 255)
+
+
 def hed_scale_shift(rgb: np.ndarray, alpha: Sequence[float], beta: Sequence[float]) -> np.ndarray:
     """uint8 RGB (..., 3) with its H, E and DAB optical densities scaled by ``alpha`` and shifted by ``beta``:
     the arithmetic of ``augment.hed_jitter`` with fixed parameters (white stays finite: I·254/255 + 1/255)."""
-    od = -np.log(rgb.astype(np.float32) * np.float32(254 / 255 / 255) + np.float32(1 / 255))
-    hed = od @ HED_FROM_RGB
+    hed = optical_density(rgb) @ HED_FROM_RGB
     hed = hed * np.asarray(alpha, np.float32) + np.asarray(beta, np.float32)
-    out = (np.exp(-(hed @ RGB_FROM_HED)) - np.float32(1 / 255)) * np.float32(255 * 255 / 254)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return (from_optical_density(hed @ RGB_FROM_HED) + 0.5).astype(np.uint8)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..data.stain_norm import StainEstimationError, StainNorm, fit_stain
 from ..models.encoder import TileEncoder
 from ..slide import SlideError
 from ..slide.base import Slide
@@ -34,6 +35,7 @@ class EncodedSlide:
     dimensions: tuple[int, int]
     corrupt_tiles: int = 0  # tiles that could not be decoded: left out of the grid, each named in a warning
     mode: FeatureMode = field(default_factory=TileMode)  # how the features were made (checked for the encoder)
+    stain_warning: str | None = None  # why the mode's stain normalisation was not applied (None: applied or none)
 
 
 MAX_CORRUPT_FRACTION = 0.25
@@ -64,6 +66,24 @@ def _corrupt_tiles(slide: Slide, grid: TileGrid, errors: dict[int, TileDecodeErr
     return bad
 
 
+def slide_normaliser(
+    slide: Slide, tissue: TissueMask, stain: StainNorm | None
+) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str | None]:
+    """``stain`` fitted once on the slide's tissue at the tissue mask's resolution: (the per-tile normaliser,
+    None), or (None, why not) with a warning when the slide's stain cannot be estimated (it is then encoded as
+    read). (None, None) without a normalisation."""
+    if stain is None:
+        return None, None
+    height, width = tissue.mask.shape
+    rgb = slide.read_level(slide.best_level_for_downsample(tissue.downsample), (width, height))
+    try:
+        return stain.normaliser(fit_stain(stain.method, rgb, tissue.mask)), None
+    except StainEstimationError as error:
+        why = f"{stain.method} stain normalisation not applied: {error}"
+        warnings.warn(f"{slide.path}: {why}; encoded as read", stacklevel=3)
+        return None, why
+
+
 def encode_slide(
     slide: Slide,
     encoder: TileEncoder,
@@ -75,14 +95,17 @@ def encode_slide(
     """Detect tissue, cut the tile grid at the encoder's tile_px/mpp, and encode every kept tile in ``mode``
     (checked for ``encoder`` before any work). A tile that cannot be decoded (a damaged JPEG tile) is left out
     with a warning naming it and counted in ``corrupt_tiles``; more than :data:`MAX_CORRUPT_FRACTION` of them
-    fail the slide. Progress: ``on_total(n)`` once the grid of n tiles is cut, ``on_batch(k)`` as k are done."""
+    fail the slide. The mode's stain normalisation is fitted once on the slide (:func:`slide_normaliser`; a slide
+    whose stain cannot be estimated is encoded as read, ``stain_warning`` says why). Progress: ``on_total(n)`` once
+    the grid of n tiles is cut, ``on_batch(k)`` as k are done."""
     mode = mode.check(encoder)
     tissue = detect_tissue(slide)
     grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, read.min_tissue, tissue=tissue)
     if on_total is not None:
         on_total(len(grid))
+    normalise, stain_warning = slide_normaliser(slide, tissue, getattr(mode, "stain", None))
     if len(grid):
-        found = mode.encode(slide, grid, encoder, read, DeviceRunner(encoder.device), on_batch)
+        found = mode.encode(slide, grid, encoder, read, DeviceRunner(encoder.device), on_batch, normalise)
     else:
         found = GridFeatures.zeros(0, encoder.dim)
     features, colour = found.features, found.colour
@@ -92,4 +115,4 @@ def encode_slide(
             on_batch(len(bad))
         keep = np.setdiff1d(np.arange(len(grid)), bad)
         grid, features, colour = _leave_out(grid, bad), features[keep], colour[keep]
-    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), mode)
+    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), mode, stain_warning)

@@ -115,10 +115,12 @@ def encode_regions(
     read: ReadOptions = ReadOptions(),
     runner: DeviceRunner | None = None,
     on_batch: Callable[[int], None] | None = None,
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> GridFeatures:
     """Features and colour statistics of every kept tile of ``grid`` (grid order) in region mode, in regions of
     ``cells`` (cells a side, overlap cells: :meth:`~wsi_mamba.features.modes.RegionMode.cells`), and the kept
-    tiles that could not be decoded (their rows are left zero). Reads the next region's cells
+    tiles that could not be decoded (their rows are left zero); ``normalise`` (stain normalisation, uint8 → uint8)
+    maps each region before the encoder (colour statistics: as read). Reads the next region's cells
     (``read.read_threads`` threads) while the current one is encoded."""
     runner = runner or DeviceRunner(encoder.device)
     k, overlap = cells
@@ -160,7 +162,7 @@ def encode_regions(
                 else:
                     mosaic[cell] = pixels
             image = mosaic.transpose(0, 2, 1, 3, 4).reshape(rows * grid.tile_px, cols * grid.tile_px, 3)
-            cell_features = region_features(encoder, image, runner)
+            cell_features = region_features(encoder, normalise(image) if normalise else image, runner)
             r, c = grid.rows[tiles] - r0, grid.cols[tiles] - c0
             features[tiles] = cell_features[r, c]
             colour[tiles] = tile_colour_stats(mosaic[r, c])

@@ -50,16 +50,19 @@ def encode_tiles(
     read: ReadOptions = ReadOptions(),
     runner: DeviceRunner | None = None,
     on_batch: Callable[[int], None] | None = None,
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> GridFeatures:
     """Features of every tile of ``grid`` averaged over ``views`` dihedral views, their colour statistics and the
-    tiles that could not be decoded (:class:`~.grid_features.GridFeatures`). ``on_batch(k)`` after each batch."""
+    tiles that could not be decoded (:class:`~.grid_features.GridFeatures`). ``on_batch(k)`` after each batch.
+    ``normalise`` (stain normalisation, uint8 → uint8) maps the tiles before the encoder, on the feeder thread;
+    the colour statistics are of the tiles as read."""
     found = GridFeatures.zeros(len(grid), encoder.dim)
     if not len(grid):
         return found
     runner = runner or DeviceRunner(encoder.device)
 
     def prepare(tiles: np.ndarray) -> PreparedBatch:
-        return PreparedBatch(tile_colour_stats(tiles), runner.stage(tiles))
+        return PreparedBatch(tile_colour_stats(tiles), runner.stage(normalise(tiles) if normalise else tiles))
 
     def finish(batch: InFlight) -> None:
         found.features[batch.indices] = runner.finish(batch.pending)

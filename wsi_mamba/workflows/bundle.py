@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..data.stain_norm import StainNorm
 from ..devices import resolve_device
 from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
@@ -175,6 +176,7 @@ def check_manifest(meta: dict) -> None:
         check_int("model feature_mode", "region_overlap_px", mode.get("region_overlap_px"), 0, 1_000_000)
     else:
         check_views(mode.get("views", 1))
+    StainNorm.from_attrs(mode)  # a stain normalisation's method and target numbers
 
 
 def check_baseline(baseline: object) -> None:

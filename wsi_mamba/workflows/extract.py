@@ -50,6 +50,7 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
         "tissue_downsample": encoded.tissue.downsample,
         "colour_stats": list(COLOUR_STATS),
         "corrupt_tiles": encoded.corrupt_tiles,
+        **({"stain_warning": encoded.stain_warning} if encoded.stain_warning else {}),  # encoded as read
         "version": __version__,
     }
     return SlideFeatures(

@@ -72,7 +72,8 @@ def predict_slide(
         "tiles": len(encoded.grid),
         "corrupt_tiles": encoded.corrupt_tiles,
         "views": encoded.mode.views if isinstance(encoded.mode, TileMode) else 1,  # as older results have it
-        "feature_mode": encoded.mode.attrs(),  # the whole mode: tile (views) or region (sizes)
+        "feature_mode": encoded.mode.attrs(),  # the whole mode: tile (views) or region (sizes), stain normalisation
+        "stain_warning": encoded.stain_warning,  # why the mode's stain normalisation was not applied (None: it was)
         "model": bundle.name,
         "model_sha256": bundle_sha256(bundle),
         "slide_file": identity,

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ...data.patches import PatchReadError, PatchSource
+from ...data.stain_norm import StainNorm, normalise_each
 from ...devices import autocast, resolve_device
 from ...models.encoder import TileEncoder, load_encoder
 from ...models.encoders.base import check_views, dihedral_views
-from ..bundle import MANIFEST, model_path, model_views
+from ..bundle import MANIFEST, model_path, model_views, read_manifest
 
 MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
 
@@ -30,6 +31,7 @@ class PatchScores:
     labels: np.ndarray
     scores: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
+    stain_skipped: int = 0  # patches scored as read: their stain could not be estimated (stain normalisation)
 
     def labelled(self) -> np.ndarray:
         """Indices of patches with a known label and a score."""
@@ -60,6 +62,15 @@ def load_patch_classifier(
     if encoder.num_classes != 1:
         raise ValueError(f"{path}: the encoder has {encoder.num_classes} outputs, not one tumour logit")
     return (encoder if device is None else encoder.to(resolve_device(device))), views
+
+
+def model_stain(model: str | Path | None) -> StainNorm | None:
+    """The stain normalisation a model folder's tiles are encoded with (its ``feature_mode``); None for anything
+    else (an encoder checkpoint, ``timm:NAME``) or a model without one."""
+    path = model_path(model)
+    if not (path.is_dir() and (path / MANIFEST).is_file()):
+        return None
+    return StainNorm.from_attrs(read_manifest(path).get("feature_mode") or {})
 
 
 def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
@@ -110,20 +121,26 @@ def score_patch_source(
     batch_size: int = 128,
     views: int = 1,
     on_batch: Callable[[int], None] | None = None,
+    stain: StainNorm | None = None,
 ) -> PatchScores:
-    """Score every patch of ``source``; unreadable patches get NaN and an entry in ``errors``."""
+    """Score every patch of ``source``; unreadable patches get NaN and an entry in ``errors``. With ``stain`` each
+    patch is normalised on its own stain first (:func:`~wsi_mamba.data.stain_norm.normalise_each`; the patches
+    whose stain cannot be estimated are scored as read and counted in ``stain_skipped``)."""
     check_geometry(source, encoder)
     scores = np.full(len(source), np.nan, np.float32)
     errors: dict[int, str] = {}
+    skipped = 0
     for start in range(0, len(source), batch_size):
         indices = np.arange(start, min(start + batch_size, len(source)))
         good, patches = _read_batch(source, indices, errors)
         if len(good):
+            patches, unestimated = normalise_each(patches, stain)
+            skipped += unestimated
             scores[good] = classify(encoder, patches, views)
         if on_batch is not None:
             on_batch(len(indices))
     locations = [source.location(i) for i in range(len(source))]
-    return PatchScores(locations, source.labels.copy(), scores, errors)
+    return PatchScores(locations, source.labels.copy(), scores, errors, skipped)
 
 
 def patch_metrics(result: PatchScores, threshold: float = 0.5, n_boot: int = 2000) -> dict | None:
