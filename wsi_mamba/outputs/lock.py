@@ -64,9 +64,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_pid_alive = pid_alive  # the name earlier versions used
-
-
 def _parse_holder(data: bytes) -> dict:
     """The owner record in a lock file's bytes; ``{}`` when there is none (empty, cut short, not JSON)."""
     try:
