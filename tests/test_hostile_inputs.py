@@ -18,7 +18,7 @@ import pytest
 import tifffile
 from cli_helpers import assert_one_error, dead_pid, run, snapshot
 from slide_fixtures import gradient_image, shared_file, write_pyramid
-from workflow_fixtures import TRAINING, WorkflowData, copy_tree, workflow_data
+from workflow_fixtures import TRAINING, WorkflowData, copy_tree, copy_with_small_tiles, workflow_data
 
 from wsi_mamba.features.store import read_store
 from wsi_mamba.outputs.atomic import TEMP_MARKER
@@ -793,19 +793,6 @@ def test_cohort_keeps_slides_named_like_temp_files_and_locks_its_folder(
 # ----------------------------------------------------------------------------------- 9. corrupt tiles
 
 
-def write_copy_with_small_tiles(source: Path, path: Path) -> Path:
-    """The pixels of ``source`` (0.243 µm/px) as a JPEG-tiled pyramid of downsamples 1, 2, 4, 8 with 32 px file
-    tiles on level 2: tissue is found on level 3, tiles of 64 px at 1 µm/px are read from level 2."""
-    with open_slide(source) as slide:
-        image, mpp = slide.read_level(0), slide.mpp
-    options = dict(photometric="rgb", compression="jpeg", metadata=None, resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path) as tw:
-        for k, (step, tile) in enumerate(((1, 128), (2, 64), (4, 32), (8, 32))):
-            res = 1e4 / (mpp * step)
-            level = image[::step, ::step]
-            tw.write(level, tile=(tile, tile), subfiletype=1 if k else 0, resolution=(res, res), **options)
-    return path
-
 
 def corrupt_file_tiles(path: Path, page: int, which: list[int]) -> None:
     """Overwrite the data of file tiles ``which`` of ``page`` with random bytes."""
@@ -825,7 +812,7 @@ def test_corrupt_tile_is_a_warning_left_out_and_counted(
     from wsi_mamba.slide.tiling import make_tile_grid
     from wsi_mamba.slide.tissue import detect_tissue
 
-    path = write_copy_with_small_tiles(data.slide("test_001"), tmp_path / "damaged.tif")
+    path = copy_with_small_tiles(data.slide("test_001"), tmp_path / "damaged.tif")
     with open_slide(path) as slide:
         grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
         across = -(-slide.level_dimensions[2][0] // 32)
@@ -859,7 +846,7 @@ def test_corrupt_tile_is_a_warning_left_out_and_counted(
 def test_slide_with_many_corrupt_tiles_fails_and_the_batch_goes_on(
     data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_copy_with_small_tiles(data.slide("test_001"), tmp_path / "ruined.tif")
+    path = copy_with_small_tiles(data.slide("test_001"), tmp_path / "ruined.tif")
     with tifffile.TiffFile(path) as tf:
         count = len(tf.pages[2].dataoffsets)
     corrupt_file_tiles(path, 2, list(range(count)))

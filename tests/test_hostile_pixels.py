@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from cli_helpers import assert_one_error, run
 from PIL import Image
-from workflow_fixtures import WorkflowData, workflow_data
+from workflow_fixtures import WorkflowData, copy_with_small_tiles, workflow_data
 
 from wsi_mamba.slide import Slide, open_slide
 from wsi_mamba.slide.errors import SlideError, TileDecodeError
@@ -86,19 +86,6 @@ def test_a_tile_without_data_is_a_decode_error_not_black(tmp_path: Path, tag: st
                 read()
 
 
-def copy_with_small_tiles(source: Path, path: Path) -> Path:
-    """``source`` (0.243 µm/px) as a pyramid of downsamples 1, 2, 4, 8 with 32 px file tiles on level 2: tissue
-    is found on level 3, tiles of 64 px at 1 µm/px are read from level 2 (as tests/test_hostile_inputs.py)."""
-    with open_slide(source) as slide:
-        image, mpp = slide.read_level(0), slide.mpp
-    options = dict(photometric="rgb", compression="zlib", metadata=None, resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path) as tw:
-        for k, (step, tile) in enumerate(((1, 128), (2, 64), (4, 32), (8, 32))):
-            res = 1e4 / (mpp * step)
-            level = image[::step, ::step]
-            tw.write(level, tile=(tile, tile), subfiletype=1 if k else 0, resolution=(res, res), **options)
-    return path
-
 
 def test_predict_counts_tiles_without_data_as_corrupt(
     data: WorkflowData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -106,7 +93,7 @@ def test_predict_counts_tiles_without_data_as_corrupt(
     from wsi_mamba.slide.tiling import make_tile_grid
     from wsi_mamba.slide.tissue import detect_tissue
 
-    path = copy_with_small_tiles(data.slide("test_001"), tmp_path / "one-hole.tif")
+    path = copy_with_small_tiles(data.slide("test_001"), tmp_path / "one-hole.tif", compression="zlib")
     with open_slide(path) as slide:
         grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
         across = -(-slide.level_dimensions[2][0] // 32)
@@ -123,7 +110,7 @@ def test_predict_counts_tiles_without_data_as_corrupt(
     lines = [str(w.message) for w in caught if "no image data" in str(w.message)]
     assert len(lines) == 1 and lines[0].startswith(f"{path}: tile 0 (level 2, ") and "left out" in lines[0]
 
-    half = copy_with_small_tiles(data.slide("test_001"), tmp_path / "half.tif")
+    half = copy_with_small_tiles(data.slide("test_001"), tmp_path / "half.tif", compression="zlib")
     with tifffile.TiffFile(half) as tf:
         count = len(tf.pages[2].databytecounts)
     zero_tiles(half, 2, list(range(0, count, 2)))  # the issue's case: half the tiles of a level have no data

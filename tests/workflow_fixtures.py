@@ -155,3 +155,19 @@ def write_booby_pickle(path: Path, marker: Path) -> Path:
     assert marker.exists()
     marker.unlink()
     return path
+
+
+def copy_with_small_tiles(source: Path, path: Path, compression: str = "jpeg") -> Path:
+    """The pixels of ``source`` (0.243 µm/px) as a pyramid of downsamples 1, 2, 4, 8 (``compression``) with 32 px
+    file tiles on level 2: tissue is found on level 3, tiles of 64 px at 1 µm/px are read from level 2."""
+    from wsi_mamba.slide import open_slide
+
+    with open_slide(source) as slide:
+        image, mpp = slide.read_level(0), slide.mpp
+    options = dict(photometric="rgb", compression=compression, metadata=None, resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(path) as tw:
+        for k, (step, tile) in enumerate(((1, 128), (2, 64), (4, 32), (8, 32))):
+            res = 1e4 / (mpp * step)
+            level = image[::step, ::step]
+            tw.write(level, tile=(tile, tile), subfiletype=1 if k else 0, resolution=(res, res), **options)
+    return path
