@@ -124,7 +124,8 @@ class StageClock:
     STAGES: ClassVar[dict[str, str]] = {
         "encode_slide": "tissue, grid, read + encode",
         "score_encoded": "slide model",
-        "write_regions_geojson": "regions GeoJSON",
+        "call_regions": "region calling",
+        "write_called_regions_geojson": "regions GeoJSON",
         "write_heatmap_png": "heatmap PNG",
         "write_tiles_geojson": "tiles GeoJSON",
     }
@@ -325,6 +326,8 @@ def main() -> None:
     if views != model_views:  # speed only: predict refuses other views for a reason
         print(f"note: --views {views} overrides the model's views; time only, the score means nothing", file=sys.stderr)
         bundle.meta["feature_mode"] = {**bundle.feature_mode, "views": views}
+        if views == 1:  # one view has no others to add on demand
+            bundle.meta["feature_mode"].pop("views_on_demand", None)
     reading = ReadOptions(batch_size=args.batch_size, read_threads=args.read_threads)
     warm = np.zeros((min(args.batch_size, 8), bundle.encoder.tile_px, bundle.encoder.tile_px, 3), np.uint8)
     bundle.encoder.encode(warm)  # first-call costs (allocator, kernels) are not the slide's

@@ -55,6 +55,8 @@ DEFAULTS = [
     ("train", "seed", SlideTrainingConfig, "seed"),
     ("train", "aggregator", SlideTrainingConfig, "aggregator"),
     ("train", "folds", SlideTrainingConfig, "folds"),
+    ("train", "topk", SlideTrainingConfig, "topk"),
+    ("train", "target_specificity", SlideTrainingConfig, "target_specificity"),
 ]
 
 # Options whose default depends on what is trained (patches or slides): None on the command line, the

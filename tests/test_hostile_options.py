@@ -19,7 +19,7 @@ from slide_fixtures import write_pyramid
 
 from wsi_mamba import ranges
 from wsi_mamba.cli import build_parser
-from wsi_mamba.commands._args import Ranged, device_spec, json_object, name_text, path_text
+from wsi_mamba.commands._args import Ranged, device_spec, json_object, name_text, path_text, probability_band
 from wsi_mamba.commands.compare import labelled_folder
 from wsi_mamba.commands.models import _resolution
 from wsi_mamba.features.modes import RegionMode, TileMode
@@ -28,7 +28,7 @@ from wsi_mamba.workflows.inputs import find_slides
 from wsi_mamba.workflows.training.configs import EncoderTrainingConfig, PatchTrainingConfig, SlideTrainingConfig
 
 # Types of value options that are neither a range nor a path: each checks its own syntax.
-OTHER_TYPES = {device_spec, json_object, labelled_folder, _resolution, name_text}
+OTHER_TYPES = {device_spec, json_object, labelled_folder, _resolution, name_text, probability_band}
 
 # Options that name files or folders (by dest or metavar): they must use path_text.
 PATH_DESTS = {

@@ -129,7 +129,8 @@ def test_train_writes_model_folder(data: WorkflowData, bundle: ModelBundle) -> N
     assert len(baseline["mean"]) == len(baseline["scale"]) == len(baseline["coef"]) > 0
     assert isinstance(baseline["intercept"], float)
     assert bundle.encoder.hash == encoder_hash and bundle.encoder.name == ENCODER_NAME
-    assert bundle.threshold == 0.5 and bundle.baseline == baseline
+    assert bundle.threshold == meta["threshold"] and meta["threshold_rule"]["target_specificity"] == 0.95
+    assert bundle.baseline == baseline
 
 
 def test_train_is_reproducible_and_ignores_label_order(data: WorkflowData, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Where models run: ``--device auto|cpu|cuda|cuda:N`` resolved to a ``torch.device``, and the autocast that goes
-with it (bf16 on CUDA, with the weights kept in fp32; none on the CPU).
+with it (bf16 on CUDA, with the weights kept in fp32; on the CPU none unless bf16 is asked for).
 
 Every command that runs a model resolves its ``--device`` here; :data:`DEFAULT_DEVICE` is the one default.
 torch is imported only when a device is resolved, so building the CLI stays cheap.
@@ -69,13 +69,31 @@ def resolve_device(spec: str | torch.device | None = DEFAULT_DEVICE) -> torch.de
     return torch.device(text)
 
 
-def autocast(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on a CUDA device (weights stay fp32: mixed precision, not half weights); nothing elsewhere."""
+CPU_PRECISIONS = ("fp32", "bf16")
+"""Precisions of model calls on the CPU: fp32, or bf16 autocast (fp32 weights; see :func:`cpu_bf16_native`)."""
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX-512-BF16 or AMX), where CPU bf16 autocast pays; on
+    other CPUs oneDNN emulates it, slower than fp32."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast(device: torch.device | str, cpu_precision: str = "fp32") -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on a CUDA device (weights stay fp32: mixed precision, not half weights); on the CPU bf16
+    autocast when ``cpu_precision`` is "bf16", nothing otherwise."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_precision not in CPU_PRECISIONS:
+        raise ValueError(f"CPU precision must be {' or '.join(CPU_PRECISIONS)}, got {cpu_precision!r}")
+    if device.type == "cpu" and cpu_precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -90,6 +90,8 @@ MPP = Range(0.05, 20.0, unit="µm/px")  # a microscope's microns per pixel (slid
 SEED = Range(0, 2**32 - 1, integer=True)  # what numpy's and torch's generators both take
 VIEWS = Range(integer=True, values=VIEW_COUNTS)  # a tile and its rotations (and mirror images)
 PORT = Range(0, 65535, integer=True)  # a TCP port (0: one the system picks)
+TOPK = Range(0, 64, integer=True)  # tiles in the slide model's max-evidence branch (0: off)
+SPECIFICITY = Range(0, 1, low_open=True)  # a target specificity: the share of normal slides called normal
 
 
 def check_fields(config: Any, **rules: Range) -> None:

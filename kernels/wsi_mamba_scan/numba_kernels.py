@@ -652,3 +652,92 @@ def cross_scan_forward(map_rows, map_cols, x_dbl, dt_weight, A, D, bias, rank, c
                         _scan_chunk(ut, dtt, out, h, a, d_lanes, b_rows, c_rows, 0, steps, w)
                         _scatter_add_route(out, w, target, b, channel, width, reverse, t0, steps)
                         _copy_lane(state, j, h, w, False)
+
+
+@njit(inline="always", **JIT)
+def _nhwc_position(g, s, height, width):
+    """Map position (row-major, i·W + j) of step ``s`` of route ``g``: rows (g even) or columns (g odd), the
+    routes g >= 2 walked backwards."""
+    length = height * width
+    step = length - 1 - s if g >= 2 else s
+    if g % 2 == 0:
+        return step
+    return (step % height) * width + step // height
+
+
+@njit(parallel=PARALLEL, **OPTIONS)
+def cross_scan_forward_nhwc(x_map, x_dbl, dt_weight, A, D, bias, rank, height, width, chunk, splits, workers, y):
+    """:func:`cross_scan_forward` on a channels-last map: ``x_map`` and ``y`` are (batch, L, Di) (the NHWC memory of
+    the map, L = H·W row-major), read and written in place by route position, so one chunk's 16 channels are
+    contiguous; route 0 writes ``y``, routes 1-3 add to it (no zeroed output, no transposed copies).
+
+    x_dbl: (batch, 4, R + 2N, L) per route the low-rank Δ factor, B and C, in map order (read by route position);
+    dt_weight: (4·Di, R); A: (4·Di, N); D, bias: (4·Di,). Items: runs of 16-channel lanes of one batch element,
+    scanned along every route in turn, so no two items write the same element.
+    """
+    batch, length, heads = x_map.shape
+    groups, dstate = x_dbl.shape[1], A.shape[1]
+    lanes_per_group = (heads + LANES - 1) // LANES
+    per_item = (lanes_per_group + splits - 1) // splits
+    chunks = (length + chunk - 1) // chunk
+    dtype = x_map.dtype
+    ut = np.empty((workers, chunk, LANES), dtype)
+    dtt = np.empty((workers, chunk, LANES), dtype)
+    out = np.empty((workers, chunk, LANES), dtype)
+    rows = np.empty((workers, chunk, x_dbl.shape[2]), dtype)
+    where = np.empty((workers, chunk), np.int64)
+    h = np.empty((workers, dstate, LANES), dtype)
+    a = np.empty((workers, dstate, LANES), dtype)
+    weight_lanes = np.empty((workers, rank, LANES), dtype)
+    d_lanes = np.empty((workers, LANES), dtype)
+    bias_lanes = np.empty((workers, LANES), dtype)
+    for w in prange(workers):
+        for item in range(w, batch * splits, workers):
+            b = item // splits
+            lane0 = (item % splits) * per_item
+            count = min(lanes_per_group, lane0 + per_item) - lane0
+            if count <= 0:
+                continue
+            for g in range(groups):
+                state = np.zeros((count, dstate, LANES), dtype)
+                a_lanes = _lane_A(A, g, heads, lane0, count, dstate, dtype)
+                for k in range(chunks):
+                    t0 = k * chunk
+                    steps = min(chunk, length - t0)
+                    for t in range(steps):
+                        p = _nhwc_position(g, t0 + t, height, width)
+                        where[w, t] = p
+                        for r in range(x_dbl.shape[2]):
+                            rows[w, t, r] = x_dbl[b, g, r, p]
+                    for j in range(count):
+                        channel = (lane0 + j) * LANES  # in the map
+                        c0 = g * heads + channel  # in the route-stacked parameters
+                        lane_width = min(LANES, heads - channel)
+                        for t in range(steps):
+                            p = where[w, t]
+                            for c in range(LANES):
+                                ut[w, t, c] = 0
+                            for c in range(lane_width):
+                                ut[w, t, c] = x_map[b, p, channel + c]
+                        for r in range(rank):
+                            for c in range(LANES):
+                                weight_lanes[w, r, c] = 0
+                            for c in range(lane_width):
+                                weight_lanes[w, r, c] = dt_weight[c0 + c, r]
+                        _low_rank_delta(rows, w, weight_lanes, rank, steps, dtt)
+                        _lane_values(bias, c0, lane_width, bias_lanes, w)
+                        _lane_values(D, c0, lane_width, d_lanes, w)
+                        _time_steps(dtt, dtt, w, bias_lanes, True, steps, False)
+                        _copy_lane(state, j, h, w, True)
+                        _copy_lane(a_lanes, j, a, w, True)
+                        b_rows, c_rows = rows[w, :, rank:], rows[w, :, rank + dstate:]
+                        _scan_chunk(ut, dtt, out, h, a, d_lanes, b_rows, c_rows, 0, steps, w)
+                        for t in range(steps):
+                            p = where[w, t]
+                            if g == 0:
+                                for c in range(lane_width):
+                                    y[b, p, channel + c] = out[w, t, c]
+                            else:
+                                for c in range(lane_width):
+                                    y[b, p, channel + c] += out[w, t, c]
+                        _copy_lane(state, j, h, w, False)

@@ -17,7 +17,7 @@ from ..data.augment_config import VIEW_COUNTS
 from ..data.stain_norm import METHODS as STAIN_METHODS
 from ..data.stain_norm import StainNorm, builtin_target, target_from_image
 from ..devices import DEFAULT_DEVICE, DEVICE_HELP, DeviceError, check_spec, resolve_device
-from ..features.modes import NO_STAIN_NORM, FeatureMode
+from ..features.modes import NO_STAIN_NORM, FeatureMode, ViewsOnDemand
 from ..features.modes import requested_mode as features_requested_mode
 from ..features.options import ReadOptions
 from ..ranges import Range
@@ -106,6 +106,29 @@ mpp = Ranged(ranges.MPP)
 seed = Ranged(ranges.SEED)
 view_count = Ranged(ranges.VIEWS)
 port = Ranged(ranges.PORT)
+topk = Ranged(ranges.TOPK)
+specificity = Ranged(ranges.SPECIFICITY)
+
+
+def probability_band(text: str) -> tuple[float, float]:
+    """argparse type: ``LO,HI``, two probabilities in [0, 1] with LO ≤ HI (``--views-on-demand 0.1,0.9``)."""
+    parts = text.split(",")
+    rule = f"LO,HI: two probabilities {ranges.FRACTION.bounds()} with LO ≤ HI, got {text!r}"
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be {rule}")
+    try:
+        lo, hi = (ranges.FRACTION.parse(part.strip()) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {rule}") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"must be {rule}")
+    return float(lo), float(hi)
+
+
+VIEWS_ON_DEMAND_HELP = (
+    "tile mode: every tile in view 0, the other --views only for tiles whose first-view tumour probability (the "
+    "encoder's head) is in [LO, HI]; needs 4 or 8 views"
+)
 
 
 def path_text(text: str) -> str:
@@ -266,6 +289,13 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         help="tile mode: average each tile's features over 1, 4 (rotations) or 8 (and mirror images) views; 4x/8x "
         "the encoding time (default: 1; predict: the model's)",
     )
+    p.add_argument(
+        "--views-on-demand",
+        type=probability_band,
+        metavar="LO,HI",
+        default=None,
+        help=f"{VIEWS_ON_DEMAND_HELP} (default: all views for every tile; predict: the model's)",
+    )
     stain_arguments(p, "extract: none; predict, cohort: the model's")
 
 
@@ -307,10 +337,14 @@ def read_options(args: argparse.Namespace) -> ReadOptions:
     return ReadOptions(args.min_tissue, args.batch_size, args.read_threads, args.slide_mpp)
 
 
-def requested_mode(args: argparse.Namespace) -> FeatureMode | None:
-    """The feature mode ``--region-px`` / ``--region-overlap`` / ``--views`` ask for (None: none asked;
-    :func:`~wsi_mamba.features.modes.requested_mode`)."""
-    return features_requested_mode(args.region_px, args.region_overlap_px, args.views)
+def requested_mode(args: argparse.Namespace) -> FeatureMode | ViewsOnDemand | None:
+    """The feature mode ``--region-px`` / ``--region-overlap`` / ``--views`` / ``--views-on-demand`` ask for (None:
+    none asked; :func:`~wsi_mamba.features.modes.requested_mode`); a combination that cannot be is a
+    :class:`UsageError`."""
+    try:
+        return features_requested_mode(args.region_px, args.region_overlap_px, args.views, args.views_on_demand)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def encoder_arguments(p: argparse.ArgumentParser, geometry: bool = True) -> None:

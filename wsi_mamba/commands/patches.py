@@ -11,6 +11,8 @@ from ..features.modes import NO_STAIN_NORM
 from ..workflows.training.configs import PatchTrainingConfig
 from ._args import (
     THREADS_HELP,
+    VIEWS_ON_DEMAND_HELP,
+    UsageError,
     carve_arguments,
     command_device,
     command_parser,
@@ -21,6 +23,7 @@ from ._args import (
     mpp,
     path_text,
     positive_int,
+    probability_band,
     seed,
     stain_arguments,
     stain_request,
@@ -64,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model folder's, 1 for an encoder checkpoint)",
     )
     p.add_argument("--tta", dest="views", action="store_const", const=8, help="the same as --views 8")
+    p.add_argument(
+        "--views-on-demand",
+        type=probability_band,
+        metavar="LO,HI",
+        help=f"{VIEWS_ON_DEMAND_HELP} (default: the model folder's when --views is not given, else all views)",
+    )
     stain_arguments(p, "the model folder's; each patch fitted on its own stain")
     p.add_argument(
         "--threshold", type=fraction, help="patch probability threshold for the accuracy, in [0, 1] (default 0.5)"
@@ -100,6 +109,8 @@ def cmd_split_patches(args: argparse.Namespace) -> int:
 
 def cmd_score_patches(args: argparse.Namespace) -> int:
     device = command_device(args)
+    if args.views_on_demand is not None and args.views == 1:
+        raise UsageError("--views-on-demand needs --views 4 or 8: one view has no other views to add")
     stain = stain_request(args)  # a stain target fitted before any work
     from tqdm import tqdm
 
@@ -110,6 +121,7 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     from ..workflows.reports.score_patches import (
         load_patch_classifier,
         model_stain,
+        model_views_on_demand,
         patch_metrics,
         patch_output_files,
         result_rows,
@@ -127,15 +139,21 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
     encoder, model_views = load_patch_classifier(args.model, device, weights=args.encoder_weights)
     views = args.views or model_views
+    on_demand = args.views_on_demand if args.views_on_demand or args.views else model_views_on_demand(args.model)
+    if on_demand is not None and views == 1:
+        raise UsageError("--views-on-demand needs --views 4 or 8 (or a model folder with them)")
     stain = model_stain(args.model) if stain is None else stain if stain != NO_STAIN_NORM else None
     threshold = 0.5 if args.threshold is None else args.threshold
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
-        result = score_patch_source(source, encoder, args.batch_size, views, on_batch=bar.update, stain=stain)
+        result = score_patch_source(
+            source, encoder, args.batch_size, views, on_batch=bar.update, stain=stain, on_demand=on_demand
+        )
     for message in result.errors.values():
         print(f"error: {message}", file=sys.stderr)
     metrics = patch_metrics(result, threshold)
     if metrics is not None:
         metrics.update(model=args.model or "default", views=views, unreadable=len(result.errors))
+        metrics.update(views_on_demand=list(on_demand) if on_demand else None)
         metrics.update(stain_norm=stain.attrs() if stain else None, stain_not_estimated=result.stain_skipped)
     if args.out:
         written = write_patch_outputs(result, args.out, metrics, encoder.name)

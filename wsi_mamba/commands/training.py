@@ -33,8 +33,10 @@ from ._args import (
     positive_float,
     positive_int,
     seed,
+    specificity,
     stain_arguments,
     stain_request,
+    topk,
     val_fraction,
 )
 
@@ -188,6 +190,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and OUT itself trained on all slides for the folds' mean best epoch count (default 0: one split)",
     )
     p.add_argument(
+        "--topk",
+        type=topk,
+        default=train_defaults.topk,
+        metavar="K",
+        help="ss2d: add a max-evidence branch, the slide logit mixing in the mean of the K highest tile logits "
+        "(learnt weights) so a lone tumour tile is not averaged away; K in [0, 64] (default 0: off)",
+    )
+    p.add_argument(
+        "--target-specificity",
+        type=specificity,
+        default=train_defaults.target_specificity,
+        help="choose the slide threshold on the validation slides so that this share of their normal slides is "
+        f"called normal, in (0, 1] (default {train_defaults.target_specificity}; no validation normal slide: 0.5)",
+    )
+    p.add_argument(
         "--val-features",
         type=path_text,
         help="validate on these feature stores (other slides, same encoder) instead of a part of --features, "
@@ -303,6 +320,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         aggregator=args.aggregator,
         folds=args.folds,
+        topk=args.topk,
+        target_specificity=args.target_specificity,
     )
     path = train_slide_model(
         args.features,

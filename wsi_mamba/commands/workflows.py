@@ -8,12 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from ..features.modes import TileMode, resolve, with_stain
+from ..features.modes import TileMode, ViewsOnDemand, resolve, with_stain
 from ..features.options import ReadOptions
 from ..slide.base import set_max_pixels
-from . import training
+from . import regions, training
 from ._args import (
     THREADS_HELP,
+    UsageError,
     command_device,
     command_parser,
     device_argument,
@@ -82,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_extract)
 
     training.register(subparsers)  # train-encoder, train: in the order a study runs them
+    regions.register(subparsers)  # calibrate-regions: after train
 
     p = command_parser(
         subparsers,
@@ -143,7 +145,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     device = command_device(args)  # a device this machine lacks fails here, before anything is loaded
-    mode = with_stain(requested_mode(args) or TileMode(), stain_request(args))  # the stain target fitted now
+    requested = requested_mode(args) or TileMode()
+    if isinstance(requested, ViewsOnDemand):  # extract has no model whose views it could take
+        raise UsageError("--views-on-demand needs --views 4 or 8 in extract (there is no model to take them from)")
+    mode = with_stain(requested, stain_request(args))  # the stain target fitted now
     from ..models.encoder import load_encoder
     from ..workflows.bundle import default_model_path
     from ..workflows.extract import extract_slides
@@ -195,6 +200,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"accuracy {m['accuracy_at_0.5']:.3f} at 0.5, {m['accuracy_at_youden']:.3f} at Youden "
                 f"{m['youden_threshold']:.3f}"
             )
+    if "at_model_threshold" in metrics:
+        from ..workflows.training.operating_point import threshold_line
+
+        print(threshold_line(metrics["at_model_threshold"]))
     for cls, rates in metrics.get("by_lesion_class", {}).items():
         what = "false-positive rate" if "false_positive_rate" in rates else "sensitivity"
         value = rates.get("false_positive_rate", rates.get("sensitivity"))
@@ -208,6 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     device = command_device(args)
+    requested = requested_mode(args)  # a combination of mode options that cannot be: one line, before any work
     stain = stain_request(args)  # a stain target fitted before any work
     from ..messages import slide_failure
     from ..outputs.names import RESULT_SUFFIXES, check_unique_names, prepare_output_folder
@@ -221,7 +231,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out is not None:
         check_unique_names(slides, "results, heatmaps and GeoJSON")
     bundle = load_bundle(args.model, device=device)
-    requested = requested_mode(args)
     if stain is not None:  # the model's stain normalisation, or one line before any output
         requested = resolve(requested, bundle.feature_mode, bundle.name, stain)
     if out is not None:  # no result over an input; temporaries of killed runs removed

@@ -36,6 +36,7 @@ class EncodedSlide:
     corrupt_tiles: int = 0  # tiles that could not be decoded: left out of the grid, each named in a warning
     mode: FeatureMode = field(default_factory=TileMode)  # how the features were made (checked for the encoder)
     stain_warning: str | None = None  # why the mode's stain normalisation was not applied (None: applied or none)
+    views: np.ndarray | None = None  # (n,) uint8 views each tile's features average (tile mode; None: not recorded)
 
 
 MAX_CORRUPT_FRACTION = 0.25
@@ -108,11 +109,12 @@ def encode_slide(
         found = mode.encode(slide, grid, encoder, read, DeviceRunner(encoder.device), on_batch, normalise)
     else:
         found = GridFeatures.zeros(0, encoder.dim)
-    features, colour = found.features, found.colour
+    features, colour, views = found.features, found.colour, found.views
     bad = _corrupt_tiles(slide, grid, found.errors) if found.errors else []
     if bad:
         if on_batch is not None:
             on_batch(len(bad))
         keep = np.setdiff1d(np.arange(len(grid)), bad)
-        grid, features, colour = _leave_out(grid, bad), features[keep], colour[keep]
-    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), mode, stain_warning)
+        grid, features, colour, views = _leave_out(grid, bad), features[keep], colour[keep], views[keep]
+    recorded = views if isinstance(mode, TileMode) else None  # region mode records no views
+    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), mode, stain_warning, recorded)

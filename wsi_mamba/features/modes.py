@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from ..data.stain_norm import StainNorm
-from ..ranges import COUNT, POSITIVE_INT, VIEWS, check_fields
+from ..ranges import COUNT, FRACTION, POSITIVE_INT, VIEWS, check_fields
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,30 +67,63 @@ def describe_stain(stain: StainNorm | None) -> str:
     return f", {stain.describe()}" if stain is not None else ""
 
 
+def check_band(name: str, band: object) -> tuple[float, float]:
+    """``band`` as a (lo, hi) pair of probabilities with lo ≤ hi; ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(band, (tuple, list)) or len(band) != 2:
+        raise ValueError(f"{name} must be a pair (lo, hi) of probabilities, got {band!r:.80}")
+    for end, value in zip(("lo", "hi"), band, strict=True):
+        FRACTION.check(f"{name} {end}", value)
+    if band[0] > band[1]:
+        raise ValueError(f"{name} must have lo ≤ hi, got {band[0]:g} > {band[1]:g}")
+    return float(band[0]), float(band[1])
+
+
 @dataclass(frozen=True)
 class TileMode:
     """Each tile encoded alone, its features averaged over ``views`` dihedral views (1, 4 or 8), its stain
-    normalised by ``stain`` first (None: as read)."""
+    normalised by ``stain`` first (None: as read). With ``on_demand`` = (lo, hi) every tile is encoded in view 0
+    and only the tiles whose view-0 tumour probability (the encoder's one-logit head) lies in [lo, hi] get the
+    other views (their features: the mean of all ``views``); the others keep their view-0 features."""
 
     views: int = 1
     stain: StainNorm | None = None
+    on_demand: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, views=VIEWS)
+        if self.on_demand is not None:
+            object.__setattr__(self, "on_demand", check_band("TileMode.on_demand", self.on_demand))
+            if self.views == 1:
+                raise ValueError("TileMode.on_demand needs views 4 or 8: one view has no other views to add")
 
     def attrs(self) -> dict:
         views = {"views": self.views} if self.views > 1 else {}
-        return {"mode": "tile", **views, **stain_attrs(self.stain)}
+        on_demand = {"views_on_demand": list(self.on_demand)} if self.on_demand is not None else {}
+        return {"mode": "tile", **views, **on_demand, **stain_attrs(self.stain)}
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> TileMode:
-        return cls(int(attrs.get("views", 1)), StainNorm.from_attrs(attrs))
+        band = attrs.get("views_on_demand")
+        on_demand = check_band("views_on_demand", band) if band is not None else None
+        return cls(int(attrs.get("views", 1)), StainNorm.from_attrs(attrs), on_demand)
 
     def check(self, encoder: TileEncoder) -> TileMode:
-        return self  # every encoder takes tiles
+        """Every encoder takes tiles; views on demand need its one-logit head (``ValueError`` otherwise)."""
+        if self.on_demand is not None and not encoder.has_tumour_head:
+            has = f"{encoder.num_classes} outputs" if encoder.num_classes != 1 else "no classifier layer"
+            raise ValueError(
+                f"views on demand need an encoder whose classifier head gives one tumour logit; {encoder.name} "
+                f"has {has}"
+            )
+        return self
 
     def describe(self) -> str:
-        return (f"tile mode ({self.views} views)" if self.views > 1 else "tile mode") + describe_stain(self.stain)
+        if self.on_demand is not None:
+            lo, hi = self.on_demand
+            views = f"tile mode ({self.views} views on demand, first-view p in [{lo:g}, {hi:g}])"
+        else:
+            views = f"tile mode ({self.views} views)" if self.views > 1 else "tile mode"
+        return views + describe_stain(self.stain)
 
     def encode(
         self,
@@ -104,7 +137,7 @@ class TileMode:
     ) -> GridFeatures:
         from .tile_mode import encode_tiles  # torch and the readers load when a slide is encoded, not at parse
 
-        return encode_tiles(slide, grid, encoder, self.views, read, runner, on_batch, normalise)
+        return encode_tiles(slide, grid, encoder, self.views, read, runner, on_batch, normalise, self.on_demand)
 
 
 @dataclass(frozen=True)
@@ -184,13 +217,42 @@ def mode_from_attrs(attrs: dict) -> FeatureMode:
     return RegionMode.from_attrs(attrs)
 
 
-def requested_mode(region_px: int | None, region_overlap_px: int | None, views: int | None) -> FeatureMode | None:
-    """The mode the user's ``--region-px`` / ``--region-overlap`` / ``--views`` ask for; None when they ask for
-    none (extract: tile mode; predict: the model's). ``ValueError`` for views in region mode."""
+@dataclass(frozen=True)
+class ViewsOnDemand:
+    """What ``--views-on-demand LO,HI`` without ``--views`` asks for: the model's views, on demand in ``band``
+    (:func:`resolve` takes it for a model trained so; extract, with no model, refuses it)."""
+
+    band: tuple[float, float]
+    stain: StainNorm | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "band", check_band("--views-on-demand", self.band))
+
+    def describe(self) -> str:
+        return f"views on demand (first-view p in [{self.band[0]:g}, {self.band[1]:g}])"
+
+
+def requested_mode(
+    region_px: int | None,
+    region_overlap_px: int | None,
+    views: int | None,
+    on_demand: tuple[float, float] | None = None,
+) -> FeatureMode | ViewsOnDemand | None:
+    """The mode the user's ``--region-px`` / ``--region-overlap`` / ``--views`` / ``--views-on-demand`` ask for;
+    None when they ask for none (extract: tile mode; predict: the model's); :class:`ViewsOnDemand` for a band
+    without ``--views`` (the model's views). ``ValueError`` for views in region mode or a band with one view."""
     if region_px is None:
-        return None if views is None else TileMode(views)
+        if on_demand is None:
+            return None if views is None else TileMode(views)
+        if views is None:
+            return ViewsOnDemand(on_demand)
+        if views == 1:
+            raise ValueError("--views-on-demand needs --views 4 or 8: one view has no other views to add")
+        return TileMode(views, on_demand=on_demand)
     if views is not None and views > 1:
         raise ValueError(f"--views {views} is for tile mode: region mode encodes whole regions, not tiles")
+    if on_demand is not None:
+        raise ValueError("--views-on-demand is for tile mode: region mode encodes whole regions, not tiles")
     return RegionMode(region_px, region_overlap_px)
 
 
@@ -198,19 +260,23 @@ NO_STAIN_NORM = "none"
 """A stain request of ``--stain-norm none`` (asked for no normalisation, unlike None: not asked)."""
 
 
-def with_stain(mode: FeatureMode, stain: StainNorm | str | None) -> FeatureMode:
+def with_stain(mode: FeatureMode | ViewsOnDemand, stain: StainNorm | str | None) -> FeatureMode | ViewsOnDemand:
     """``mode`` with the stain normalisation ``stain`` (:data:`NO_STAIN_NORM` or None: none)."""
     return replace(mode, stain=stain if isinstance(stain, StainNorm) else None)
 
 
 def resolve(
-    requested: FeatureMode | None, model_mode: dict | None, model: str, stain: StainNorm | str | None = None
+    requested: FeatureMode | ViewsOnDemand | None,
+    model_mode: dict | None,
+    model: str,
+    stain: StainNorm | str | None = None,
 ) -> FeatureMode:
     """The mode a model's slides are encoded in: the one it was trained in (``model_mode``, its
     ``feature_mode``; None: tile mode). ``requested`` (None: not asked) and ``stain`` (the ``--stain-norm`` /
     ``--stain-target`` asked for; None: not asked; :data:`NO_STAIN_NORM`: none) may name it, not change it: its
     slide model saw only features of its own mode, and on others can answer with confidence and be wrong
-    (``ValueError``)."""
+    (``ValueError``). Views on demand are part of the mode: a model trained with them in a band takes that band
+    only, one trained without them takes none."""
     trained = mode_from_attrs(model_mode or {})
     if stain is not None:
         wanted = stain if isinstance(stain, StainNorm) else None
@@ -224,6 +290,13 @@ def resolve(
         requested = replace(requested, stain=trained.stain)
     if requested is None or requested == trained:
         return trained
+    if isinstance(requested, ViewsOnDemand):
+        if isinstance(trained, TileMode) and trained.on_demand == requested.band:
+            return trained
+        raise ValueError(
+            f"model {model} was trained on features of {trained.describe()}, not of {requested.describe()}: leave "
+            "--views-on-demand out to use the model's"
+        )
     if isinstance(requested, RegionMode):
         if isinstance(trained, RegionMode) and requested.px == trained.px and requested.overlap_px is None:
             return trained
@@ -232,6 +305,12 @@ def resolve(
             f"({requested.px} px): leave --region-px out to use the model's mode"
         )
     views = requested.views if isinstance(requested, TileMode) else None
+    on_demand = isinstance(trained, TileMode) and trained.on_demand is not None
+    if isinstance(requested, TileMode) and (requested.on_demand is not None or on_demand):
+        raise ValueError(
+            f"model {model} was trained on features of {trained.describe()}, not of "
+            f"{replace(requested, stain=None).describe()}: leave --views and --views-on-demand out to use the model's"
+        )
     raise ValueError(
         f"model {model} was trained on features of {trained.describe()}, not of {views} view(s): leave --views out "
         "to use the model's"
@@ -243,6 +322,7 @@ __all__ = [
     "FeatureMode",
     "RegionMode",
     "TileMode",
+    "ViewsOnDemand",
     "mode_from_attrs",
     "requested_mode",
     "resolve",

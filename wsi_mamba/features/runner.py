@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..devices import autocast
+from ..devices import CPU_PRECISIONS, autocast
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,17 @@ class Pending:
 
 
 class DeviceRunner:
-    """Runs model calls on ``device`` under inference mode, with bf16 autocast on CUDA (fp32 weights)."""
+    """Runs model calls on ``device`` under inference mode, with bf16 autocast on CUDA (fp32 weights); on the
+    CPU in ``cpu_precision`` (:data:`~wsi_mamba.devices.CPU_PRECISIONS`): "bf16" runs the call under CPU bf16
+    autocast on a channels-last input (benchmarks/bench_encoder_precision.py)."""
 
-    def __init__(self, device: torch.device | str) -> None:
+    def __init__(self, device: torch.device | str, cpu_precision: str = "fp32") -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        if cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"CPU precision must be {' or '.join(CPU_PRECISIONS)}, got {cpu_precision!r}")
+        self.cpu_precision = cpu_precision
+        self.cpu_bf16 = self.device.type == "cpu" and cpu_precision == "bf16"
 
     def stage(self, tiles: np.ndarray) -> np.ndarray | torch.Tensor:
         """A batch as it leaves the feeder thread: pinned (for a non-blocking copy) on CUDA, as it is on the CPU."""
@@ -39,7 +45,9 @@ class DeviceRunner:
 
     def compute(self, model_call: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``model_call(x)`` in the device's precision: the one place the engine sets autocast."""
-        with torch.inference_mode(), autocast(self.device):
+        if self.cpu_bf16 and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's bf16 convolutions want NHWC
+        with torch.inference_mode(), autocast(self.device, self.cpu_precision):
             return model_call(x)
 
     def launch(self, out: torch.Tensor, keep: object = None) -> Pending:

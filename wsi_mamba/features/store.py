@@ -2,8 +2,9 @@
 
 Layout of ``NAME.zarr``: arrays ``features`` (n, D) float16, ``coords`` (n, 2) level-0 x, y, ``grid`` (n, 2)
 row, col, ``colour`` (n, K) float32 tile colour statistics (the baseline's input), ``tissue_mask`` (h, w)
-bool; attrs: encoder, encoder_hash, tile_px, mpp, size0, grid_shape, slide, dimensions, mode (and region sizes
-or views), version, complete,
+bool, and in views on demand ``views`` (n,) uint8, the dihedral views each tile's features average; attrs:
+encoder, encoder_hash, tile_px, mpp, size0, grid_shape, slide, dimensions, mode (and region sizes or views and
+views_on_demand), version, complete,
 and ``arrays``: each array's shape, dtype and SHA-256 of its content, checked on every read (a missing chunk,
 which zarr would read as zeros, or a damaged one is an error naming the slide).
 A store is written as ``NAME.zarr.partial`` under the lock ``NAME.zarr.lock`` and swapped in when complete
@@ -69,6 +70,7 @@ class SlideFeatures:
     tissue_mask: np.ndarray
     attrs: dict
     path: Path | None = None  # the store it was read from (named in errors)
+    views: np.ndarray | None = None  # (n,) uint8 views per tile, stored in views on demand (None: not recorded)
 
     def _attr(self, key: str) -> Any:
         """A recorded attribute; ``ValueError`` naming the store when it is missing (a store older than it)."""
@@ -114,6 +116,7 @@ class SlideFeatures:
 
 
 ARRAYS = ("features", "coords", "grid", "colour", "tissue_mask")
+OPTIONAL_ARRAYS = ("views",)  # per tile, written when there is one (views on demand); older stores have none
 
 
 def _digest(array: np.ndarray) -> dict:
@@ -132,6 +135,7 @@ def write_store(path: Path, data: SlideFeatures) -> Path:
         "grid": data.grid.astype(np.int32),
         "colour": data.colour.astype(np.float32),
         "tissue_mask": data.tissue_mask.astype(bool),
+        **({"views": data.views.astype(np.uint8)} if data.views is not None else {}),
     }
     n = len(data.features)
     chunk = (max(1, min(n, 4096)),)
@@ -189,6 +193,14 @@ def _positive(value: object, high: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= high
 
 
+def _band(value: object) -> bool:
+    """A views-on-demand band: [lo, hi], probabilities with lo ≤ hi."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return False
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
+    return numbers and value[0] <= value[1]
+
+
 def _pair(value: object, high: int) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(_whole(v, 1, high) for v in value)
 
@@ -199,6 +211,7 @@ def check_attrs(attrs: dict, path: str | Path) -> None:
     rules: dict[str, tuple[Any, str]] = {
         "mode": (lambda v: v in ("tile", "region"), "'tile' or 'region'"),
         "views": (lambda v: _whole(v, 1, 8) and v in VIEW_COUNTS, f"one of {', '.join(map(str, VIEW_COUNTS))}"),
+        "views_on_demand": (_band, "[lo, hi], two probabilities with lo <= hi"),
         "region_px": (lambda v: _whole(v, 1, 1_000_000), "a whole number in [1, 1000000]"),
         "region_overlap_px": (lambda v: _whole(v, 0, 1_000_000), "a whole number in [0, 1000000]"),
         "grid_shape": (lambda v: _pair(v, MAX_GRID_CELLS), "[rows, cols], two whole numbers >= 1"),
@@ -233,6 +246,7 @@ def _check_grid(path: Path, attrs: dict, group: zarr.Group) -> tuple[int, int]:
             )
     try:
         lengths = {key: group[key].shape[0] for key in ARRAYS if key != "tissue_mask"}
+        lengths.update({key: group[key].shape[0] for key in OPTIONAL_ARRAYS if key in group})
     except Exception:  # a missing array: reported by name when it is read
         return rows, cols
     if len(set(lengths.values())) != 1 or lengths["features"] > rows * cols:
@@ -287,6 +301,9 @@ def read_store(path: str | Path) -> SlideFeatures:
     shape = _check_grid(path, attrs, group)
     digests = attrs.get("arrays") if isinstance(attrs.get("arrays"), dict) else {}
     arrays = {key: _read_array(group, key, path, digests.get(key)) for key in ARRAYS}
+    for key in OPTIONAL_ARRAYS:  # recorded in the digests when written: a deleted one is damage, not absence
+        if key in digests or key in group:
+            arrays[key] = _read_array(group, key, path, digests.get(key))
     _check_cells(path, arrays["grid"], shape)
     return SlideFeatures(
         name=store_slide_name(path),
@@ -297,6 +314,7 @@ def read_store(path: str | Path) -> SlideFeatures:
         tissue_mask=arrays["tissue_mask"],
         attrs=attrs,
         path=path,
+        views=arrays.get("views"),
     )
 
 

@@ -4,7 +4,9 @@
 tiles ahead of the encoder (bounded queue), and the feeder thread computes each batch's colour statistics and
 stages its tiles for the device (pinned memory on CUDA), so the thread that drives the encoder only encodes. The
 :class:`~.runner.DeviceRunner` keeps one batch in flight on CUDA. Features are those of ``encoder.encode`` on the
-same batches (tests/test_pipeline.py compares with a plain sequential loop).
+same batches (tests/test_pipeline.py compares with a plain sequential loop). With views on demand a batch is
+encoded in view 0 and only its tiles of uncertain first-view probability get the other views
+(:meth:`~wsi_mamba.models.encoders.base.TileEncoder.views_on_demand`); the views each tile got are recorded.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class PreparedBatch:
 
 @dataclass(frozen=True)
 class InFlight:
-    """A launched batch: the grid indices of its tiles and their features on the way home."""
+    """A launched batch: the grid indices of its tiles, their features on the way home and the views each got."""
 
     indices: np.ndarray
     pending: Pending
+    views: np.ndarray
 
 
 @torch.inference_mode()
@@ -51,11 +54,13 @@ def encode_tiles(
     runner: DeviceRunner | None = None,
     on_batch: Callable[[int], None] | None = None,
     normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    on_demand: tuple[float, float] | None = None,
 ) -> GridFeatures:
-    """Features of every tile of ``grid`` averaged over ``views`` dihedral views, their colour statistics and the
-    tiles that could not be decoded (:class:`~.grid_features.GridFeatures`). ``on_batch(k)`` after each batch.
-    ``normalise`` (stain normalisation, uint8 → uint8) maps the tiles before the encoder, on the feeder thread;
-    the colour statistics are of the tiles as read."""
+    """Features of every tile of ``grid`` averaged over ``views`` dihedral views, their colour statistics, the
+    views each tile got and the tiles that could not be decoded (:class:`~.grid_features.GridFeatures`).
+    ``on_demand`` = (lo, hi): the other views only for tiles whose view-0 tumour probability is in [lo, hi].
+    ``on_batch(k)`` after each batch. ``normalise`` (stain normalisation, uint8 → uint8) maps the tiles before
+    the encoder, on the feeder thread; the colour statistics are of the tiles as read."""
     found = GridFeatures.zeros(len(grid), encoder.dim)
     if not len(grid):
         return found
@@ -66,6 +71,7 @@ def encode_tiles(
 
     def finish(batch: InFlight) -> None:
         found.features[batch.indices] = runner.finish(batch.pending)
+        found.views[batch.indices] = batch.views
         if on_batch is not None:
             on_batch(len(batch.indices))
 
@@ -77,8 +83,13 @@ def encode_tiles(
         prepared: PreparedBatch = batch.prepared
         found.colour[batch.indices] = prepared.colour
         x = encoder.preprocess(prepared.staged)  # on CUDA a non-blocking copy from pinned memory
-        out = runner.compute(lambda x: encoder.view_features(x, views), x)
-        launched = InFlight(batch.indices, runner.launch(out, keep=prepared.staged))
+        if on_demand is None:
+            out = runner.compute(lambda x: encoder.view_features(x, views), x)
+            used = np.full(len(batch.indices), views, np.uint8)
+        else:  # the band is chosen on this batch's first view: the device waits for it (no overlap inside)
+            out, chosen = runner.compute(lambda x: encoder.views_on_demand(x, views, on_demand), x)
+            used = chosen.numpy()
+        launched = InFlight(batch.indices, runner.launch(out, keep=prepared.staged), used)
         if in_flight is not None:
             finish(in_flight)  # the previous batch's features, while the device works on this one
         in_flight = launched

@@ -21,6 +21,11 @@ background around the tissue (``grid_tensors(..., crop=False)``) changes nothing
 Because the classifier is affine and the attention sums to 1, ``logit == Σ attention · tile_logits``.
 A sample with no tissue at all gets attention 0, tile logits 0 and logit 0 (no NaN).
 
+Max-evidence branch (``config.topk`` = K ≥ 1, off by default): attention pooling can average a lone tumour
+tile away, so the slide logit becomes ``w₀ · pooled logit + w₁ · mean of the K highest tile logits`` over
+tissue cells (:class:`TopKEvidence`; w learnt jointly, starting at ½, ½). With K = 0 there is no such module,
+no extra checkpoint key, and the computation is the one above, bit for bit.
+
 Beside this module: the config (``slide_model_config.py``), the grid input (``grid.py``), checkpoint I/O
 (``slide_model_io.py``); the scan routes and input projections are SS2D's (``ss2d.py``).
 """
@@ -209,6 +214,31 @@ class GatedAttention(nn.Module):
         return self.w(self.drop(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))))
 
 
+def topk_mean(tile_logits: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` highest ``tile_logits`` (B, R, C) over the cells where ``mask`` (B,); fewer tissue
+    cells than ``k``: the mean of those there are; no tissue: 0. Off-tissue values (even NaN/inf) are never
+    picked and get no gradient."""
+    flat = tile_logits.flatten(1).masked_fill(~mask.flatten(1), float("-inf"))
+    values = flat.topk(min(k, flat.shape[1]), dim=1).values
+    picked = mask.flatten(1).sum(1, keepdim=True) > torch.arange(values.shape[1], device=values.device)
+    total = torch.where(picked, values, torch.zeros_like(values)).sum(1)
+    return total / picked.sum(1).clamp(min=1).to(total.dtype)
+
+
+class TopKEvidence(nn.Module):
+    """Max-evidence branch: ``w₀ · pooled + w₁ · topk_mean(tile_logits)``, w (2,) learnt, initialised ½, ½."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.weight = nn.Parameter(torch.full((2,), 0.5))
+
+    def forward(self, pooled: torch.Tensor, tile_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        evidence = topk_mean(tile_logits, mask, self.k)
+        weight = self.weight.to(pooled.dtype)
+        return weight[0] * pooled + weight[1] * evidence.to(pooled.dtype)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax of ``scores`` (B, R, C) over the cells where ``mask``; 0 elsewhere and for empty samples."""
     fill = scores.masked_fill(~mask, float("-inf"))
@@ -223,7 +253,8 @@ class SlideMamba(nn.Module):
     """Tile features on the tissue grid (B, in_dim, R, C) + mask (B, R, C) → :class:`SlideOutput`.
 
     embed (1×1 linear, GELU, dropout) → ``depth`` :class:`SlideBlock` over the whole grid → LayerNorm →
-    gated-attention pooling over tissue cells → linear head (the same head gives the per-tile logits).
+    gated-attention pooling over tissue cells → linear head (the same head gives the per-tile logits);
+    with ``config.topk`` ≥ 1 the :class:`TopKEvidence` branch mixes in the top-k mean of the tile logits.
     """
 
     def __init__(self, config: SlideModelConfig) -> None:
@@ -238,6 +269,8 @@ class SlideMamba(nn.Module):
         self.pool = GatedAttention(config.dim, config.attn_dim, config.dropout)
         self.head = Linear2d(config.dim, 1)
         self.apply(_init_weights)
+        # Created after the init above (which would not touch it anyway); absent when off: old checkpoints load.
+        self.evidence = TopKEvidence(config.topk) if config.topk else None
 
     def set_scan_backend(self, backend: str) -> None:
         """Select the selective-scan backend of every block ("auto", "reference", "cpu", "numba", "triton")."""
@@ -276,6 +309,8 @@ class SlideMamba(nn.Module):
         tile_logits = self.head(h)[:, 0].masked_fill(~mask, 0.0)
         pooled = torch.einsum("bdrc,brc->bd", h, attention.to(h.dtype))
         logit = F.linear(pooled, self.head.weight.flatten(1), self.head.bias)[:, 0]
+        if self.evidence is not None:
+            logit = self.evidence(logit, tile_logits, mask)
         has_tissue = mask.flatten(1).any(1)
         logit = torch.where(has_tissue, logit, torch.zeros_like(logit))
         return SlideOutput(logit=logit, tile_logits=tile_logits, attention=attention)
@@ -292,5 +327,7 @@ __all__ = [
     "SlideMamba",
     "SlideModelConfig",
     "SlideOutput",
+    "TopKEvidence",
     "masked_softmax",
+    "topk_mean",
 ]

@@ -25,11 +25,19 @@ class SlideModelConfig:
     attn_dim: int = 64  # hidden size of the gated attention
     dropout: float = 0.1  # after the input projection, on residual branches and in the attention
     scan_backend: str = "auto"  # passed to selective_scan
+    topk: int = 0  # K >= 1: the slide logit also weighs the mean of the K highest tile logits (0: off)
 
     def __post_init__(self) -> None:
         """Types and bounds of every field (a config read from a file is checked before anything is built)."""
         owner = "SlideModelConfig"
-        bounds = {"in_dim": (1, 65_536), "dim": (1, 4096), "depth": (0, 64), "d_state": (1, 256), "attn_dim": (1, 4096)}
+        bounds = {
+            "in_dim": (1, 65_536),
+            "dim": (1, 4096),
+            "depth": (0, 64),
+            "d_state": (1, 256),
+            "attn_dim": (1, 4096),
+            "topk": (0, 64),
+        }
         for name, (low, high) in bounds.items():
             object.__setattr__(self, name, check_int(owner, name, getattr(self, name), low, high))
         for name in ("ssm_ratio", "mlp_ratio"):

@@ -15,7 +15,13 @@ from torch import nn
 
 from wsi_mamba_scan import selective_scan
 from wsi_mamba_scan.cpu_fused import mark_broken
-from wsi_mamba_scan.cross_scan import KernelUnavailable, cross_scan_supported, cross_selective_scan
+from wsi_mamba_scan.cross_scan import (
+    KernelUnavailable,
+    cross_scan_supported,
+    cross_selective_scan,
+    is_channels_last,
+    kernel_dtype,
+)
 
 from .layers import LayerNorm2d, Linear2d
 
@@ -152,8 +158,12 @@ class SS2D(nn.Module):
 
     def cross_scan_fused(self, h: torch.Tensor) -> torch.Tensor:
         """The four routes' scan of the conv output ``h`` (B, Di, H, W), merged, by the fused kernel."""
-        x_dbl = torch.einsum("bdl,kcd->bkcl", h.flatten(2), self.x_proj_weight.to(h.dtype))
-        A = -torch.exp(self.A_logs.to(h.dtype))
+        weight = self.x_proj_weight.to(h.dtype)
+        if is_channels_last(h):  # the kernel reads NHWC in place: project without a copy of the map
+            x_dbl = torch.einsum("bld,kcd->bkcl", h.permute(0, 2, 3, 1).flatten(1, 2), weight)
+        else:
+            x_dbl = torch.einsum("bdl,kcd->bkcl", h.flatten(2), weight)
+        A = -torch.exp(self.A_logs.to(kernel_dtype(h.dtype)))  # float32 for a bf16 map (CPU autocast)
         return cross_selective_scan(h, x_dbl, self.dt_projs_weight, A, self.Ds, self.dt_projs_bias.reshape(-1))
 
     def cross_scan_unfused(self, h: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ from .heatmap_colours import (
 )
 from .heatmap_legend import (
     CAVEAT_COLOR,
+    OUTLINED_REGIONS,
+    OUTLINED_TILES,
     PAD,
     draw_legend,
     draw_lines,
@@ -41,7 +43,8 @@ from .heatmap_legend import (
     wrap_text,
 )
 from .heatmap_zoom import ZOOM_PANEL_PX, RegionReader, Zoom, zoom_boxes, zoom_panel
-from .regions import tumor_regions
+from .region_calling import outline_mask
+from .regions import TumorRegion, tumor_regions
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -79,6 +82,7 @@ def render_heatmap(
     transparent_below: float = TRANSPARENT_BELOW,
     threshold: float | None = None,
     greyscale: bool = True,
+    outline: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend the tile-score map over a slide thumbnail, more opaque the higher the score.
 
@@ -96,6 +100,8 @@ def render_heatmap(
             just outside them).
         greyscale: draw over :func:`~.heatmap_colours.greyscale_backdrop` of the thumbnail (the default: no
             colour on the image is the stain's) rather than the thumbnail itself.
+        outline: an (R, C) bool grid of the cells to outline instead of those at or above ``threshold`` (the
+            called regions, :func:`~.region_calling.outline_mask`).
 
     Returns:
         (h, w, 3) uint8: ``(1 - a) * backdrop + a * colour`` with ``a = overlay_opacity(score)`` on pixels whose
@@ -107,10 +113,11 @@ def render_heatmap(
     backdrop = greyscale_backdrop(image) if greyscale else image
     box0 = (0.0, 0.0, float(slide_dimensions[0]), float(slide_dimensions[1]))
     out = blend_scores(backdrop, grid, box0, float(size0), alpha, cmap, transparent_below)
-    if threshold is not None:
+    if threshold is not None or outline is not None:
         ri, ci = cell_map(image.shape[:2], box0, float(size0), grid.shape)
         with np.errstate(invalid="ignore"):
-            out[outline_outside(grid[ri, ci] >= threshold, 2)] = OUTLINE_COLOR
+            marked = grid[ri, ci] >= threshold if outline is None else np.asarray(outline, bool)[ri, ci]
+        out[outline_outside(marked, 2)] = OUTLINE_COLOR
     return out
 
 
@@ -149,6 +156,7 @@ def render_heatmap_png(
     threshold: float | None = None,
     caveats: Sequence[str] = (),
     slide: RegionReader | None = None,
+    regions: Sequence[TumorRegion] | None = None,
 ) -> Image.Image:
     """The heatmap of :func:`render_heatmap` as a PIL image: from the top, an optional ``title``, the
     ``caveats`` (dark red, wrapped), the heatmap, zoom panels and a legend.
@@ -156,19 +164,23 @@ def render_heatmap_png(
     Zoom panels: with a ``slide`` to read from and a ``threshold``, each of the top 3 regions at or above the
     threshold (:func:`~.regions.tumor_regions`, ranked as the regions GeoJSON) that is under 48 px in the
     thumbnail is shown again read from the slide (:mod:`.heatmap_zoom`), its box outlined and numbered on the
-    heatmap. Legend: a colour bar of tumor probability 0 … 1 drawn with the heatmap's opacity over a
-    checkerboard, ticks at 0, ``transparent_below`` and 1, the threshold marked above it, and a caption
+    heatmap. ``regions`` (ranked, e.g. :func:`~.region_calling.call_regions`'s) replace those regions, for the
+    zooms and the outlines alike. Legend: a colour bar of tumor probability 0 … 1 drawn with the heatmap's opacity
+    over a checkerboard, ticks at 0, ``transparent_below`` and 1, the threshold marked above it, and a caption
     (:func:`~.heatmap_legend.legend_lines`). Narrow images are padded (white) to fit the text.
     """
+    grid = np.asarray(grid_scores, np.float32)
+    outline = None if regions is None else outline_mask(regions, grid.shape)
+    outlined = OUTLINED_TILES if regions is None else OUTLINED_REGIONS
     heat = render_heatmap(
-        thumbnail, grid_scores, slide_dimensions, size0, alpha, cmap, transparent_below, threshold=threshold
+        thumbnail, grid, slide_dimensions, size0, alpha, cmap, transparent_below, threshold=threshold, outline=outline
     )
     h, w = heat.shape[:2]
-    grid = np.asarray(grid_scores, np.float32)
     scale = w / float(slide_dimensions[0])
     zooms: list[Zoom] = []
-    if slide is not None and threshold is not None:
-        zooms = zoom_boxes(tumor_regions(grid, threshold), float(size0), slide_dimensions, scale)
+    if slide is not None and (regions is not None or threshold is not None):
+        ranked = regions if regions is not None else tumor_regions(grid, float(threshold or 0.0))
+        zooms = zoom_boxes(ranked, float(size0), slide_dimensions, scale)
     if not (title or legend or caveats or zooms):
         return Image.fromarray(heat)
     text_font = font()
@@ -176,7 +188,7 @@ def render_heatmap_png(
     captions = [_zoom_caption(zoom, scale) for zoom in zooms]
     text_widths = [text_size(line, text_font)[0] for line in [*([title] if title else []), *captions]]
     if legend:
-        text_widths += [text_size(line, text_font)[0] for line in legend_lines(transparent_below, threshold)]
+        text_widths += [text_size(line, text_font)[0] for line in legend_lines(transparent_below, threshold, outlined)]
     zoom_row_w = len(zooms) * (ZOOM_PANEL_PX + PAD) + PAD
     width = max(w, max(text_widths, default=0) + 2 * PAD, zoom_row_w if zooms else 0, 160 if caveats else 0)
     caveat_lines = [line for caveat in caveats for line in wrap_text(caveat, text_font, width - 2 * PAD)]
@@ -184,7 +196,7 @@ def render_heatmap_png(
     caveat_h = line_h * len(caveat_lines) + PAD if caveat_lines else 0
     top = (PAD if title or caveat_lines else 0) + title_h + caveat_h
     zoom_h = ZOOM_PANEL_PX + line_h + 2 * PAD if zooms else 0
-    legend_h = legend_height(len(legend_lines(transparent_below, threshold)), threshold) if legend else 0
+    legend_h = legend_height(len(legend_lines(transparent_below, threshold, outlined)), threshold) if legend else 0
     canvas = Image.new("RGB", (width, top + h + zoom_h + legend_h), (255, 255, 255))
     heat_image = Image.fromarray(heat)
     _mark_zooms(heat_image, zooms, scale)
@@ -196,7 +208,7 @@ def render_heatmap_png(
     draw = ImageDraw.Draw(canvas)
     x = (width - (zoom_row_w - 2 * PAD)) // 2
     for zoom, caption in zip(zooms, captions, strict=True):
-        panel = zoom_panel(slide, zoom, grid, float(size0), threshold, alpha, cmap, transparent_below)
+        panel = zoom_panel(slide, zoom, grid, float(size0), threshold, alpha, cmap, transparent_below, outline=outline)
         y = top + h + PAD
         canvas.paste(Image.fromarray(panel), (x, y))
         draw.rectangle((x - 1, y - 1, x + ZOOM_PANEL_PX, y + ZOOM_PANEL_PX), outline=OUTLINE_COLOR)
@@ -204,7 +216,7 @@ def render_heatmap_png(
         draw.text((x + (ZOOM_PANEL_PX - cw) // 2, y + ZOOM_PANEL_PX + 2), caption, fill=(0, 0, 0), font=text_font)
         x += ZOOM_PANEL_PX + PAD
     if legend:
-        draw_legend(canvas, top + h + zoom_h, alpha, cmap, transparent_below, threshold)
+        draw_legend(canvas, top + h + zoom_h, alpha, cmap, transparent_below, threshold, outlined)
     return canvas
 
 
@@ -222,6 +234,7 @@ def write_heatmap_png(
     threshold: float | None = None,
     caveats: Sequence[str] = (),
     slide: RegionReader | None = None,
+    regions: Sequence[TumorRegion] | None = None,
 ) -> None:
     """Write :func:`render_heatmap_png`'s image to ``path`` as a PNG, atomically."""
     image = render_heatmap_png(
@@ -237,6 +250,7 @@ def write_heatmap_png(
         threshold=threshold,
         caveats=caveats,
         slide=slide,
+        regions=regions,
     )
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

@@ -86,17 +86,21 @@ def heatmap_caveats(result: Mapping[str, Any], regions: int | None = None) -> li
         )
     if regions and result.get("prediction") == "normal":
         lines.append(
-            f"The slide is called normal, yet {regions} region{'s' if regions != 1 else ''} of tiles at or above "
-            "the threshold are outlined: tile scores, not the slide's call."
+            f"The slide is called normal, yet {regions} region{'s' if regions != 1 else ''} of tile evidence "
+            f"{'are' if regions != 1 else 'is'} outlined: tile scores, not the slide's call."
         )
     return lines
 
 
-def legend_lines(transparent_below: float, threshold: float | None) -> list[str]:
-    """The legend's caption under the colour bar."""
+OUTLINED_TILES = "tiles at or above it outlined in black"
+OUTLINED_REGIONS = "the called regions (regions GeoJSON) outlined in black"
+
+
+def legend_lines(transparent_below: float, threshold: float | None, outlined: str = OUTLINED_TILES) -> list[str]:
+    """The legend's caption under the colour bar; ``outlined`` says what the black outlines are."""
     lines = [f"tumor probability of each tile (transparent below {tick_label(transparent_below)})"]
     if threshold is not None:
-        lines.append(f"threshold {tick_label(threshold)} (triangle): tiles at or above it outlined in black")
+        lines.append(f"threshold {tick_label(threshold)} (triangle): {outlined}")
     return lines
 
 
@@ -128,6 +132,7 @@ def draw_legend(
     cmap: str,
     transparent_below: float,
     threshold: float | None,
+    outlined: str = OUTLINED_TILES,
 ) -> None:
     """Draw the legend across ``canvas`` from row ``top``: the threshold's marker and label above the colour bar,
     the bar, ticks at 0, ``transparent_below`` and 1, and the caption (:func:`legend_lines`)."""
@@ -157,7 +162,7 @@ def draw_legend(
         draw.polygon([(x - 5, y0 - MARKER_PX), (x + 5, y0 - MARKER_PX), (x, y0 - 2)], fill=black)
         label = f"threshold {tick_label(threshold)}"
         draw.text((centred(label, x), y0 - MARKER_PX - line_h), label, fill=black, font=text_font)
-    for i, line in enumerate(legend_lines(transparent_below, threshold)):
+    for i, line in enumerate(legend_lines(transparent_below, threshold, outlined)):
         draw.text((centred(line, (x0 + x1) // 2), ty + line_h * (1 + i)), line, fill=black, font=text_font)
 
 

@@ -121,9 +121,10 @@ def zoom_panel(
     cmap: str,
     transparent_below: float,
     out_px: int = ZOOM_PANEL_PX,
+    outline: np.ndarray | None = None,
 ) -> np.ndarray:
     """(out_px, out_px, 3) uint8: the zoom's box read from the slide, drawn as the heatmap is (greyscale,
-    scores in colour, tiles at or above ``threshold`` outlined in black)."""
+    scores in colour, tiles at or above ``threshold`` outlined in black, or the True cells of ``outline``)."""
     crop = greyscale_backdrop(read_box(reader, zoom.box0, out_px))
     panel = blend_scores(crop, grid, zoom.box0, size0, alpha, cmap, transparent_below)
     x0, y0, x1, y1 = zoom.box0
@@ -132,9 +133,10 @@ def zoom_panel(
     inside_y = y0 + (np.arange(out_px) + 0.5) * (y1 - y0) / out_px < h0
     inside = inside_y[:, None] & inside_x[None, :]
     panel[~inside] = crop[~inside]  # past the slide's edge: no tile, whatever the nearest cell
-    if threshold is not None:
+    if threshold is not None or outline is not None:
         ri, ci = cell_map(panel.shape[:2], zoom.box0, size0, grid.shape)
         with np.errstate(invalid="ignore"):
-            mask = (grid[ri, ci] >= threshold) & inside
+            marked = grid[ri, ci] >= threshold if outline is None else np.asarray(outline, bool)[ri, ci]
+            mask = marked & inside
         panel[outline_outside(mask, 2)] = 0
     return panel

@@ -20,7 +20,15 @@ import numpy as np
 from .geojson import TUMOR_COLOR, write_feature_collection
 from .grid import score_grid
 
-__all__ = ["TumorRegion", "slide_call", "tumor_regions", "tumor_regions_geojson", "write_regions_geojson"]
+__all__ = [
+    "TumorRegion",
+    "grid_origin",
+    "region_geometry",
+    "slide_call",
+    "tumor_regions",
+    "tumor_regions_geojson",
+    "write_regions_geojson",
+]
 
 _LEFT_TURN = {(1, 0): (0, -1), (0, -1): (-1, 0), (-1, 0): (0, 1), (0, 1): (1, 0)}
 """Heading (dx, dy) in image axes (y down) -> the heading after a left turn (as seen on screen)."""
@@ -166,29 +174,11 @@ def tumor_regions_geojson(
         collection["properties"] = call
     if not (np.isfinite(values) & (values >= threshold)).any():
         return collection
-    from scipy import ndimage
-
     side = float(size0)
     grid = score_grid(rows, cols, values, (int(rows.max()) + 1, int(cols.max()) + 1))
-    origin_x = round(float(np.median(xs - cols * side)))  # whole level-0 pixels, as TileGrid's x and y
-    origin_y = round(float(np.median(ys - rows * side)))
-
-    def corner(c: int, r: int) -> list[float]:
-        return [round(origin_x + c * side, 3), round(origin_y + r * side, 3)]
-
+    origin = grid_origin(rows, cols, xs, ys, side)
     for i, region in enumerate(tumor_regions(grid, threshold, connectivity), start=1):
-        top, left = region.cells[0].start, region.cells[1].start
-        parts, n_parts = ndimage.label(region.inside)  # 4-connected pieces: each one polygon with its holes
-        polygons = []
-        for part in range(1, n_parts + 1):
-            rings = _cell_outline_rings(parts == part)
-            rings.sort(key=_shoelace_area, reverse=True)  # the one outer ring (positive area) first
-            polygons.append([[corner(c + left, r + top) for c, r in ring] for ring in rings])
-        geometry = (
-            {"type": "Polygon", "coordinates": polygons[0]}
-            if len(polygons) == 1
-            else {"type": "MultiPolygon", "coordinates": polygons}
-        )
+        geometry = region_geometry(region, origin, side)
         stats = {
             "max_score": round(region.max_score, 6),
             "mean_score": round(region.mean_score, 6),
@@ -210,6 +200,37 @@ def tumor_regions_geojson(
             properties |= call
         collection["features"].append({"type": "Feature", "geometry": geometry, "properties": properties})
     return collection
+
+
+def grid_origin(
+    rows: np.ndarray, cols: np.ndarray, x: np.ndarray, y: np.ndarray, size0: float
+) -> tuple[float, float]:
+    """Level-0 position of grid corner (0, 0): the whole-pixel offset of the tiles' ``x``/``y`` from
+    ``cols``/``rows * size0`` (0 for :func:`~wsi_mamba.slide.tiling.make_tile_grid`), as TileGrid's x and y."""
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return (round(float(np.median(xs - cols * size0))), round(float(np.median(ys - rows * size0))))
+
+
+def region_geometry(region: TumorRegion, origin: tuple[float, float], size0: float) -> dict[str, Any]:
+    """The exact outline of ``region``'s tiles in level-0 pixels (grid corner (c, r) at ``origin + (c, r) *
+    size0``): a ``Polygon`` (outer ring, then a ring per hole), or a ``MultiPolygon`` when the region holds
+    parts that touch only at corners."""
+    from scipy import ndimage
+
+    top, left = region.cells[0].start, region.cells[1].start
+
+    def corner(c: int, r: int) -> list[float]:
+        return [round(origin[0] + (c + left) * size0, 3), round(origin[1] + (r + top) * size0, 3)]
+
+    parts, n_parts = ndimage.label(region.inside)  # 4-connected pieces: each one polygon with its holes
+    polygons = []
+    for part in range(1, n_parts + 1):
+        rings = _cell_outline_rings(parts == part)
+        rings.sort(key=_shoelace_area, reverse=True)  # the one outer ring (positive area) first
+        polygons.append([[corner(c, r) for c, r in ring] for ring in rings])
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
 
 
 def slide_call(slide_score: float | None, threshold: float) -> dict[str, Any] | None:

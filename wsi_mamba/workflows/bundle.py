@@ -13,13 +13,14 @@ Only safetensors and JSON are read: nothing is unpickled.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.stain_norm import StainNorm
 from ..devices import resolve_device
+from ..features.modes import TileMode
 from ..models.aggregators import Aggregator
 from ..models.encoder import TileEncoder, load_encoder
 from ..models.encoders import export_encoder
@@ -29,6 +30,7 @@ from ..models.validation import check_float, check_int
 from ..outputs.artefact import ArtefactFormat, read_json_object
 from ..outputs.atomic import atomic_folder, json_safe, remove_stale_temporaries, write_json_atomic
 from ..outputs.lock import output_lock
+from ..outputs.region_calling import RegionCalling
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +66,13 @@ class ModelBundle:
         """How the model's training features were made: ``{"mode": "tile"}`` (also for models that do not say)
         or region mode's ``region_px`` / ``region_overlap_px`` (:mod:`~wsi_mamba.features.modes`)."""
         return dict(self.meta.get("feature_mode") or {"mode": "tile"})
+
+
+def region_calling_of(bundle: ModelBundle) -> RegionCalling:
+    """The model's calibrated region calling (``model.json``'s ``region_calling``, written by ``train`` or
+    ``calibrate-regions``), else every group of tiles at or above its threshold."""
+    record = bundle.meta.get("region_calling")
+    return RegionCalling.uncalibrated(bundle.threshold) if record is None else RegionCalling.from_json(record)
 
 
 def shipped_models() -> dict[str, Path]:
@@ -176,7 +185,10 @@ def check_manifest(meta: dict) -> None:
         check_int("model feature_mode", "region_overlap_px", mode.get("region_overlap_px"), 0, 1_000_000)
     else:
         check_views(mode.get("views", 1))
+        TileMode.from_attrs(mode)  # views on demand: a band of probabilities, with 4 or 8 views
     StainNorm.from_attrs(mode)  # a stain normalisation's method and target numbers
+    if meta.get("region_calling") is not None:
+        RegionCalling.from_json(meta["region_calling"])
 
 
 def check_baseline(baseline: object) -> None:
@@ -213,6 +225,13 @@ def read_manifest(folder: Path) -> dict:
 def model_views(folder: Path) -> int:
     """The dihedral views a model folder's tiles are encoded in (its ``feature_mode``; 1 before views existed)."""
     return int((read_manifest(folder).get("feature_mode") or {}).get("views", 1))
+
+
+def model_tile_mode(folder: Path) -> TileMode:
+    """The tile mode a model folder's tiles are scored in: its views and views on demand (stain left out: see
+    :func:`~wsi_mamba.workflows.reports.score_patches.model_stain`); one view for a region-mode model."""
+    mode = read_manifest(folder).get("feature_mode") or {}
+    return replace(TileMode.from_attrs(mode), stain=None) if mode.get("mode", "tile") == "tile" else TileMode()
 
 
 def load_bundle(

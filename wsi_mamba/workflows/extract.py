@@ -61,6 +61,7 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
         colour=encoded.colour,
         tissue_mask=encoded.tissue.mask,
         attrs=attrs,
+        views=encoded.views if getattr(encoded.mode, "on_demand", None) is not None else None,  # views on demand
     )
 
 

@@ -19,9 +19,9 @@ from ..outputs.grid import score_grid
 from ..outputs.heatmap import write_heatmap_png
 from ..outputs.heatmap_legend import heatmap_caveats, heatmap_title
 from ..outputs.names import output_stem, slide_name
-from ..outputs.regions import write_regions_geojson
+from ..outputs.region_calling import call_regions, tile_area_mm2, write_called_regions_geojson
 from ..slide import open_slide
-from .bundle import ModelBundle
+from .bundle import ModelBundle, region_calling_of
 from .domain import domain_warnings
 from .provenance import bundle_sha256, slide_identity
 from .scoring import score_tiles
@@ -34,6 +34,13 @@ def score_encoded(bundle: ModelBundle, encoded: EncodedSlide) -> tuple[float, np
     """Slide probability and per-tile probabilities (grid order) of an encoded slide with tiles."""
     grid = encoded.grid
     return score_tiles(bundle, encoded.features, grid.rows, grid.cols, grid.shape)
+
+
+def extra_view_tiles(encoded: EncodedSlide) -> dict:
+    """``{"extra_view_tiles": n}``, the tiles that got the other views, in views on demand; ``{}`` otherwise."""
+    if not isinstance(encoded.mode, TileMode) or encoded.mode.on_demand is None or encoded.views is None:
+        return {}
+    return {"extra_view_tiles": int((encoded.views > 1).sum())}
 
 
 def predict_slide(
@@ -74,6 +81,7 @@ def predict_slide(
         "views": encoded.mode.views if isinstance(encoded.mode, TileMode) else 1,  # as older results have it
         "feature_mode": encoded.mode.attrs(),  # the whole mode: tile (views) or region (sizes), stain normalisation
         "stain_warning": encoded.stain_warning,  # why the mode's stain normalisation was not applied (None: it was)
+        **extra_view_tiles(encoded),  # views on demand: how many tiles got the other views
         "model": bundle.name,
         "model_sha256": bundle_sha256(bundle),
         "slide_file": identity,
@@ -102,11 +110,16 @@ def predict_slide(
             scores = score_grid(grid.rows, grid.cols, tile_scores, grid.shape)
             regions_path, heatmap_path = out / f"{stem}.regions.geojson", out / f"{stem}.heatmap.png"
             cells = (grid.rows, grid.cols, grid.x, grid.y, grid.size0)
-            regions = write_regions_geojson(regions_path, *cells, tile_scores, bundle.threshold, slide_score=score)
+            calling = region_calling_of(bundle)  # calibrated with the model, else tiles >= the slide threshold
+            called = call_regions(scores, calling, tile_area_mm2(bundle.encoder.tile_px, bundle.encoder.mpp))
+            call = {"slide_score": score, "threshold": bundle.threshold}
+            regions = write_called_regions_geojson(regions_path, *cells, called, calling, **call)
             caveats = heatmap_caveats(result, regions)  # written on the heatmap: warnings, corrupt tiles, ...
             with open_slide(path, mpp=read.slide_mpp) as source:  # read again for zoom panels on small regions
                 heat = (thumbnail, scores, encoded.dimensions, grid.size0, heatmap_title(result))
-                write_heatmap_png(heatmap_path, *heat, threshold=bundle.threshold, caveats=caveats, slide=source)
+                write_heatmap_png(
+                    heatmap_path, *heat, threshold=bundle.threshold, caveats=caveats, slide=source, regions=called
+                )
             write_tiles_geojson(out / f"{stem}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
             result["heatmap"] = str(heatmap_path)
             result["geojson"] = str(out / f"{stem}.tiles.geojson")

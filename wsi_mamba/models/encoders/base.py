@@ -113,6 +113,30 @@ class TileEncoder:
         """Pre-logit features of preprocessed tiles (differentiable; used by encoder training)."""
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
+    def classifier_head(self) -> torch.nn.Module | None:
+        """The classifier layer that maps :meth:`features` to logits (VMamba's ``classifier.head``, timm's
+        ``get_classifier()``); None when the model has none."""
+        classifier = getattr(self.model, "classifier", None)
+        head = getattr(classifier, "head", None)
+        if isinstance(head, torch.nn.Module):
+            return head
+        get_classifier = getattr(self.model, "get_classifier", None)
+        head = get_classifier() if callable(get_classifier) else None
+        return None if head is None or isinstance(head, torch.nn.Identity) else head
+
+    @property
+    def has_tumour_head(self) -> bool:
+        """Whether the classifier head gives one (tumour) logit per tile."""
+        return self.num_classes == 1 and self.classifier_head() is not None
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, num_classes) logits of (n, dim) :meth:`features`; the head being linear, the logit of features
+        averaged over views is the mean of the views' logits. ``ValueError`` for a model without a head."""
+        head = self.classifier_head()
+        if head is None:
+            raise ValueError(f"encoder {self.name} has no classifier head")
+        return head(features)
+
     def view_features(self, x: torch.Tensor, views: int = 1) -> torch.Tensor:
         """Features of preprocessed square tiles averaged over ``views`` dihedral views (:data:`VIEW_COUNTS`;
         1: the tiles as they are). With 4 or 8 views a rotated tile gets the same features; the classifier head
@@ -120,6 +144,28 @@ class TileEncoder:
         if check_views(views) == 1:
             return self.features(x)
         return torch.stack([self.features(view).float() for view in dihedral_views(x, views)]).mean(0)
+
+    def views_on_demand(
+        self, x: torch.Tensor, views: int, band: tuple[float, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of preprocessed square tiles in view 0, and for the tiles whose view-0 tumour probability (the
+        sigmoid of :meth:`logits_from_features`) lies in ``band`` = (lo, hi), both ends included, the mean over
+        all ``views`` views (as :meth:`view_features`); the views each tile got, (n,) uint8. The other views run
+        on the chosen tiles only. Needs a one-logit head (:attr:`has_tumour_head`)."""
+        first = self.features(x)
+        used = torch.ones(len(x), dtype=torch.uint8)
+        if check_views(views) == 1 or not len(x):
+            return first, used
+        p = torch.sigmoid(self.logits_from_features(first).float()[:, 0])
+        chosen = ((p >= band[0]) & (p <= band[1])).nonzero().squeeze(1)  # NaN: never chosen
+        out = first.float()
+        if len(chosen):
+            subset = x[chosen]
+            rest = [self.features(dihedral(subset, k, axes=(2, 3))).float() for k in range(1, views)]
+            out = out.clone()
+            out[chosen] = torch.stack([out[chosen], *rest]).mean(0)
+            used[chosen.cpu()] = views
+        return out, used
 
     @torch.inference_mode()
     def encode(self, tiles: np.ndarray, views: int = 1) -> np.ndarray:

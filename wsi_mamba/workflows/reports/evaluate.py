@@ -1,6 +1,7 @@
 """Evaluation of a model folder on feature stores: slide AUC with a bootstrap interval, accuracy at 0.5 and
-at the Youden threshold, ROC curve PNG, per-slide CSV; the CAMELYON16 lesion FROC when annotations are
-given; the colour-statistics baseline (fitted on the model's own training slides) on the same slides."""
+at the Youden threshold, sensitivity / specificity at the model's own threshold (and its provenance), ROC
+curve PNG, per-slide CSV; the CAMELYON16 lesion FROC when annotations are given; the colour-statistics
+baseline (fitted on the model's own training slides) on the same slides."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ...outputs.atomic import check_not_inputs, json_safe, write_csv_atomic, wri
 from ..bundle import ModelBundle, load_bundle, model_files
 from ..inputs import find_annotations, read_label_column, read_labels
 from ..scoring import score_tiles
+from ..training.operating_point import threshold_report
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +91,8 @@ def evaluate(
     ys_arr, scores_arr = np.asarray(ys), np.asarray(scores)
     metrics: dict = {"model": bundle.name, "slides": summarize(ys_arr, scores_arr, n_boot=n_boot)}
     metrics["model_path"] = str(Path(bundle.path).resolve())
+    # Sensitivity / specificity at the model's own threshold, with where that threshold comes from.
+    metrics["at_model_threshold"] = threshold_report(ys, scores, bundle.threshold, bundle.meta.get("threshold_rule"))
     metrics["missing_features"] = missing
     classes = read_label_column(labels_csv, "lesion_class")
     if classes:

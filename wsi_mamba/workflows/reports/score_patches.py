@@ -18,7 +18,7 @@ from ...data.stain_norm import StainNorm, normalise_each
 from ...devices import autocast, resolve_device
 from ...models.encoder import TileEncoder, load_encoder
 from ...models.encoders.base import check_views, dihedral_views
-from ..bundle import MANIFEST, model_path, model_views, read_manifest
+from ..bundle import MANIFEST, model_path, model_tile_mode, model_views, read_manifest
 
 MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
 
@@ -73,6 +73,15 @@ def model_stain(model: str | Path | None) -> StainNorm | None:
     return StainNorm.from_attrs(read_manifest(path).get("feature_mode") or {})
 
 
+def model_views_on_demand(model: str | Path | None) -> tuple[float, float] | None:
+    """The views-on-demand band a model folder's tiles are scored with (its ``feature_mode``); None for anything
+    else (an encoder checkpoint, ``timm:NAME``) or a model without one."""
+    path = model_path(model)
+    if not (path.is_dir() and (path / MANIFEST).is_file()):
+        return None
+    return model_tile_mode(path).on_demand
+
+
 def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
     """Warn when the patches' resolution differs from the encoder's (scores are then less trustworthy)."""
     ratio = source.geometry.mpp / encoder.mpp
@@ -85,13 +94,22 @@ def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
 
 
 @torch.inference_mode()
-def classify(encoder: TileEncoder, patches: np.ndarray, views: int = 1) -> np.ndarray:
+def classify(
+    encoder: TileEncoder, patches: np.ndarray, views: int = 1, on_demand: tuple[float, float] | None = None
+) -> np.ndarray:
     """Tumour probabilities of (n, px, px, 3) uint8 patches (resized to the encoder's tile size): the sigmoid of
-    the mean logit over ``views`` dihedral views (1, 4 or 8), as the features of :meth:`TileEncoder.encode`."""
+    the mean logit over ``views`` dihedral views (1, 4 or 8), as the features of :meth:`TileEncoder.encode`. With
+    ``on_demand`` = (lo, hi) the other views only for patches whose view-0 probability is in [lo, hi], as tile
+    mode encodes tiles (:meth:`TileEncoder.views_on_demand`)."""
     model = encoder.model.eval()
     batch = encoder.preprocess(np.ascontiguousarray(patches))  # resized there to a fixed-size model's input
     if encoder.input_px is None and batch.shape[-1] != encoder.tile_px:
         batch = F.interpolate(batch, size=(encoder.tile_px,) * 2, mode="bilinear", antialias=True)
+    if on_demand is not None:
+        with autocast(batch.device):
+            features, _ = encoder.views_on_demand(batch, check_views(views), on_demand)
+            logits_on_demand = encoder.logits_from_features(features)
+        return torch.sigmoid(logits_on_demand[:, 0].float()).cpu().numpy()
     logits = []
     for view in dihedral_views(batch, check_views(views)):
         with autocast(view.device):
@@ -122,10 +140,12 @@ def score_patch_source(
     views: int = 1,
     on_batch: Callable[[int], None] | None = None,
     stain: StainNorm | None = None,
+    on_demand: tuple[float, float] | None = None,
 ) -> PatchScores:
-    """Score every patch of ``source``; unreadable patches get NaN and an entry in ``errors``. With ``stain`` each
-    patch is normalised on its own stain first (:func:`~wsi_mamba.data.stain_norm.normalise_each`; the patches
-    whose stain cannot be estimated are scored as read and counted in ``stain_skipped``)."""
+    """Score every patch of ``source`` in ``views`` (on demand in the band ``on_demand``: :func:`classify`);
+    unreadable patches get NaN and an entry in ``errors``. With ``stain`` each patch is normalised on its own
+    stain first (:func:`~wsi_mamba.data.stain_norm.normalise_each`; the patches whose stain cannot be estimated
+    are scored as read and counted in ``stain_skipped``)."""
     check_geometry(source, encoder)
     scores = np.full(len(source), np.nan, np.float32)
     errors: dict[int, str] = {}
@@ -136,7 +156,7 @@ def score_patch_source(
         if len(good):
             patches, unestimated = normalise_each(patches, stain)
             skipped += unestimated
-            scores[good] = classify(encoder, patches, views)
+            scores[good] = classify(encoder, patches, views, on_demand)
         if on_batch is not None:
             on_batch(len(indices))
     locations = [source.location(i) for i in range(len(source))]

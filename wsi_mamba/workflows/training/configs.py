@@ -16,6 +16,8 @@ from ...ranges import (
     POSITIVE_INT,
     RATE,
     SEED,
+    SPECIFICITY,
+    TOPK,
     VAL_FRACTION,
     check_fields,
 )
@@ -120,6 +122,8 @@ class SlideTrainingConfig:
     tile_loss_weight: float = 0.5  # weight of tile supervision when annotations are given
     seed: int = 0
     folds: int = 0  # K >= 2: K-fold cross-validation (fold models + a final model on all slides); 0: one split
+    topk: int = 0  # ss2d: K >= 1 mixes the mean of the K highest tile logits into the slide logit (0: off)
+    target_specificity: float = 0.95  # the threshold: chosen on the validation slides for this specificity
 
     def __post_init__(self) -> None:
         """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``
@@ -140,4 +144,6 @@ class SlideTrainingConfig:
             tile_loss_weight=NON_NEGATIVE,
             seed=SEED,
             folds=COUNT,
+            topk=TOPK,
+            target_specificity=SPECIFICITY,
         )

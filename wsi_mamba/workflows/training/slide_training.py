@@ -10,7 +10,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,9 @@ from ..bundle import check_model_output, save_bundle
 from ..domain import domain_statistics
 from ..inputs import read_labels
 from .configs import SlideTrainingConfig
+from .operating_point import choose_operating_point
 from .optimisation import optimiser_step
+from .region_fitting import region_calling_entry
 from .slide_examples import (
     Example,
     SlideSet,
@@ -48,7 +50,7 @@ CPU = torch.device("cpu")
 
 def build_aggregator(cfg: SlideTrainingConfig, in_dim: int) -> Aggregator:
     """The registry's ``cfg.aggregator`` for ``in_dim``-wide features, with the config's common widths."""
-    common = {"dim": cfg.dim, "depth": cfg.depth, "d_state": cfg.d_state, "dropout": cfg.dropout}
+    common = {"dim": cfg.dim, "depth": cfg.depth, "d_state": cfg.d_state, "dropout": cfg.dropout, "topk": cfg.topk}
     return create_aggregator(cfg.aggregator, in_dim, ignore_unknown=True, **common)
 
 
@@ -110,7 +112,9 @@ def train_slide_model(
     model folder is replaced only with ``overwrite``) and locked meanwhile. The model trains on ``device`` (bf16
     autocast on CUDA, fp32 weights)."""
     target = resolve_device(device)
-    aggregator_spec(cfg.aggregator)  # an unknown name fails before anything is read
+    spec = aggregator_spec(cfg.aggregator)  # an unknown name fails before anything is read
+    if cfg.topk and "topk" not in spec.field_names():
+        raise ValueError(f"--topk is an option of the ss2d aggregator; {cfg.aggregator} has no top-k branch")
     if cfg.folds == 1 or cfg.folds < 0:
         raise ValueError(f"--folds must be at least 2 (or 0 for one validation split), got {cfg.folds}")
     if validation is not None and cfg.folds:
@@ -178,7 +182,7 @@ def _train(
         """model.json of one model; ``seen``: the slides its domain statistics (and baseline) come from."""
         return {
             "name": title,
-            "threshold": 0.5,
+            **choose_operating_point(fit.val_scores, fit.val_labels, cfg.target_specificity, fit.val_source).to_meta(),
             "version": __version__,
             "aggregator": cfg.aggregator,
             "feature_mode": feature_mode,
@@ -214,7 +218,8 @@ def _train(
             out,
             encoder,
             fit.model,
-            meta_of(fit, train_names, [e.name for e in val_set], model_name, names),
+            meta_of(fit, train_names, [e.name for e in val_set], model_name, names)
+            | region_calling_entry([(fit.model, val_set)], encoder),  # fitted on the validation slides
             baseline_of(names),
             overwrite=overwrite,
             inputs=inputs,
@@ -241,6 +246,9 @@ def _train(
         [examples[n] for n in names], [], in_dim, cfg, device, progress, desc="all slides", epochs=final_epochs
     )
     aucs = [f.best_val_auc for f in fold_fits]
+    final.val_scores = [s for f in fold_fits for s in f.val_scores]  # its threshold: the out-of-fold scores
+    final.val_labels = [y for f in fold_fits for y in f.val_labels]
+    final.val_source = f"out-of-fold validation slides of the {cfg.folds} fold models"
     summary = {
         "folds": cfg.folds,
         "seed": cfg.seed,
@@ -282,6 +290,8 @@ def _train(
             )
 
     meta = meta_of(final, names, [], model_name, names)
+    out_of_fold = [(f.model, [examples[n] for n in v]) for f, v in zip(fold_fits, splits, strict=True)]
+    meta |= region_calling_entry(out_of_fold, encoder)  # each validation fold scored by its own fold's model
     meta["training"]["cross_validation"] = summary
     return save_bundle(
         out, encoder, final.model, meta, baseline_of(names), overwrite=overwrite, inputs=inputs, write_extra=write_folds
@@ -291,13 +301,17 @@ def _train(
 @dataclass
 class Fit:
     """One training run: the model at its selected epoch, the per-epoch log, the selected epoch and its
-    validation AUC (None without validation slides: then the last epoch is kept)."""
+    validation AUC (None without validation slides: then the last epoch is kept); the selected model's slide
+    probabilities and labels of the validation slides (``val_source`` says which), for the threshold."""
 
     model: Aggregator
     log: list[dict]
     best_epoch: int
     best_val_auc: float | None
     seconds: float
+    val_scores: list[float] = field(default_factory=list)
+    val_labels: list[int] = field(default_factory=list)
+    val_source: str = "validation slides"
 
 
 def _fit(
@@ -361,4 +375,7 @@ def _fit(
     model.load_state_dict(best_state)
     model.eval()
     best_auc = best[0] if best is not None and val_set else None
-    return Fit(model, log, best_epoch, best_auc, round(time.time() - started, 1))
+    with torch.no_grad():
+        val_scores = [_loss(model, example, 0.0, device)[1] for example in val_set]
+    labels = [int(example.label) for example in val_set]
+    return Fit(model, log, best_epoch, best_auc, round(time.time() - started, 1), val_scores, labels)
