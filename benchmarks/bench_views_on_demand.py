@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     base_auc = None
     for name, on in zip(modes, (None, band), strict=True):
-        scores = score_patch_source(source, encoder, views, on_demand=on).scores
+        scores = score_patch_source(source, encoder, views=views, on_demand=on).scores
         auc = float(roc_auc_score(labels, scores))
         base_auc = auc if base_auc is None else base_auc
         rows.append(
