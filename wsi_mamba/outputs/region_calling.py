@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .geojson import TUMOR_COLOR, write_feature_collection
-from .regions import TumorRegion, grid_origin, region_geometry, slide_call, tumor_regions
+from .geojson import write_feature_collection
+from .regions import TumorRegion, grid_origin, region_annotation, region_geometry, slide_call, tumor_regions
 
 __all__ = [
     "DEFAULT_TARGET_FP_PER_MM2",
@@ -231,19 +231,7 @@ def called_regions_geojson(
             "mean_score": round(region.mean_score, 6),
             "max_smoothed_score": round(region.max_smoothed, 6),
         }
-        measurements = dict(stats)
-        if call is not None:
-            measurements |= {"slide_score": call["slide_score"], "threshold": call["threshold"]}
-        properties: dict[str, Any] = {
-            "objectType": "annotation",
-            "name": f"region_{region.rank}",
-            "classification": {"name": "Tumor", "color": list(TUMOR_COLOR)},
-            "isLocked": False,
-            "called_by": region.called_by,
-            **stats,
-            "measurements": measurements,
-            **(call or {}),
-        }
+        properties = region_annotation(f"region_{region.rank}", stats, call, {"called_by": region.called_by})
         geometry = region_geometry(region, origin, side)
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
     collection["features"] = features

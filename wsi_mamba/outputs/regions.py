@@ -185,21 +185,29 @@ def tumor_regions_geojson(
             "tiles": region.tiles,
             "area_px": round(region.tiles * side * side, 2),
         }
-        measurements: dict[str, Any] = dict(stats)
-        if call is not None:
-            measurements |= {"slide_score": call["slide_score"], "threshold": call["threshold"]}
-        properties: dict[str, Any] = {
-            "objectType": "annotation",
-            "name": f"{name_prefix}_{i}",
-            "classification": {"name": "Tumor", "color": list(TUMOR_COLOR)},
-            "isLocked": False,
-            **stats,
-            "measurements": measurements,
-        }
-        if call is not None:
-            properties |= call
+        properties = region_annotation(f"{name_prefix}_{i}", stats, call)
         collection["features"].append({"type": "Feature", "geometry": geometry, "properties": properties})
     return collection
+
+
+def region_annotation(
+    name: str, stats: dict[str, Any], call: dict[str, Any] | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A region's QuPath annotation properties: class ``Tumor``, ``extra`` (e.g. how it was called), its
+    ``stats`` (also its measurements, with the slide's score and threshold) and the slide's ``call``."""
+    measurements = dict(stats)
+    if call is not None:
+        measurements |= {"slide_score": call["slide_score"], "threshold": call["threshold"]}
+    return {
+        "objectType": "annotation",
+        "name": name,
+        "classification": {"name": "Tumor", "color": list(TUMOR_COLOR)},
+        "isLocked": False,
+        **(extra or {}),
+        **stats,
+        "measurements": measurements,
+        **(call or {}),
+    }
 
 
 def grid_origin(
