@@ -9,10 +9,12 @@ the same tiles.
     python benchmarks/bench_predict.py --camelyon --cache ~/wsi-bench --slide-only   # only write that slide
 
 ``--camelyon``: the slide is a real-tissue one at CAMELYON16 scale, the size of issue 22's: 99,840 x 46,080 px
-at 20x (0.486 µm/px; ``--magnification 40``: 0.243 µm/px, twice the pixels a side), 520 x 240 cells of 96 px at
-0.972 µm/px, several tissue sections, PCam patches (``--patches``, default ../shared/data/pcam/valid: evaluation
-patches, never the model's training ones) upsampled from 10x, with one micro-metastasis (``--lesion``), written
-tile by tile (``wsi_mamba.synth.patch_tiles``) into ``--cache`` once. Predict's time is then also split by stage
+at 20x (0.486 µm/px; ``--magnification 40``: 0.243 µm/px, twice the pixels a side; ``10``: the patches' own
+0.972 µm/px, half), 520 x 240 cells of 96 px at 0.972 µm/px, several tissue sections, PCam patches
+(``--patches``, default ../shared/data/pcam/valid: evaluation patches, never the model's training ones)
+upsampled from 10x, with one micro-metastasis (``--lesion``), written tile by tile
+(``wsi_mamba.synth.from_patches.write_patch_slide``; coarser levels averaged from level 0's tiles) into
+``--cache`` once. Predict's time is then also split by stage
 (tissue and grid; reading and encoding, which overlap; slide model; regions GeoJSON; heatmap PNG; tiles GeoJSON),
 with the heatmap and GeoJSON written (to ``--cache``/predict-out), as ``wsi-mamba predict --heatmap`` does.
 
@@ -72,20 +74,12 @@ def slide_path(args: argparse.Namespace) -> Path:
     return path
 
 
-CAMELYON_CELLS = (240, 520)  # rows, cols of 96 px cells at 0.972 µm/px: 99,840 x 46,080 px at 20x
-
-
 def camelyon_slide(args: argparse.Namespace) -> Path:
     """The CAMELYON16-size real-tissue slide in ``--cache`` (written on first use), its lesion XML beside it."""
     from tqdm import tqdm
 
-    from wsi_mamba.data.patches import open_patches
-    from wsi_mamba.synth.appearance import DEFAULT_COMPOSITION, normal_tissue
-    from wsi_mamba.synth.from_patches import lesion_annotations
-    from wsi_mamba.synth.layout import write_lesion_xml
-    from wsi_mamba.synth.patch_plan import plan_slide
-    from wsi_mamba.synth.patch_tiles import PatchTileRenderer
-    from wsi_mamba.synth.writer import tile_count, write_slide
+    from wsi_mamba.synth.from_patches import CAMELYON_CELLS, write_patch_slide
+    from wsi_mamba.synth.writer import tile_count
 
     upsample = args.magnification // 10
     path = args.cache / f"camelyon-{args.magnification}x-{args.lesion}-seed{args.seed}.tif"
@@ -93,25 +87,16 @@ def camelyon_slide(args: argparse.Namespace) -> Path:
         return path
     if not args.patches.is_dir():
         sys.exit(f"error: {args.patches}: no such folder of labelled patches (--patches)")
-    args.cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    source = open_patches(args.patches)
-    labels = np.asarray(source.labels)
-    normal = normal_tissue(source, np.flatnonzero(labels == 0), DEFAULT_COMPOSITION, args.seed)
-    px, mpp = source.geometry.px, source.geometry.mpp
-    spec = plan_slide(
-        args.seed, 1, args.lesion, normal, np.flatnonzero(labels == 1), px, mpp, upsample=upsample, shape=CAMELYON_CELLS
-    )
-    planned = time.perf_counter() - start
-    renderer = PatchTileRenderer(spec, source, 2)
-    with tqdm(total=tile_count(spec.width, spec.height, "tiff"), desc="write slide", unit="tile") as bar:
-        write_slide(spec, path, "tiff", tick=bar.update, renderer=renderer)
-    write_lesion_xml(path, lesion_annotations(spec))
+    rows, cols = CAMELYON_CELLS
+    total = tile_count(cols * 96 * upsample, rows * 96 * upsample, "tiff")  # PCam's 96 px cells
+    with tqdm(total=total, desc="write slide", unit="tile") as bar:
+        spec = write_patch_slide(path, args.patches, CAMELYON_CELLS, args.lesion, args.seed, upsample, tick=bar.update)
     lesions = ", ".join(f"{x.kind} {x.diameter_um:.0f} µm ({len(x.cells)} cells)" for x in spec.lesions) or "none"
     print(
         f"wrote {path}: {spec.width} x {spec.height} px at {spec.mpp:g} µm/px, {len(spec.ovals)} tissue pieces, "
-        f"{len(spec.cells)} tissue cells, lesions: {lesions}; planned in {planned:.0f} s, written in "
-        f"{time.perf_counter() - start:.0f} s, {path.stat().st_size / 2**30:.2f} GiB",
+        f"{len(spec.cells)} tissue cells, lesions: {lesions}; written in {time.perf_counter() - start:.0f} s, "
+        f"{path.stat().st_size / 2**30:.2f} GiB",
         file=sys.stderr,
     )
     return path
@@ -288,7 +273,7 @@ def main() -> None:
     parser.add_argument(
         "--camelyon", action="store_true", help="a CAMELYON16-size real-tissue slide (99,840 x 46,080 px at 20x)"
     )
-    parser.add_argument("--magnification", type=int, choices=(20, 40), default=20, help="--camelyon's level 0")
+    parser.add_argument("--magnification", type=int, choices=(10, 20, 40), default=20, help="--camelyon's level 0")
     parser.add_argument(
         "--lesion", choices=("micro", "macro", "itc", "none"), default="micro", help="--camelyon's largest lesion"
     )

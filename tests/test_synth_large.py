@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import ndimage
+from workflow_fixtures import write_smooth_patches
 
 from wsi_mamba.cli import main
 from wsi_mamba.data.dihedral import dihedral
@@ -26,16 +26,7 @@ PX, MPP = 96, 0.972
 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny labelled patch folder: smooth random textures (so an upsampled patch box-reduces back closely)."""
-    root = tmp_path_factory.mktemp("patches")
-    rng = np.random.default_rng(7)
-    for label, count, base in (("0", 20, (225, 150, 190)), ("1", 12, (130, 70, 165))):
-        (root / label).mkdir()
-        for i in range(count):
-            texture = ndimage.gaussian_filter(rng.normal(0, 40, (PX, PX, 3)), (2, 2, 0))
-            pixels = np.clip(np.asarray(base) + rng.integers(-25, 26, 3) + texture, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / label / f"p{i:03d}.png")
-    return root
+    return write_smooth_patches(tmp_path_factory.mktemp("patches"), 20, 12, seed=7, px=PX)
 
 
 def test_large_grids_hold_several_sections_and_small_ones_do_not() -> None:

@@ -171,3 +171,19 @@ def copy_with_small_tiles(source: Path, path: Path, compression: str = "jpeg") -
             level = image[::step, ::step]
             tw.write(level, tile=(tile, tile), subfiletype=1 if k else 0, resolution=(res, res), **options)
     return path
+
+
+def write_smooth_patches(root: Path, normal: int, tumour: int, seed: int, px: int = 96) -> Path:
+    """A tiny labelled patch folder (``0/``, ``1/`` PNGs) of smooth random textures, pink normal and purple
+    tumour (smooth, so an upsampled patch box-reduces back closely); returns ``root``."""
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    for label, count, base in (("0", normal, (225, 150, 190)), ("1", tumour, (130, 70, 165))):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            texture = ndimage.gaussian_filter(rng.normal(0, 40, (px, px, 3)), (2, 2, 0))
+            pixels = np.clip(np.asarray(base) + rng.integers(-25, 26, 3) + texture, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"p{i:03d}.png")
+    return root

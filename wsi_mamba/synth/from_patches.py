@@ -32,7 +32,8 @@ import numpy as np
 
 from ..data.patches import PatchSource, open_patches
 from ..outputs.atomic import write_text_atomic
-from ..slide.annotations import Annotations
+from ..slide.annotations import Annotations, write_asap_xml
+from .appearance import DEFAULT_COMPOSITION, normal_tissue
 from .layout import (
     LABEL_COLUMNS,
     check_cohort_output,
@@ -42,14 +43,23 @@ from .layout import (
     write_label_csvs,
     write_lesion_xml,
 )
-from .patch_pixels import LevelPyramid, render_patch_slide
-from .patch_plan import CohortSpec, PatchCohortPlan, PatchCohortSlide, PatchSlideSpec, plan_patch_cohort
+from .level_pyramid import LevelPyramid
+from .patch_pixels import render_patch_slide
+from .patch_plan import CohortSpec, PatchCohortPlan, PatchCohortSlide, PatchSlideSpec, plan_patch_cohort, plan_slide
 from .patch_tiles import IN_MEMORY_PIXELS, PatchTileRenderer
 from .writer import Renderer, write_slide
 
-__all__ = ["MANIFEST", "lesion_annotations", "write_patch_cohort", "write_planned_cohort"]
+__all__ = [
+    "CAMELYON_CELLS",
+    "MANIFEST",
+    "lesion_annotations",
+    "write_patch_cohort",
+    "write_patch_slide",
+    "write_planned_cohort",
+]
 
 MANIFEST = "patches_used.txt"
+CAMELYON_CELLS = (240, 520)  # rows, cols of 96 px cells: 49,920 x 23,040 px at 10x (0.972 µm/px), CAMELYON16's size
 
 
 def lesion_annotations(spec: PatchSlideSpec) -> Annotations:
@@ -91,13 +101,60 @@ def _write_csvs(out: Path, plan: list[PatchCohortSlide]) -> None:
     write_label_csvs(out, columns, rows)
 
 
-def slide_renderer(spec: PatchSlideSpec, source: PatchSource, factor: int) -> Renderer:
-    """The pixels of a planned slide for ``write_slide`` (``factor``: the flavour's level factor): drawn whole
-    in memory when level 0 is small and at the patches' resolution (as cohorts always were), else tile by tile
-    (:class:`~wsi_mamba.synth.patch_tiles.PatchTileRenderer`: large or upsampled slides, bounded memory)."""
+def slide_renderer(spec: PatchSlideSpec, source: PatchSource, factor: int) -> tuple[Renderer, str]:
+    """The pixels of a planned slide for ``write_slide`` (``factor``: the flavour's level factor) and its
+    ``pyramid`` argument: drawn whole in memory when level 0 is small and at the patches' resolution (as cohorts
+    always were), else tile by tile (:class:`~wsi_mamba.synth.patch_tiles.PatchTileRenderer`: large or upsampled
+    slides, bounded memory), the levels down to the patches' own resolution drawn (so they keep its pixels) and
+    the coarser ones averaged from them (drawing each would read and stain every patch again)."""
     if spec.upsample == 1 and spec.width * spec.height <= IN_MEMORY_PIXELS:
-        return LevelPyramid(render_patch_slide(spec, source), factor, spec.background)
-    return PatchTileRenderer(spec, source, factor)
+        return LevelPyramid(render_patch_slide(spec, source), factor, spec.background), "render"
+    return PatchTileRenderer(spec, source, factor), "downsample"
+
+
+def _write(
+    spec: PatchSlideSpec,
+    source: PatchSource,
+    path: Path,
+    flavour: str,
+    compression: str = "jpeg",
+    tick: Callable[[], None] | None = None,
+) -> None:
+    """``write_slide`` with :func:`slide_renderer`'s pixels."""
+    renderer, pyramid = slide_renderer(spec, source, 4 if flavour == "svs" else 2)
+    write_slide(
+        spec, path, flavour, tick=tick, renderer=renderer, compression=compression, pyramid=pyramid, drawn=spec.upsample
+    )
+
+
+def write_patch_slide(
+    path: str | os.PathLike[str],
+    patches: str | os.PathLike[str] | PatchSource,
+    shape: tuple[int, int] = CAMELYON_CELLS,
+    lesion: str = "micro",
+    seed: int = 0,
+    upsample: int = 1,
+    flavour: str = "tiff",
+    tick: Callable[[], None] | None = None,
+) -> PatchSlideSpec:
+    """Write one real-tissue slide of ``shape`` (rows, cols of cells; default CAMELYON16's size) to ``path``,
+    its lesions' ASAP XML beside it (same name, ``.xml``; none for a normal slide): tumour slide 1 of cohort
+    seed ``seed`` whose largest lesion is ``lesion`` (macro | micro | itc | none), level 0 at ``upsample``
+    times the patches' magnification. Memory stays bounded whatever the size; ``tick`` is called once per
+    tile written. Returns the slide's plan."""
+    source = patches if isinstance(patches, PatchSource) else open_patches(Path(patches))
+    labels = np.asarray(source.labels)
+    normal = normal_tissue(source, np.flatnonzero(labels == 0), DEFAULT_COMPOSITION, seed)
+    geometry = source.geometry
+    tumor = np.flatnonzero(labels == 1)
+    spec = plan_slide(seed, 1, lesion, normal, tumor, geometry.px, geometry.mpp, upsample=upsample, shape=shape)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(spec, source, path, flavour, tick=tick)
+    annotations = lesion_annotations(spec)
+    if annotations.lesions:
+        write_asap_xml(annotations, path.with_suffix(".xml"))
+    return spec
 
 
 def write_patch_cohort(
@@ -137,9 +194,7 @@ def write_planned_cohort(
     for item in plan:
         item.path.parent.mkdir(parents=True, exist_ok=True)
         if not item.path.exists():
-            renderer = slide_renderer(item.spec, source, 4 if item.flavour == "svs" else 2)
-            write_slide(item.spec, item.path, item.flavour, renderer=renderer, compression=plan.spec.compression)
-            del renderer
+            _write(item.spec, source, item.path, item.flavour, compression=plan.spec.compression)
         write_lesion_xml(item.path, lesion_annotations(item.spec))
         if tick is not None:
             tick()

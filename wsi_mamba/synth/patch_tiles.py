@@ -6,7 +6,8 @@ to the cell's size at that level, dihedral transform and the slide's stain shift
 by the outline's opacity at that level, glass with seeded noise elsewhere); the first of them small enough to
 hold (``in_memory_pixels``) is drawn once, band by band, and the coarser levels, thumbnail and macro come from
 it. Memory is a few tiles, the processed patches of a few cell rows and that small level: it does not grow
-with the slide's area.
+with the slide's area. The real-tissue writers (``from_patches``) ask it only for the levels down to the
+patches' own resolution and average the coarser ones from those (``write_slide(..., pyramid="downsample")``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from PIL import Image
 from ..data.dihedral import dihedral
 from ..data.patches import PatchSource
 from ..data.stain import hed_scale_shift
-from .patch_pixels import LevelPyramid
+from .level_pyramid import LevelPyramid
 from .patch_plan import PatchSlideSpec
 from .writer import TILE
 
@@ -31,6 +32,7 @@ IN_MEMORY_PIXELS = 32_000_000  # the largest level drawn whole (96 MB of RGB), f
 BAND = 256  # rows of the in-memory level drawn at a time
 GLASS = 512  # regions take the slide's glass texture (2 GLASS a side) at offsets below GLASS
 CELL_CACHE_BYTES = 64 << 20  # cells resized to the level being drawn, most recent kept (at most a cell row)
+SOURCE_CACHE_BYTES = 96 << 20  # stained source patches, most recent kept: large slides repeat a pool's patches
 
 
 class PatchTileRenderer:
@@ -62,6 +64,8 @@ class PatchTileRenderer:
         self._capacity = 3 * cols + 64  # a few cell rows: tiles are drawn row by row
         self._cells: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (cell, size) → resized patch
         self._cells_bytes = 0
+        self._sources: OrderedDict[int, np.ndarray] = OrderedDict()  # source index → stained patch
+        self._sources_bytes = 0
 
     def __call__(self, spec: object, x0: float, y0: float, width: int, height: int, ds: float) -> np.ndarray:
         if ds < self.memory_ds:
@@ -155,14 +159,33 @@ class PatchTileRenderer:
                 self._patches.move_to_end(i)
                 return patch
         spec = self.spec
-        patch = dihedral(self.source.read_one(int(spec.patches[i])), int(spec.transforms[i]))
-        if self.stained:  # one stain for the whole slide (a centre effect)
-            patch = hed_scale_shift(patch, spec.stain_alpha, spec.stain_beta)
-        patch = np.ascontiguousarray(patch)
+        patch = np.ascontiguousarray(dihedral(self._stained(int(spec.patches[i])), int(spec.transforms[i])))
         with self._patches_lock:
             self._patches[i] = patch
             while len(self._patches) > self._capacity:
                 self._patches.popitem(last=False)
+        return patch
+
+    def _stained(self, index: int) -> np.ndarray:
+        """Source patch ``index`` with the slide's stain (a pixel-wise map, so it commutes with the dihedral
+        transform), read-only; recent ones cached: a large slide shows each patch of its pool many times."""
+        with self._patches_lock:
+            patch = self._sources.get(index)
+            if patch is not None:
+                self._sources.move_to_end(index)
+                return patch
+        spec = self.spec
+        patch = self.source.read_one(index)
+        if self.stained:  # one stain for the whole slide (a centre effect)
+            patch = hed_scale_shift(patch, spec.stain_alpha, spec.stain_beta)
+        patch = np.ascontiguousarray(patch)
+        patch.flags.writeable = False
+        with self._patches_lock:
+            if index not in self._sources:
+                self._sources[index] = patch
+                self._sources_bytes += patch.nbytes
+            while self._sources_bytes > SOURCE_CACHE_BYTES:
+                self._sources_bytes -= self._sources.popitem(last=False)[1].nbytes
         return patch
 
 
