@@ -26,6 +26,7 @@ from ._args import (
     device_argument,
     encoder_arguments,
     encoder_options,
+    fraction,
     json_object,
     mpp,
     name_text,
@@ -38,6 +39,7 @@ from ._args import (
     stain_request,
     topk,
     val_fraction,
+    view_count,
 )
 
 if TYPE_CHECKING:
@@ -113,6 +115,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=decay,
         metavar="DECAY",
         help="validate and keep a moving average of the weights, DECAY per step, e.g. 0.998 (patches)",
+    )
+    p.add_argument(
+        "--distill-from",
+        type=path_text,
+        metavar="MODEL",
+        help="distil this encoder checkpoint (the teacher, same tile size and µm/px as the patches): its tumour "
+        "probability of each training patch in --distill-views views is a soft target mixed into the loss (patches)",
+    )
+    p.add_argument(
+        "--distill-views",
+        type=view_count,
+        default=patch_defaults.distill_views,
+        help=f"views the teacher scores each patch in, features averaged: 1, 4 or 8 (default "
+        f"{patch_defaults.distill_views})",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=fraction,
+        default=patch_defaults.distill_weight,
+        metavar="W",
+        help=f"loss (1-W) * BCE(label) + W * BCE(teacher), W in [0, 1] (default {patch_defaults.distill_weight:g})",
     )
     p.add_argument(
         "--max-tiles", type=positive_int, default=slide_defaults.max_tiles_per_class, help="tiles per class (slides)"
@@ -223,7 +246,14 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     out = Path(args.out)  # the checkpoint and its JSON: never over a file this run reads (a start checkpoint)
-    inputs = [*(args.patches or ()), *(args.val_patches or ()), args.labels, args.model, args.encoder_weights]
+    inputs = [
+        *(args.patches or ()),
+        *(args.val_patches or ()),
+        args.labels,
+        args.model,
+        args.encoder_weights,
+        args.distill_from,
+    ]
     check_not_inputs([out, out.with_suffix(".json"), out.with_suffix(".safetensors")], inputs)
     if args.patches:
         return _train_encoder_on_patches(args, device)
@@ -231,6 +261,8 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
         raise UsageError("train-encoder: --model-args applies to training on --patches")
     if args.resume or args.max_minutes:
         raise UsageError("train-encoder: --resume and --max-minutes apply to training on --patches")
+    if args.distill_from:
+        raise UsageError("train-encoder: --distill-from applies to training on --patches")
     if args.stain_norm or args.stain_target:
         raise UsageError("train-encoder: --stain-norm and --stain-target apply to training on --patches")
     if not args.slides or not args.labels or not args.annotations:
@@ -286,6 +318,9 @@ def _train_encoder_on_patches(args: argparse.Namespace, device: torch.device) ->
         epoch_patches=args.epoch_patches,
         ema_decay=args.ema,
         seed=args.seed,
+        distill_from=args.distill_from,
+        distill_views=args.distill_views,
+        distill_weight=args.distill_weight,
     )
     resume = {None: False, "yes": True, "auto": "auto"}[args.resume]
     try:

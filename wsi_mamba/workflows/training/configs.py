@@ -19,6 +19,7 @@ from ...ranges import (
     SPECIFICITY,
     TOPK,
     VAL_FRACTION,
+    VIEWS,
     check_fields,
 )
 
@@ -83,11 +84,17 @@ class PatchTrainingConfig:
     ema_decay: float | None = None  # validate and keep an exponential moving average of the weights (per step)
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill_from: str | None = None  # a teacher encoder checkpoint whose probabilities are soft targets
+    distill_sha256: str | None = None  # the teacher file's SHA-256 (filled in by the training)
+    distill_views: int = 4  # the teacher scores each training patch in this many dihedral views
+    distill_weight: float = 0.5  # loss: (1 - w) * BCE(label) + w * BCE(teacher); 0: the plain BCE
 
     def __post_init__(self) -> None:
         """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``."""
         check_fields(
             self,
+            distill_views=VIEWS,
+            distill_weight=FRACTION,
             epochs=POSITIVE_INT,
             batch_size=POSITIVE_INT,
             lr=POSITIVE,

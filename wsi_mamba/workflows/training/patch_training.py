@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -38,6 +37,7 @@ from ...models.encoders import save_encoder
 from ...outputs.atomic import check_not_inputs, write_csv_atomic
 from ..reports.score_patches import classify
 from .configs import PatchTrainingConfig
+from .distillation import distillation_loss, file_sha256, load_teacher, targets_key, teacher_targets
 from .optimisation import optimiser_step
 from .training_state import (
     Progress,
@@ -126,6 +126,16 @@ def patch_scores(encoder: TileEncoder, patches: np.ndarray, batch_size: int = 12
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def _with_teacher_hash(cfg: PatchTrainingConfig) -> PatchTrainingConfig:
+    """``cfg`` with the distillation teacher's SHA-256 filled in (``ValueError`` when a given one differs)."""
+    if cfg.distill_from is None:
+        return cfg
+    sha256 = file_sha256(cfg.distill_from)
+    if cfg.distill_sha256 not in (None, sha256):
+        raise ValueError(f"{cfg.distill_from}: the teacher's SHA-256 is {sha256}, not {cfg.distill_sha256}")
+    return dataclasses.replace(cfg, distill_sha256=sha256)
+
+
 def weight_average(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights (and buffers) with ``decay`` per step, or None."""
     if not decay:
@@ -157,6 +167,7 @@ def train_encoder_on_patches(
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
     state_dir = state_folder(out)
+    cfg = _with_teacher_hash(cfg)
     identity = fingerprint(asdict(cfg), source, val_source)
     saved = read_state(state_dir, identity, resume)
     metrics_path = Path(metrics_path) if metrics_path else out.with_name(out.stem + ".metrics.csv")
@@ -183,6 +194,16 @@ def train_encoder_on_patches(
     reserved = sorted({"num_classes", "drop_path_rate"} & set(cfg.model_args))
     if reserved:
         raise ValueError(f"model_args: {', '.join(reserved)} are set by the training itself, not as model arguments")
+    teacher = None
+    if cfg.distill_from is not None:
+        key = targets_key(cfg.distill_sha256, cfg.distill_views)
+        cached = saved.extra(key) if saved is not None else None
+        if cached is not None:
+            teacher = cached.numpy()
+        else:
+            teacher_encoder = load_teacher(cfg.distill_from, geometry.px, geometry.mpp).to(device)
+            teacher = teacher_targets(teacher_encoder, source, train_idx, cfg.distill_views)
+            del teacher_encoder
     encoder = load_encoder(
         cfg.model,
         seed=cfg.seed,
@@ -203,6 +224,8 @@ def train_encoder_on_patches(
     validated = dataclasses.replace(encoder, model=averaged.module) if averaged is not None else encoder
     generator = torch.Generator().manual_seed(cfg.seed)
     resumable = Resumable(model, optimiser, schedule, averaged, rng, generator)
+    if teacher is not None:
+        resumable.extra[key] = torch.from_numpy(teacher)
     progress = resumable.restore(saved) if saved is not None else Progress()
     history = progress.history
     best = {"auc": progress.best_auc, "epoch": progress.best_epoch, "state": progress.best_state}
@@ -231,7 +254,8 @@ def train_encoder_on_patches(
                 target = torch.from_numpy(source.labels[idx]).float().to(device)
                 with autocast(device):
                     logit = model(encoder.preprocess(x)).squeeze(1)
-                loss = F.binary_cross_entropy_with_logits(logit.float(), target)
+                soft = torch.from_numpy(teacher[idx]).to(device) if teacher is not None else None
+                loss = distillation_loss(logit.float(), target, soft, cfg.distill_weight)
                 optimiser_step(loss, model, optimiser, schedule, clip_norm=1.0)
                 if averaged is not None:
                     averaged.update_parameters(model)

@@ -61,7 +61,10 @@ def source_digest(source: PatchSource | None) -> str | None:
 
 
 def fingerprint(options: dict, *sources: PatchSource | None) -> dict:
-    """What a state must match to be resumed: the training options and the patch lists."""
+    """What a state must match to be resumed: the training options and the patch lists. Without a teacher
+    (``distill_from`` None) the distillation options are left out, so a state saved before they existed resumes."""
+    if options.get("distill_from") is None:
+        options = {k: v for k, v in options.items() if not k.startswith("distill_")}
     return {"options": json_safe(options), "patches": [source_digest(s) for s in sources]}
 
 
@@ -87,6 +90,7 @@ class Resumable:
     averaged: nn.Module | None  # the moving average of the weights (``--ema``), or None
     numpy_rng: np.random.Generator  # class-balanced draws
     generator: torch.Generator  # augmentations
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # kept as they are (distillation targets)
 
     def save(self, folder: Path, identity: dict, progress: Progress) -> None:
         """Write the state after ``progress.epoch`` to ``folder`` atomically (``identity``: the fingerprint)."""
@@ -95,6 +99,7 @@ class Resumable:
             tensors |= _prefixed("ema.", self.averaged.state_dict())
         if progress.best_state is not None:
             tensors |= _prefixed("best.", progress.best_state)
+        tensors |= _prefixed("extra.", self.extra)
         optimiser, structure = _split_optimiser(self.optimiser.state_dict())
         tensors |= optimiser | {"rng.torch": torch.get_rng_state(), "rng.generator": self.generator.get_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -157,6 +162,10 @@ class SavedState:
     folder: Path
     record: dict
     tensors: dict[str, torch.Tensor]
+
+    def extra(self, name: str) -> torch.Tensor | None:
+        """A tensor saved in :attr:`Resumable.extra` under ``name``, or None."""
+        return self.tensors.get("extra." + name)
 
 
 def read_state(folder: Path, identity: dict, resume: Resume) -> SavedState | None:
