@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsi_mamba.outputs.grid import score_grid
 from wsi_mamba.outputs.heatmap import render_heatmap, render_heatmap_png
 from wsi_mamba.outputs.heatmap_colours import blend_scores, cell_map
 from wsi_mamba.outputs.heatmap_legend import (
@@ -22,10 +23,17 @@ from wsi_mamba.outputs.heatmap_legend import (
     heatmap_caveats,
     heatmap_title,
     legend_lines,
+    regions_rule,
     text_size,
 )
 from wsi_mamba.outputs.heatmap_zoom import MAX_READ_PX, ZOOM_PANEL_PX, read_box
-from wsi_mamba.outputs.regions import tumor_regions_geojson, write_regions_geojson
+from wsi_mamba.outputs.region_calling import (
+    UNCALIBRATED,
+    RegionCalling,
+    call_regions,
+    called_regions_geojson,
+    write_called_regions_geojson,
+)
 from wsi_mamba.outputs.stain_contrast import stain_separation
 
 PCAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam"
@@ -112,6 +120,27 @@ def test_caveat_and_title_text() -> None:
     assert heatmap_caveats({"score": 0.1, "prediction": "normal", "warnings": [], "corrupt_tiles": 0}, 0) == []
     assert any("threshold 0.35" in line for line in legend_lines(0.2, 0.35))
     assert not any("threshold" in line for line in legend_lines(0.2, None))
+
+
+def test_legend_states_the_threshold_that_called_the_regions() -> None:
+    calibrated = RegionCalling(0.31, "mean3x3", 4, 0.95, 0.005)
+    lines = legend_lines(0.2, 0.51, regions_rule(calibrated))
+    assert lines[1] == "slide threshold 0.51 (triangle): the slide is called tumor at or above it"
+    assert lines[2:] == [
+        "outlined in black: the called regions (regions GeoJSON)",
+        "regions called at smoothed evidence >= 0.31 over >= 4 tiles, or strong single-tile evidence >= 0.95",
+    ]
+    plain = legend_lines(0.2, 0.51, regions_rule(RegionCalling.uncalibrated(0.51)))
+    assert plain[-1] == "regions called at tile score >= 0.51 over >= 1 tile"
+    assert legend_lines(0.2, None, regions_rule(None)) == [lines[0], lines[2]]  # no calling known: no rule
+    # The PNG's legend gets the calling's line: one line taller than with the regions alone.
+    grid = np.full((6, 30), 0.1, np.float32)
+    grid[2:4, 10:12] = 0.9
+    called = call_regions(grid, calibrated, 0.01)
+    args = (_he_thumbnail(60, 300), grid, (3000, 600), 100.0)
+    without = render_heatmap_png(*args, threshold=0.51, regions=called)
+    stated = render_heatmap_png(*args, threshold=0.51, regions=called, calling=calibrated)
+    assert stated.height == without.height + text_size("Ag", font())[1] + 2
 
 
 def _reddish(pixels: np.ndarray) -> int:
@@ -201,22 +230,25 @@ def test_read_box_without_a_pyramid_reads_bands() -> None:
 def test_regions_geojson_says_the_slide_call(tmp_path: Path) -> None:
     rows, cols = np.array([0, 0, 3]), np.array([0, 1, 3])
     x, y, scores = cols * 100.0, rows * 100.0, np.array([0.9, 0.8, 0.7])
-    normal = tumor_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.5, slide_score=0.12)
-    assert normal["properties"] == {"slide_prediction": "normal", "slide_score": 0.12, "threshold": 0.5}
+    calling = RegionCalling.uncalibrated(0.5)
+    called = call_regions(score_grid(rows, cols, scores, (4, 4)), calling, 0.01)
+    cells = (rows, cols, x, y, 100.0)
+    normal = called_regions_geojson(*cells, called, calling, slide_score=0.12, threshold=0.5)
+    call = {"slide_prediction": "normal", "slide_score": 0.12, "threshold": 0.5}
+    assert normal["properties"] == {**call, "region_calling": UNCALIBRATED} and len(normal["features"]) == 2
     for feature in normal["features"]:
         props = feature["properties"]
         assert props["slide_prediction"] == "normal" and props["slide_score"] == 0.12 and props["threshold"] == 0.5
         assert props["measurements"]["slide_score"] == 0.12 and props["classification"]["name"] == "Tumor"
-    tumour = tumor_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.5, slide_score=0.5)
+    tumour = called_regions_geojson(*cells, called, calling, slide_score=0.5, threshold=0.5)
     assert {f["properties"]["slide_prediction"] for f in tumour["features"]} == {"tumor"}
-    plain = tumor_regions_geojson(rows, cols, x, y, 100.0, scores)  # no score given: no call
-    assert "properties" not in plain and "slide_prediction" not in plain["features"][0]["properties"]
+    plain = called_regions_geojson(*cells, called, calling)  # no score given: no call
+    assert "slide_prediction" not in plain["properties"]
+    assert "slide_prediction" not in plain["features"][0]["properties"]
     # Written: the call is in the file even with no region at all.
     target = tmp_path / "r.geojson"
-    assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores, threshold=0.95, slide_score=0.3) == 0
+    high = RegionCalling.uncalibrated(0.95)
+    assert write_called_regions_geojson(target, *cells, [], high, slide_score=0.3, threshold=0.95) == 0
     written = json.loads(target.read_text())
-    assert written == {
-        "type": "FeatureCollection",
-        "properties": {"slide_prediction": "normal", "slide_score": 0.3, "threshold": 0.95},
-        "features": [],
-    }
+    call = {"slide_prediction": "normal", "slide_score": 0.3, "threshold": 0.95}
+    assert written["properties"] == {**call, "region_calling": UNCALIBRATED} and written["features"] == []

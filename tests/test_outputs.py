@@ -7,6 +7,7 @@ import json
 import math
 import os
 import stat
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -32,7 +33,13 @@ from wsi_mamba.outputs.atomic import FILE_MODE
 from wsi_mamba.outputs.geojson import TUMOR_COLOR
 from wsi_mamba.outputs.heatmap import DEFAULT_ALPHA, DEFAULT_CMAP, TRANSPARENT_BELOW, overlay_opacity
 from wsi_mamba.outputs.heatmap_colours import greyscale_backdrop
-from wsi_mamba.outputs.regions import tumor_regions_geojson, write_regions_geojson
+from wsi_mamba.outputs.region_calling import (
+    UNCALIBRATED,
+    RegionCalling,
+    call_regions,
+    called_regions_geojson,
+    write_called_regions_geojson,
+)
 
 
 class Boom(RuntimeError):
@@ -379,15 +386,28 @@ def _shoelace(ring: list[list[float]]) -> float:
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairwise(ring))
 
 
+def _uncalibrated(rows, cols, scores, threshold: float = 0.5, connectivity: int = 8):
+    """What predict calls with a model without calibration: the connected groups of tiles ≥ ``threshold``."""
+    calling = replace(RegionCalling.uncalibrated(threshold), connectivity=connectivity)
+    grid = score_grid(rows, cols, scores, (int(np.max(rows)) + 1, int(np.max(cols)) + 1))
+    return call_regions(grid, calling, 0.01), calling
+
+
+def _regions_geojson(rows, cols, x, y, size0: float, scores, threshold: float = 0.5, connectivity: int = 8) -> dict:
+    """The regions GeoJSON (the calibrated writer) of :func:`_uncalibrated`'s regions."""
+    called, calling = _uncalibrated(rows, cols, scores, threshold, connectivity)
+    return called_regions_geojson(rows, cols, x, y, size0, called, calling, threshold=threshold)
+
+
 def _polygons(feature: dict) -> list[list[list[list[float]]]]:
     geometry = feature["geometry"]
     return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
 
 
-def test_tumor_regions_l_shape_is_one_polygon() -> None:
+def test_regions_l_shape_is_one_polygon() -> None:
     rows, cols, x, y, scores = _tiles(["....", ".#..", ".#..", ".##."], size0=256.0)
     scores[(rows == 3) & (cols == 2)] = 0.7
-    collection = json.loads(json.dumps(tumor_regions_geojson(rows, cols, x, y, 256.0, scores), allow_nan=False))
+    collection = json.loads(json.dumps(_regions_geojson(rows, cols, x, y, 256.0, scores), allow_nan=False))
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 1
     feature = collection["features"][0]
     assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
@@ -400,13 +420,14 @@ def test_tumor_regions_l_shape_is_one_polygon() -> None:
     assert props["classification"] == {"name": "Tumor", "color": list(TUMOR_COLOR)}
     stats = {"max_score": 0.9, "mean_score": (3 * 0.9 + 0.7) / 4, "tiles": 4, "area_px": 4 * 256.0**2}
     assert {k: props[k] for k in stats} == pytest.approx(stats)
-    assert props["measurements"] == pytest.approx(stats)
+    assert {k: props["measurements"][k] for k in stats} == pytest.approx(stats)
+    assert props["called_by"] == "tile score >= 0.5 over >= 1 tile" and props["rank"] == 1
 
 
-def test_tumor_regions_separate_groups_and_connectivity() -> None:
+def test_regions_separate_groups_and_connectivity() -> None:
     rows, cols, x, y, scores = _tiles(["##...", "##...", ".....", "...#.", "....#"])
     scores[(rows == 4) & (cols == 4)] = 0.95
-    features = tumor_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
+    features = _regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
     assert len(features) == 2
     # Highest score first; the diagonal pair (8-connected) is one region of two squares touching at a corner.
     assert [f["properties"]["max_score"] for f in features] == pytest.approx([0.95, 0.9])
@@ -416,15 +437,17 @@ def test_tumor_regions_separate_groups_and_connectivity() -> None:
     assert sum(_shoelace(p[0]) for p in _polygons(diagonal)) == pytest.approx(2 * 100.0**2)
     assert square["geometry"]["type"] == "Polygon" and len(square["geometry"]["coordinates"][0]) == 5
     assert square["properties"]["area_px"] == pytest.approx(4 * 100.0**2)
-    four = tumor_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=4)["features"]
+    four = _regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=4)["features"]
     assert len(four) == 3 and all(f["geometry"]["type"] == "Polygon" for f in four)
     # The threshold decides which tiles count.
-    assert len(tumor_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.92)["features"]) == 1
+    assert len(_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.92)["features"]) == 1
+    with pytest.raises(ValueError, match="connectivity"):
+        _regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=6)
 
 
-def test_tumor_regions_ring_has_a_hole() -> None:
+def test_regions_ring_has_a_hole() -> None:
     rows, cols, x, y, scores = _tiles([".....", ".###.", ".#.#.", ".###.", "....."])
-    (feature,) = tumor_regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
+    (feature,) = _regions_geojson(rows, cols, x, y, 100.0, scores)["features"]
     assert feature["geometry"]["type"] == "Polygon"
     outer, hole = feature["geometry"]["coordinates"]
     assert {tuple(p) for p in outer} == {(100, 100), (400, 100), (400, 400), (100, 400)}
@@ -434,11 +457,11 @@ def test_tumor_regions_ring_has_a_hole() -> None:
     assert feature["properties"]["area_px"] == pytest.approx(_shoelace(outer) + _shoelace(hole))
 
 
-def test_tumor_regions_pinched_hole_and_fractional_tiles() -> None:
+def test_regions_pinched_hole_and_fractional_tiles() -> None:
     # The hole at (1, 1) meets the outside only at a corner: it stays a hole touching the outer ring there.
     size0 = 263.37  # TileGrid sizes need not be whole pixels; x and y are rounded
     rows, cols, x, y, scores = _tiles(["###", "#.#", "##."], size0=size0)
-    (feature,) = tumor_regions_geojson(rows, cols, x, y, size0, scores)["features"]
+    (feature,) = _regions_geojson(rows, cols, x, y, size0, scores)["features"]
     outer, hole = feature["geometry"]["coordinates"]
     for ring in (outer, hole):
         assert ring[0] == ring[-1] and len({tuple(p) for p in ring[:-1]}) == len(ring) - 1  # simple rings
@@ -446,25 +469,22 @@ def test_tumor_regions_pinched_hole_and_fractional_tiles() -> None:
     assert feature["properties"]["area_px"] == pytest.approx(7 * size0**2)
 
 
-def test_tumor_regions_nothing_above_threshold() -> None:
+def test_regions_nothing_above_threshold() -> None:
     rows, cols, x, y, scores = _tiles(["##", "##"], high=0.4)
-    assert tumor_regions_geojson(rows, cols, x, y, 100.0, scores) == {"type": "FeatureCollection", "features": []}
+    empty = {"type": "FeatureCollection", "properties": {"region_calling": UNCALIBRATED}, "features": []}
+    assert _regions_geojson(rows, cols, x, y, 100.0, scores) == empty
     scores[0] = np.nan  # a NaN score is never a region
-    (three,) = tumor_regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.0)["features"]
+    (three,) = _regions_geojson(rows, cols, x, y, 100.0, scores, threshold=0.0)["features"]
     assert three["properties"]["tiles"] == 3
-    assert tumor_regions_geojson([], [], [], [], 100.0, [])["features"] == []
-    with pytest.raises(ValueError, match="length"):
-        tumor_regions_geojson([0], [0], [0, 1], [0], 100.0, [0.9])
-    with pytest.raises(ValueError, match="connectivity"):
-        tumor_regions_geojson(rows, cols, x, y, 100.0, scores, connectivity=6)
 
 
-def test_write_regions_geojson(tmp_path: Path) -> None:
+def test_write_called_regions_geojson(tmp_path: Path) -> None:
     target = tmp_path / "slide.regions.geojson"
     rows, cols, x, y, scores = _tiles(["#..#", "#...", "..##"])
-    assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores) == 3
+    called, calling = _uncalibrated(rows, cols, scores)
+    assert write_called_regions_geojson(target, rows, cols, x, y, 100.0, called, calling) == 3
     written = json.loads(target.read_text())
-    assert written == json.loads(json.dumps(tumor_regions_geojson(rows, cols, x, y, 100.0, scores)))
+    assert written == json.loads(json.dumps(called_regions_geojson(rows, cols, x, y, 100.0, called, calling)))
     assert target.read_text().endswith("]}\n") and _leftovers(tmp_path) == []
-    assert write_regions_geojson(target, rows, cols, x, y, 100.0, scores, threshold=0.99) == 0
-    assert json.loads(target.read_text()) == {"type": "FeatureCollection", "features": []}
+    assert write_called_regions_geojson(target, rows, cols, x, y, 100.0, [], calling) == 0
+    assert json.loads(target.read_text())["features"] == []

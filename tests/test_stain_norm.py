@@ -3,6 +3,8 @@ recorded in the feature mode and taken from the model."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -209,7 +211,7 @@ def test_cli_stain_target_errors_come_before_any_work(tmp_path, capsys: pytest.C
 @pytest.mark.usefixtures("one_torch_thread")
 def test_score_patches_normalises_each_patch(encoder, tmp_path) -> None:
     from wsi_mamba.data.patches import open_patches
-    from wsi_mamba.workflows.reports.score_patches import model_stain, score_patch_source
+    from wsi_mamba.workflows.reports.score_patches import score_patch_source
 
     for label in ("0", "1"):
         (tmp_path / label).mkdir()
@@ -224,7 +226,27 @@ def test_score_patches_normalises_each_patch(encoder, tmp_path) -> None:
     others = np.setdiff1d(np.arange(len(source)), white)
     assert plain.scores[white] == pytest.approx(normalised.scores[white])
     assert not np.allclose(plain.scores[others], normalised.scores[others])
-    assert model_stain(tmp_path / "no-model") is None
+
+
+def test_score_patches_reads_the_models_tile_mode_once(tmp_path) -> None:
+    """A model folder's views, views on demand and stain come from one read of its model.json; a region-mode
+    model scores patches in one view with its stain."""
+    from wsi_mamba.workflows.bundle import model_path, model_tile_mode
+    from wsi_mamba.workflows.reports.score_patches import load_patch_classifier
+
+    shipped = model_path(None)
+    meta = json.loads((shipped / "model.json").read_text())
+    stain = builtin_target("macenko")
+    tile, region = TileMode(4, stain, (0.1, 0.9)), with_stain(RegionMode(512, 128), stain)
+    for name, mode, expected in (("tile", tile, tile), ("region", region, TileMode(stain=stain))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.json").write_text(json.dumps({**meta, "feature_mode": mode.attrs()}))
+        assert model_tile_mode(folder) == expected
+    for part in ("encoder.safetensors", "encoder.json"):
+        (tmp_path / "tile" / part).symlink_to(shipped / part)
+    encoder, mode = load_patch_classifier(tmp_path / "tile")
+    assert mode == tile and encoder.num_classes == 1
 
 
 def test_train_encoder_patches_come_normalised(tmp_path) -> None:

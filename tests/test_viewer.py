@@ -23,7 +23,8 @@ from slide_fixtures import write_pyramid
 
 from wsi_mamba.cli import main
 from wsi_mamba.outputs.geojson import write_tiles_geojson
-from wsi_mamba.outputs.regions import write_regions_geojson
+from wsi_mamba.outputs.grid import score_grid
+from wsi_mamba.outputs.region_calling import RegionCalling, call_regions, write_called_regions_geojson
 from wsi_mamba.slide.base import Slide
 from wsi_mamba.viewer import ViewerError, viewer_in_thread
 from wsi_mamba.viewer.catalog import Catalog, slide_id
@@ -39,9 +40,10 @@ def write_result(folder: Path, name: str, slide: Path, scores: np.ndarray, warni
     x, y = cols * SIZE0, rows * SIZE0
     write_tiles_geojson(folder / f"{name}.tiles.geojson", x, y, SIZE0, scores)
     score = float(scores.max())
-    regions = write_regions_geojson(
-        folder / f"{name}.regions.geojson", rows, cols, x, y, SIZE0, scores, 0.5, slide_score=score
-    )
+    calling = RegionCalling.uncalibrated(0.5)  # as predict with a model without calibration
+    called = call_regions(score_grid(rows, cols, scores, (HEIGHT // SIZE0, WIDTH // SIZE0)), calling, 0.01)
+    path = folder / f"{name}.regions.geojson"
+    regions = write_called_regions_geojson(path, rows, cols, x, y, SIZE0, called, calling, score, 0.5)
     result = {
         "slide": name, "path": str(slide), "score": score, "prediction": "tumor" if score >= 0.5 else "normal",
         "threshold": 0.5, "tiles": len(scores), "corrupt_tiles": 0, "warnings": warnings, "regions": regions,

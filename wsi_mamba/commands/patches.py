@@ -120,8 +120,6 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     from ..workflows.bundle import model_files
     from ..workflows.reports.score_patches import (
         load_patch_classifier,
-        model_stain,
-        model_views_on_demand,
         patch_metrics,
         patch_output_files,
         result_rows,
@@ -137,12 +135,12 @@ def cmd_score_patches(args: argparse.Namespace) -> int:
     if args.patch_mpp:
         source.geometry = PatchGeometry(source.geometry.px, args.patch_mpp)
     encoder_options(args, args.model)  # --encoder-weights needs timm:NAME
-    encoder, model_views = load_patch_classifier(args.model, device, weights=args.encoder_weights)
-    views = args.views or model_views
-    on_demand = args.views_on_demand if args.views_on_demand or args.views else model_views_on_demand(args.model)
+    encoder, mode = load_patch_classifier(args.model, device, weights=args.encoder_weights)  # the model's tile mode
+    views = args.views or mode.views
+    on_demand = args.views_on_demand if args.views_on_demand or args.views else mode.on_demand
     if on_demand is not None and views == 1:
         raise UsageError("--views-on-demand needs --views 4 or 8 (or a model folder with them)")
-    stain = model_stain(args.model) if stain is None else stain if stain != NO_STAIN_NORM else None
+    stain = mode.stain if stain is None else stain if stain != NO_STAIN_NORM else None
     threshold = 0.5 if args.threshold is None else args.threshold
     with tqdm(total=len(source), unit="patch", desc="score patches", file=sys.stderr, disable=None) as bar:
         result = score_patch_source(

@@ -31,19 +31,18 @@ from .heatmap_colours import (
 )
 from .heatmap_legend import (
     CAVEAT_COLOR,
-    OUTLINED_REGIONS,
-    OUTLINED_TILES,
     PAD,
     draw_legend,
     draw_lines,
     font,
     legend_height,
     legend_lines,
+    regions_rule,
     text_size,
     wrap_text,
 )
 from .heatmap_zoom import ZOOM_PANEL_PX, RegionReader, Zoom, zoom_boxes, zoom_panel
-from .region_calling import outline_mask
+from .region_calling import RegionCalling, outline_mask
 from .regions import TumorRegion, tumor_regions
 
 __all__ = [
@@ -157,6 +156,7 @@ def render_heatmap_png(
     caveats: Sequence[str] = (),
     slide: RegionReader | None = None,
     regions: Sequence[TumorRegion] | None = None,
+    calling: RegionCalling | None = None,
 ) -> Image.Image:
     """The heatmap of :func:`render_heatmap` as a PIL image: from the top, an optional ``title``, the
     ``caveats`` (dark red, wrapped), the heatmap, zoom panels and a legend.
@@ -165,13 +165,15 @@ def render_heatmap_png(
     threshold (:func:`~.regions.tumor_regions`, ranked as the regions GeoJSON) that is under 48 px in the
     thumbnail is shown again read from the slide (:mod:`.heatmap_zoom`), its box outlined and numbered on the
     heatmap. ``regions`` (ranked, e.g. :func:`~.region_calling.call_regions`'s) replace those regions, for the
-    zooms and the outlines alike. Legend: a colour bar of tumor probability 0 … 1 drawn with the heatmap's opacity
-    over a checkerboard, ticks at 0, ``transparent_below`` and 1, the threshold marked above it, and a caption
-    (:func:`~.heatmap_legend.legend_lines`). Narrow images are padded (white) to fit the text.
+    zooms and the outlines alike; ``calling`` (the :class:`~.region_calling.RegionCalling` that called them) puts
+    its thresholds in the legend, apart from the slide's ``threshold``. Legend: a colour bar of tumor probability
+    0 … 1 drawn with the heatmap's opacity over a checkerboard, ticks at 0, ``transparent_below`` and 1, the
+    threshold marked above it, and a caption (:func:`~.heatmap_legend.legend_lines`). Narrow images are padded
+    (white) to fit the text.
     """
     grid = np.asarray(grid_scores, np.float32)
     outline = None if regions is None else outline_mask(regions, grid.shape)
-    outlined = OUTLINED_TILES if regions is None else OUTLINED_REGIONS
+    rule = None if regions is None else regions_rule(calling)  # the legend: how the outlined regions were called
     heat = render_heatmap(
         thumbnail, grid, slide_dimensions, size0, alpha, cmap, transparent_below, threshold=threshold, outline=outline
     )
@@ -188,7 +190,7 @@ def render_heatmap_png(
     captions = [_zoom_caption(zoom, scale) for zoom in zooms]
     text_widths = [text_size(line, text_font)[0] for line in [*([title] if title else []), *captions]]
     if legend:
-        text_widths += [text_size(line, text_font)[0] for line in legend_lines(transparent_below, threshold, outlined)]
+        text_widths += [text_size(line, text_font)[0] for line in legend_lines(transparent_below, threshold, rule)]
     zoom_row_w = len(zooms) * (ZOOM_PANEL_PX + PAD) + PAD
     width = max(w, max(text_widths, default=0) + 2 * PAD, zoom_row_w if zooms else 0, 160 if caveats else 0)
     caveat_lines = [line for caveat in caveats for line in wrap_text(caveat, text_font, width - 2 * PAD)]
@@ -196,7 +198,7 @@ def render_heatmap_png(
     caveat_h = line_h * len(caveat_lines) + PAD if caveat_lines else 0
     top = (PAD if title or caveat_lines else 0) + title_h + caveat_h
     zoom_h = ZOOM_PANEL_PX + line_h + 2 * PAD if zooms else 0
-    legend_h = legend_height(len(legend_lines(transparent_below, threshold, outlined)), threshold) if legend else 0
+    legend_h = legend_height(len(legend_lines(transparent_below, threshold, rule)), threshold) if legend else 0
     canvas = Image.new("RGB", (width, top + h + zoom_h + legend_h), (255, 255, 255))
     heat_image = Image.fromarray(heat)
     _mark_zooms(heat_image, zooms, scale)
@@ -216,7 +218,7 @@ def render_heatmap_png(
         draw.text((x + (ZOOM_PANEL_PX - cw) // 2, y + ZOOM_PANEL_PX + 2), caption, fill=(0, 0, 0), font=text_font)
         x += ZOOM_PANEL_PX + PAD
     if legend:
-        draw_legend(canvas, top + h + zoom_h, alpha, cmap, transparent_below, threshold, outlined)
+        draw_legend(canvas, top + h + zoom_h, alpha, cmap, transparent_below, threshold, rule)
     return canvas
 
 
@@ -235,6 +237,7 @@ def write_heatmap_png(
     caveats: Sequence[str] = (),
     slide: RegionReader | None = None,
     regions: Sequence[TumorRegion] | None = None,
+    calling: RegionCalling | None = None,
 ) -> None:
     """Write :func:`render_heatmap_png`'s image to ``path`` as a PNG, atomically."""
     image = render_heatmap_png(
@@ -251,6 +254,7 @@ def write_heatmap_png(
         caveats=caveats,
         slide=slide,
         regions=regions,
+        calling=calling,
     )
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

@@ -1,19 +1,22 @@
 """The text around a heatmap: its title (the slide's score and call), its caveats (out-of-domain warnings, no
 tissue, corrupt tiles, regions on a slide called normal) and its legend (a colour bar of tumour probability with
-the transparent range and the operating threshold marked)."""
+the transparent range and the slide threshold marked, and the rule that called the outlined regions)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .heatmap_colours import colormap_lut, colour_indices, overlay_opacity
 
-__all__ = ["CAVEAT_COLOR", "heatmap_caveats", "heatmap_title", "legend_lines", "tick_label"]
+if TYPE_CHECKING:
+    from .region_calling import RegionCalling
+
+__all__ = ["CAVEAT_COLOR", "heatmap_caveats", "heatmap_title", "legend_lines", "regions_rule", "tick_label"]
 
 CAVEAT_COLOR = (170, 0, 0)
 """Colour of the caveat lines above the heatmap."""
@@ -92,15 +95,34 @@ def heatmap_caveats(result: Mapping[str, Any], regions: int | None = None) -> li
     return lines
 
 
-OUTLINED_TILES = "tiles at or above it outlined in black"
-OUTLINED_REGIONS = "the called regions (regions GeoJSON) outlined in black"
+def regions_rule(calling: RegionCalling | None) -> str:
+    """How ``calling`` called its regions, with its own thresholds (not the slide's): ``smoothed evidence >=
+    0.31 over >= 4 tiles, or strong single-tile evidence >= 0.95``; empty without a calling."""
+    if calling is None:
+        return ""
+    rule = calling.called_by_evidence()
+    return rule if calling.strong_score is None else f"{rule}, or {calling.called_by_strong()}"
 
 
-def legend_lines(transparent_below: float, threshold: float | None, outlined: str = OUTLINED_TILES) -> list[str]:
-    """The legend's caption under the colour bar; ``outlined`` says what the black outlines are."""
+def threshold_label(threshold: float, regions: str | None) -> str:
+    """The label above the threshold's marker: the slide's threshold when called regions are outlined."""
+    return f"{'slide ' if regions is not None else ''}threshold {tick_label(threshold)}"
+
+
+def legend_lines(transparent_below: float, threshold: float | None, regions: str | None = None) -> list[str]:
+    """The legend's caption under the colour bar. ``regions`` None: the tiles at or above ``threshold`` are
+    outlined; else called regions are, and ``regions`` is the rule that called them (:func:`regions_rule`;
+    empty: not known), stated apart from the slide's ``threshold``, which only decides the slide's call."""
     lines = [f"tumor probability of each tile (transparent below {tick_label(transparent_below)})"]
+    if regions is None:
+        if threshold is not None:
+            lines.append(f"{threshold_label(threshold, None)} (triangle): tiles at or above it outlined in black")
+        return lines
     if threshold is not None:
-        lines.append(f"threshold {tick_label(threshold)} (triangle): {outlined}")
+        lines.append(f"{threshold_label(threshold, regions)} (triangle): the slide is called tumor at or above it")
+    lines.append("outlined in black: the called regions (regions GeoJSON)")
+    if regions:
+        lines.append(f"regions called at {regions}")
     return lines
 
 
@@ -132,10 +154,11 @@ def draw_legend(
     cmap: str,
     transparent_below: float,
     threshold: float | None,
-    outlined: str = OUTLINED_TILES,
+    regions: str | None = None,
 ) -> None:
     """Draw the legend across ``canvas`` from row ``top``: the threshold's marker and label above the colour bar,
-    the bar, ticks at 0, ``transparent_below`` and 1, and the caption (:func:`legend_lines`)."""
+    the bar, ticks at 0, ``transparent_below`` and 1, and the caption (:func:`legend_lines`, ``regions`` as
+    there)."""
     draw = ImageDraw.Draw(canvas)
     text_font = font()
     black = (0, 0, 0)
@@ -160,9 +183,9 @@ def draw_legend(
         x = x_of(threshold)
         draw.line((x, y0 - 1, x, y0 + BAR_PX), fill=black, width=2)
         draw.polygon([(x - 5, y0 - MARKER_PX), (x + 5, y0 - MARKER_PX), (x, y0 - 2)], fill=black)
-        label = f"threshold {tick_label(threshold)}"
+        label = threshold_label(threshold, regions)
         draw.text((centred(label, x), y0 - MARKER_PX - line_h), label, fill=black, font=text_font)
-    for i, line in enumerate(legend_lines(transparent_below, threshold, outlined)):
+    for i, line in enumerate(legend_lines(transparent_below, threshold, regions)):
         draw.text((centred(line, (x0 + x1) // 2), ty + line_h * (1 + i)), line, fill=black, font=text_font)
 
 

@@ -208,11 +208,14 @@ def called_regions_geojson(
     slide_score: float | None = None,
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Called ``regions`` as a GeoJSON FeatureCollection of QuPath annotations named ``region_<rank>``, outlined
-    as :func:`~.regions.tumor_regions_geojson` does; ``properties``: ``rank``, ``called_by``, ``tiles``,
-    ``area_mm2``, ``area_px``, ``max_score``, ``mean_score``, ``max_smoothed_score`` (the numbers also among the
-    measurements) and the slide's call. The collection's ``properties``: the slide's call and
-    ``region_calling``, the calling record (:meth:`RegionCalling.to_json`), or :data:`UNCALIBRATED`."""
+    """Called ``regions`` as a GeoJSON FeatureCollection of QuPath annotations named ``region_<rank>``, each
+    outlined exactly along its tiles' edges in level-0 pixels (:func:`~.regions.region_geometry`: a ``Polygon``,
+    outer ring then holes, or a ``MultiPolygon`` for parts touching only at corners; grid corners at
+    :func:`~.regions.grid_origin` + k * ``size0``); ``properties``: class ``Tumor``, ``rank``, ``called_by``,
+    ``tiles``, ``area_mm2``, ``area_px``, ``max_score``, ``mean_score``, ``max_smoothed_score`` (the numbers also
+    among the measurements, with the slide's score and threshold) and the slide's call (``slide_score`` given,
+    :func:`~.regions.slide_call`). The collection's ``properties``: the slide's call and ``region_calling``, the
+    calling record (:meth:`RegionCalling.to_json`), or :data:`UNCALIBRATED`."""
     rows = np.asarray(rows, np.int64).reshape(-1)
     cols = np.asarray(cols, np.int64).reshape(-1)
     side = float(size0)

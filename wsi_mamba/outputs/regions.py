@@ -1,33 +1,31 @@
-"""Predicted tumour regions: connected groups of tiles scored at or above the model's threshold, ranked by
-their highest score, outlined exactly along the tile edges. :func:`tumor_regions` finds them on a score grid
-(the heatmap draws and zooms on them); :func:`tumor_regions_geojson` writes them as QuPath annotations with
-the slide's call (score, prediction, threshold), so a region on a slide called normal reads as such.
+"""Tumour regions on a score grid and their shapes: :func:`tumor_regions` finds the connected groups of tiles
+scored at or above a threshold, ranked by their highest score (region calling builds on it; the heatmap draws and
+zooms on them); :func:`region_geometry` outlines a region exactly along its tile edges, :func:`region_annotation`
+and :func:`slide_call` give its QuPath properties with the slide's call (score, prediction, threshold), so a
+region on a slide called normal reads as such. The regions GeoJSON itself is written by
+:mod:`.region_calling`.
 
 Coordinates are level-0 pixels with the origin at the top-left of the full-resolution image.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from os import PathLike
 from typing import Any
 
 import numpy as np
 
-from .geojson import TUMOR_COLOR, write_feature_collection
-from .grid import score_grid
+from .geojson import TUMOR_COLOR
 
 __all__ = [
     "TumorRegion",
     "grid_origin",
+    "region_annotation",
     "region_geometry",
     "slide_call",
     "tumor_regions",
-    "tumor_regions_geojson",
-    "write_regions_geojson",
 ]
 
 _LEFT_TURN = {(1, 0): (0, -1), (0, -1): (-1, 0), (-1, 0): (0, 1), (0, 1): (1, 0)}
@@ -117,79 +115,6 @@ def tumor_regions(grid_scores: np.ndarray, threshold: float = 0.5, connectivity:
     return regions
 
 
-def tumor_regions_geojson(
-    rows: Sequence[int] | np.ndarray,
-    cols: Sequence[int] | np.ndarray,
-    x: Sequence[float] | np.ndarray,
-    y: Sequence[float] | np.ndarray,
-    size0: float,
-    scores: Sequence[float] | np.ndarray,
-    threshold: float = 0.5,
-    connectivity: int = 8,
-    name_prefix: str = "region",
-    slide_score: float | None = None,
-) -> dict[str, Any]:
-    """Predicted tumour regions as a GeoJSON FeatureCollection of QuPath annotations.
-
-    A region is a connected group of tiles scored ≥ ``threshold`` (:func:`tumor_regions`). Each becomes one
-    feature whose geometry traces the exact outline of its tiles' union on the tile grid, in level-0 pixels:
-    a ``Polygon`` (outer ring, then a ring per hole), or a ``MultiPolygon`` when an 8-connected region holds
-    parts that touch only at corners. Outer rings have a positive shoelace area in (x, y), holes a negative
-    one. Features are sorted by ``max_score``, highest first, and named ``<name_prefix>_1``, ``_2``, …;
-    ``properties``::
-
-        {"objectType": "annotation", "name": ..., "isLocked": false,
-         "classification": {"name": "Tumor", "color": TUMOR_COLOR},
-         "max_score": s, "mean_score": s, "tiles": n, "area_px": n * size0², "measurements": {same four},
-         "threshold": t, "slide_score": s, "slide_prediction": "tumor" | "normal"}
-
-    The last two (and ``slide_score``/``threshold`` among the measurements, which QuPath shows) only when
-    ``slide_score`` is given: the slide's call, ``"tumor"`` when ``slide_score ≥ threshold``; the collection
-    then carries the same three in its own ``properties`` (present even when there is no region). ``rows``/
-    ``cols`` are the tiles' grid cells and ``x``/``y`` their level-0 top-left corners (a ``TileGrid``'s
-    fields); grid corners are placed at ``origin + k * size0``, the origin being the whole-pixel offset of
-    ``x``/``y`` from ``cols``/``rows * size0`` (0 for :func:`~wsi_mamba.slide.tiling.make_tile_grid`). Scores
-    are rounded to 6 decimals, ``area_px`` to 2. NaN scores count as below the threshold; a cell given twice
-    keeps the last score.
-    """
-    rows = np.asarray(rows, np.int64).reshape(-1)
-    cols = np.asarray(cols, np.int64).reshape(-1)
-    xs = np.asarray(x, np.float64).reshape(-1)
-    ys = np.asarray(y, np.float64).reshape(-1)
-    values = np.asarray(scores, np.float64).reshape(-1)
-    if not (len(rows) == len(cols) == len(xs) == len(ys) == len(values)):
-        raise ValueError(
-            f"rows, cols, x, y and scores differ in length: {len(rows)}, {len(cols)}, {len(xs)}, {len(ys)}, "
-            f"{len(values)}"
-        )
-    if not (size0 > 0 and math.isfinite(size0)):
-        raise ValueError(f"size0 must be a positive number, got {size0}")
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    if len(rows) and (rows.min() < 0 or cols.min() < 0):
-        raise ValueError("tile cells must have non-negative rows and cols")
-    call = slide_call(slide_score, threshold)
-    collection: dict[str, Any] = {"type": "FeatureCollection", "features": []}
-    if call is not None:
-        collection["properties"] = call
-    if not (np.isfinite(values) & (values >= threshold)).any():
-        return collection
-    side = float(size0)
-    grid = score_grid(rows, cols, values, (int(rows.max()) + 1, int(cols.max()) + 1))
-    origin = grid_origin(rows, cols, xs, ys, side)
-    for i, region in enumerate(tumor_regions(grid, threshold, connectivity), start=1):
-        geometry = region_geometry(region, origin, side)
-        stats = {
-            "max_score": round(region.max_score, 6),
-            "mean_score": round(region.mean_score, 6),
-            "tiles": region.tiles,
-            "area_px": round(region.tiles * side * side, 2),
-        }
-        properties = region_annotation(f"{name_prefix}_{i}", stats, call)
-        collection["features"].append({"type": "Feature", "geometry": geometry, "properties": properties})
-    return collection
-
-
 def region_annotation(
     name: str, stats: dict[str, Any], call: dict[str, Any] | None, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -256,34 +181,3 @@ def slide_call(slide_score: float | None, threshold: float) -> dict[str, Any] | 
 def _shoelace_area(ring: Sequence[tuple[float, float]] | Sequence[Sequence[float]]) -> float:
     """Signed area of a closed ring (first point repeated last): positive when counter-clockwise in (x, y)."""
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairwise(ring))
-
-
-def write_regions_geojson(
-    path: str | PathLike[str],
-    rows: Sequence[int] | np.ndarray,
-    cols: Sequence[int] | np.ndarray,
-    x: Sequence[float] | np.ndarray,
-    y: Sequence[float] | np.ndarray,
-    size0: float,
-    scores: Sequence[float] | np.ndarray,
-    threshold: float = 0.5,
-    connectivity: int = 8,
-    name_prefix: str = "region",
-    slide_score: float | None = None,
-) -> int:
-    """Write :func:`tumor_regions_geojson` to ``path`` (``.geojson``), atomically, one feature per line.
-    Returns the number of regions written."""
-    collection = tumor_regions_geojson(
-        rows,
-        cols,
-        x,
-        y,
-        size0,
-        scores,
-        threshold=threshold,
-        connectivity=connectivity,
-        name_prefix=name_prefix,
-        slide_score=slide_score,
-    )
-    write_feature_collection(path, collection["features"], collection.get("properties"))
-    return len(collection["features"])

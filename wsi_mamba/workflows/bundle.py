@@ -13,7 +13,7 @@ Only safetensors and JSON are read: nothing is unpickled.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -222,16 +222,13 @@ def read_manifest(folder: Path) -> dict:
     return meta
 
 
-def model_views(folder: Path) -> int:
-    """The dihedral views a model folder's tiles are encoded in (its ``feature_mode``; 1 before views existed)."""
-    return int((read_manifest(folder).get("feature_mode") or {}).get("views", 1))
-
-
 def model_tile_mode(folder: Path) -> TileMode:
-    """The tile mode a model folder's tiles are scored in: its views and views on demand (stain left out: see
-    :func:`~wsi_mamba.workflows.reports.score_patches.model_stain`); one view for a region-mode model."""
+    """The tile mode a model folder's tiles are scored in, read once from its ``model.json``: its views (1 before
+    views existed), views on demand and stain normalisation; a region-mode model: one view, its stain."""
     mode = read_manifest(folder).get("feature_mode") or {}
-    return replace(TileMode.from_attrs(mode), stain=None) if mode.get("mode", "tile") == "tile" else TileMode()
+    if mode.get("mode", "tile") == "tile":
+        return TileMode.from_attrs(mode)
+    return TileMode(stain=StainNorm.from_attrs(mode))
 
 
 def load_bundle(

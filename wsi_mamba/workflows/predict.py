@@ -118,7 +118,13 @@ def predict_slide(
             with open_slide(path, mpp=read.slide_mpp) as source:  # read again for zoom panels on small regions
                 heat = (thumbnail, scores, encoded.dimensions, grid.size0, heatmap_title(result))
                 write_heatmap_png(
-                    heatmap_path, *heat, threshold=bundle.threshold, caveats=caveats, slide=source, regions=called
+                    heatmap_path,
+                    *heat,
+                    threshold=bundle.threshold,
+                    caveats=caveats,
+                    slide=source,
+                    regions=called,
+                    calling=calling,  # the legend states its thresholds, apart from the slide's
                 )
             write_tiles_geojson(out / f"{stem}.tiles.geojson", grid.x, grid.y, grid.size0, tile_scores)
             result["heatmap"] = str(heatmap_path)

@@ -15,6 +15,9 @@ from ...devices import DEFAULT_DEVICE, check_spec
 
 DEFAULT_MAX_WORKERS = 4
 SCHEDULER_PROBE_S = 5.0  # a TCP scheduler that does not accept a connection in this time is unreachable
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Set in LocalCluster workers unless the user set them: OpenMP threads that spin while they wait made
+extraction 5x slower with 3 busy processes on 2 cores (docs/cohort.md)."""
 
 
 def cpu_count() -> int:
@@ -32,6 +35,17 @@ def _gpu_count() -> int:
         return torch.cuda.device_count()
     except Exception:  # a broken CUDA install means CPU workers
         return 0
+
+
+def worker_env() -> dict[str, str]:
+    """The :data:`WORKER_ENV` variables that neither this process's environment nor dask's
+    ``distributed.nanny.environ`` / ``pre-spawn-environ`` config sets; a worker process applies them before
+    it builds its Worker, so before it imports torch (whose OpenMP reads them once, when loaded)."""
+    import dask
+
+    configured = {**dask.config.get("distributed.nanny.pre-spawn-environ", {})}
+    configured.update(dask.config.get("distributed.nanny.environ", {}))
+    return {k: v for k, v in WORKER_ENV.items() if k not in os.environ and configured.get(k) is None}
 
 
 @contextlib.contextmanager
@@ -94,7 +108,9 @@ def cluster_client(
     import logging
 
     with _workers_ignore_sigint():
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR, env=worker_env()
+        )
     with cluster, Client(cluster) as client:
         kind = (spec if spec.startswith("cuda:") else f"{gpus} GPU(s)") if gpus else "CPU"
         log(f"LocalCluster: {n} worker process(es), 1 task thread each, {kind}")

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from ...data.patches import PatchReadError, PatchSource
 from ...data.stain_norm import StainNorm, normalise_each
 from ...devices import autocast, resolve_device
+from ...features.modes import TileMode
 from ...models.encoder import TileEncoder, load_encoder
 from ...models.encoders.base import check_views, dihedral_views
-from ..bundle import MANIFEST, model_path, model_tile_mode, model_views, read_manifest
+from ..bundle import MANIFEST, model_path, model_tile_mode
 
 MPP_TOLERANCE = 0.25  # relative difference between patch and encoder resolution that earns a warning
 
@@ -40,12 +41,13 @@ class PatchScores:
 
 def load_patch_classifier(
     model: str | Path | None = None, device: str | torch.device | None = None, weights: str | Path | None = None
-) -> tuple[TileEncoder, int]:
-    """The tile encoder with its tumour head and the views its model scores tiles in: from a model folder (its
-    ``encoder.safetensors`` and ``feature_mode`` views; None = the shipped default model), an encoder checkpoint
-    (``.safetensors``; 1 view), or ``timm:NAME`` with local ``weights`` whose head has one output; on ``device``
+) -> tuple[TileEncoder, TileMode]:
+    """The tile encoder with its tumour head and the tile mode its model scores tiles in: from a model folder (its
+    ``encoder.safetensors`` and :func:`~wsi_mamba.workflows.bundle.model_tile_mode`: views, views on demand,
+    stain normalisation; None = the shipped default model), an encoder checkpoint (``.safetensors``) or
+    ``timm:NAME`` with local ``weights`` whose head has one output (both: one view, as read); on ``device``
     (None: the CPU)."""
-    views = 1
+    mode = TileMode()
     if weights is not None:
         if model is None:
             raise ValueError(f"{weights}: name the architecture of the weights (e.g. --model timm:resnet18)")
@@ -56,30 +58,12 @@ def load_patch_classifier(
         if path.is_dir() and not (path / "config.json").is_file():
             if not (path / MANIFEST).exists():
                 raise ValueError(f"{path}: not a wsi-mamba model folder (no {MANIFEST})")
-            views = model_views(path)
+            mode = model_tile_mode(path)
             path = path / "encoder.safetensors"
         encoder = load_encoder(path)
     if encoder.num_classes != 1:
         raise ValueError(f"{path}: the encoder has {encoder.num_classes} outputs, not one tumour logit")
-    return (encoder if device is None else encoder.to(resolve_device(device))), views
-
-
-def model_stain(model: str | Path | None) -> StainNorm | None:
-    """The stain normalisation a model folder's tiles are encoded with (its ``feature_mode``); None for anything
-    else (an encoder checkpoint, ``timm:NAME``) or a model without one."""
-    path = model_path(model)
-    if not (path.is_dir() and (path / MANIFEST).is_file()):
-        return None
-    return StainNorm.from_attrs(read_manifest(path).get("feature_mode") or {})
-
-
-def model_views_on_demand(model: str | Path | None) -> tuple[float, float] | None:
-    """The views-on-demand band a model folder's tiles are scored with (its ``feature_mode``); None for anything
-    else (an encoder checkpoint, ``timm:NAME``) or a model without one."""
-    path = model_path(model)
-    if not (path.is_dir() and (path / MANIFEST).is_file()):
-        return None
-    return model_tile_mode(path).on_demand
+    return (encoder if device is None else encoder.to(resolve_device(device))), mode
 
 
 def check_geometry(source: PatchSource, encoder: TileEncoder) -> None:
