@@ -19,9 +19,12 @@ from workflow_fixtures import (
     write_garbage_slide,
 )
 
+import wsi_mamba.workflows.extract as extract_workflow
 from wsi_mamba.cli import main
+from wsi_mamba.features.modes import TileMode
 from wsi_mamba.models.encoder import load_encoder
 from wsi_mamba.outputs.atomic import TEMP_MARKER
+from wsi_mamba.workflows.bundle import default_model_path, model_tile_mode
 
 FAST = ["--batch-size", "8", "--read-threads", "2"]  # the tile options the shared stores were made with
 
@@ -250,6 +253,36 @@ def test_extract_json_and_resume(data: WorkflowData, tmp_path: Path, capsys: pyt
     code, stdout, _ = run(argv, capsys)
     assert code == 0 and stdout.startswith("0 extracted, 2 already complete, 0 failed")
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == times
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], None),  # None: the default model's own mode (its views, band and stain)
+        (["--views", "1"], TileMode()),
+        (["--views", "4"], TileMode(views=4)),
+    ],
+)
+def test_extract_with_the_default_encoder_takes_the_default_models_mode(
+    data: WorkflowData,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    expected: TileMode | None,
+) -> None:
+    seen = {}
+
+    def record(slides: list, out: Path, encoder: object, mode: object, options: object) -> dict:
+        seen["mode"] = mode
+        return {}
+
+    monkeypatch.setattr(extract_workflow, "extract_slides", record)
+    code, _, err = run(["extract", *data.slides("testing"), "--out", tmp_path / "f", *extra], capsys)
+    assert code == 0, err
+    default_mode = model_tile_mode(default_model_path())
+    assert default_mode.views > 1 and default_mode.on_demand is not None  # the shipped model uses both
+    assert seen["mode"] == (default_mode if expected is None else expected)
 
 
 def test_extract_into_stores_of_another_encoder(

@@ -287,7 +287,7 @@ def tile_arguments(p: argparse.ArgumentParser, workers_alias: bool = False) -> N
         choices=VIEW_COUNTS,
         default=None,
         help="tile mode: average each tile's features over 1, 4 (rotations) or 8 (and mirror images) views; 4x/8x "
-        "the encoding time (default: 1; predict: the model's)",
+        "the encoding time (default: 1; predict, and extract with the default encoder: the model's)",
     )
     p.add_argument(
         "--views-on-demand",

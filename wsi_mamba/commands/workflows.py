@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--encoder",
         type=path_text,
         help="encoder checkpoint (.safetensors), timm:NAME (with --encoder-weights), a Hugging Face-style model "
-        "folder, or a registry name (random weights); default: the default model's",
+        "folder, or a registry name (random weights); default: the default model's, and then, unless --views, "
+        "--views-on-demand, --region-px or --stain-norm say otherwise, in the feature mode the default model reads",
     )
     encoder_arguments(p)
     _tile_arguments(p)
@@ -145,12 +146,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     device = command_device(args)  # a device this machine lacks fails here, before anything is loaded
-    requested = requested_mode(args) or TileMode()
-    if isinstance(requested, ViewsOnDemand):  # extract has no model whose views it could take
-        raise UsageError("--views-on-demand needs --views 4 or 8 in extract (there is no model to take them from)")
-    mode = with_stain(requested, stain_request(args))  # the stain target fitted now
     from ..models.encoder import load_encoder
-    from ..workflows.bundle import default_model_path
+    from ..workflows.bundle import default_model_path, model_tile_mode
+
+    requested, stain = requested_mode(args), stain_request(args)  # the stain target fitted now
+    if args.encoder is None and requested is None and stain is None:
+        mode = model_tile_mode(default_model_path())  # the default model's encoder in the mode its slide model reads
+    else:
+        if isinstance(requested, ViewsOnDemand):  # another encoder: no model whose views it could take
+            raise UsageError("--views-on-demand needs --views 4 or 8 in extract (there is no model to take them from)")
+        mode = with_stain(requested or TileMode(), stain)
     from ..workflows.extract import extract_slides
     from ..workflows.inputs import find_slides
 
