@@ -4,11 +4,14 @@ before the worker imports torch (libgomp reads it once, when loaded)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 pytest.importorskip("distributed")
 
+from wsi_mamba.threads import passive_openmp_waits
 from wsi_mamba.workflows.cohort.cluster import cluster_client, worker_env
 
 
@@ -50,3 +53,23 @@ def test_dask_config_value_is_kept(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     with dask.config.set({"distributed.nanny.environ": {"OMP_WAIT_POLICY": "ACTIVE"}}):
         assert worker_env() == {}
+
+
+@pytest.mark.parametrize(("user", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_cli_processes_wait_passively_unless_the_user_says(user: str | None, expected: str) -> None:
+    code = (
+        "import os, sys; from wsi_mamba.cli import main; main(['info', 'missing.svs']); "
+        "import torch; print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user is not None:
+        env["OMP_WAIT_POLICY"] = user
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_passive_waits_are_not_set_once_torch_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch  # noqa: F401  (loaded: OpenMP has read its settings)
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert passive_openmp_waits() is False and "OMP_WAIT_POLICY" not in os.environ

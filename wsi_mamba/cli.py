@@ -15,6 +15,7 @@ from . import __version__
 from .commands import COMMAND_MODULES, EXPECTED_ERRORS
 from .commands._args import CommandParser, UsageError
 from .messages import use_one_line_warnings
+from .threads import passive_openmp_waits
 
 EXAMPLES = """\
 examples:
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    passive_openmp_waits()  # before any command loads torch
     # tifffile logs damaged-file details on stderr; the slide layer reports them as one SlideError
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     use_one_line_warnings()  # `warning: message` lines, not a source listing

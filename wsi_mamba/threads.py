@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""OpenMP settings every command process (and cohort worker) gets unless the user set them: threads that spin
+while they wait cost 5x with 3 busy processes on 2 cores, and 1.16x of predict's wall time (0.74x CPU) even on the
+quiet machine (BENCHMARKS.md, "Thread contention")."""
+
 SAMPLE_SECONDS = 0.05
 """How long the CPU is watched before choosing (part of every model command's start-up)."""
 
@@ -82,3 +87,15 @@ def apply_threads(requested: int | None) -> int:
         cores = min(cores, torch.get_num_threads())
         torch.set_num_threads(idle_threads(cores, busy_cores(cores)))
     return torch.get_num_threads()
+
+
+def passive_openmp_waits() -> bool:
+    """Put :data:`OPENMP_ENV` into this process's environment where the user has not set them, when torch (whose
+    OpenMP reads them once, as it loads) is not loaded yet; returns whether they can still take effect here."""
+    import sys
+
+    if "torch" in sys.modules:
+        return False
+    for key, value in OPENMP_ENV.items():
+        os.environ.setdefault(key, value)
+    return True

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...devices import DEFAULT_DEVICE, check_spec
+from ...threads import OPENMP_ENV
 
 DEFAULT_MAX_WORKERS = 4
 SCHEDULER_PROBE_S = 5.0  # a TCP scheduler that does not accept a connection in this time is unreachable
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""Set in LocalCluster workers unless the user set them: OpenMP threads that spin while they wait made
-extraction 5x slower with 3 busy processes on 2 cores (docs/cohort.md)."""
+WORKER_ENV = OPENMP_ENV
+"""Set in LocalCluster workers unless the user set them (:data:`~wsi_mamba.threads.OPENMP_ENV`; docs/cohort.md)."""
 
 
 def cpu_count() -> int:
