@@ -16,16 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .level_pyramid import LevelPyramid
+from .level_pyramid import LevelPyramid, block_mean
 
 __all__ = ["LevelCascade", "block_mean"]
-
-
-def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """``image`` (h, w, 3) uint8 averaged over ``factor`` × ``factor`` blocks (h, w multiples of it), rounded."""
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    block = image.reshape(h, factor, w, factor, 3).sum(axis=(1, 3), dtype=np.uint32)
-    return ((block + factor * factor // 2) // (factor * factor)).astype(np.uint8)
 
 
 class LevelCascade:

@@ -8,6 +8,13 @@ import numpy as np
 from PIL import Image
 
 
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` (h, w, 3) uint8 averaged over ``factor`` × ``factor`` blocks (h, w multiples of it), rounded."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    block = image.reshape(h, factor, w, factor, 3).sum(axis=(1, 3), dtype=np.uint32)
+    return ((block + factor * factor // 2) // (factor * factor)).astype(np.uint8)
+
+
 class LevelPyramid:
     """A renderer for ``write_slide`` over in-memory levels (block means of level 0)."""
 
@@ -19,9 +26,7 @@ class LevelPyramid:
             h, w = current.shape[0] // factor, current.shape[1] // factor
             if not h or not w:
                 break
-            block = current[: h * factor, : w * factor].reshape(h, factor, w, factor, 3)
-            current = (block.sum(axis=(1, 3), dtype=np.uint32) + factor * factor // 2) // (factor * factor)
-            current = current.astype(np.uint8)
+            current = block_mean(current[: h * factor, : w * factor], factor)
             ds *= factor
             self.levels[ds] = current
 
