@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from workflow_fixtures import WorkflowData, copy_tree, workflow_data
 
-from wsi_mamba.cli import main
 from wsi_mamba.evaluation.region_calibration import (
     ValidationGrid,
     calibrate_region_calling,
@@ -190,12 +190,6 @@ def test_geojson_says_how_each_region_was_called() -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> WorkflowData:
     return workflow_data(tmp_path_factory)
-
-
-def run(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.usefixtures("one_torch_thread")
