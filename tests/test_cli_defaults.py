@@ -28,6 +28,8 @@ READ_OPTIONS = [
     ("read_threads", ReadOptions, "read_threads"),
     ("min_tissue", ReadOptions, "min_tissue"),
     ("slide_mpp", ReadOptions, "slide_mpp"),
+    ("encode_processes", ReadOptions, "encode_processes"),
+    ("precision", ReadOptions, "precision"),
 ]
 # The feature mode's options: None when not given (extract: tile mode; predict and cohort: the model's mode).
 MODE_OPTIONS = ("region_px", "region_overlap_px", "views")

@@ -82,6 +82,16 @@ def cpu_bf16_native() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def resolve_cpu_precision(requested: str) -> str:
+    """The CPU precision to run: ``requested`` (fp32 or bf16), or for ``auto`` bf16 where :func:`cpu_bf16_native`
+    (1.3x the tiles/s of fp32 on an AVX-512-BF16 CPU at the same patch AUC; BENCHMARKS.md), else fp32."""
+    if requested == "auto":
+        return "bf16" if cpu_bf16_native() else "fp32"
+    if requested not in CPU_PRECISIONS:
+        raise ValueError(f"CPU precision must be auto, {' or '.join(CPU_PRECISIONS)}, got {requested!r}")
+    return requested
+
+
 def autocast(device: torch.device | str, cpu_precision: str = "fp32") -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on a CUDA device (weights stay fp32: mixed precision, not half weights); on the CPU bf16
     autocast when ``cpu_precision`` is "bf16", nothing otherwise."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..data.stain_norm import StainEstimationError, StainNorm, fit_stain
+from ..devices import resolve_cpu_precision
 from ..models.encoder import TileEncoder
 from ..slide import SlideError
 from ..slide.base import Slide
@@ -37,6 +38,7 @@ class EncodedSlide:
     mode: FeatureMode = field(default_factory=TileMode)  # how the features were made (checked for the encoder)
     stain_warning: str | None = None  # why the mode's stain normalisation was not applied (None: applied or none)
     views: np.ndarray | None = None  # (n,) uint8 views each tile's features average (tile mode; None: not recorded)
+    precision: str = "fp32"  # what the encoder ran in: fp32, or bf16 autocast (DeviceRunner.precision)
 
 
 MAX_CORRUPT_FRACTION = 0.25
@@ -100,13 +102,14 @@ def encode_slide(
     whose stain cannot be estimated is encoded as read, ``stain_warning`` says why). Progress: ``on_total(n)`` once
     the grid of n tiles is cut, ``on_batch(k)`` as k are done."""
     mode = mode.check(encoder)
+    runner = DeviceRunner(encoder.device, resolve_cpu_precision(read.precision))
     tissue = detect_tissue(slide)
     grid = make_tile_grid(slide, encoder.tile_px, encoder.mpp, read.min_tissue, tissue=tissue)
     if on_total is not None:
         on_total(len(grid))
     normalise, stain_warning = slide_normaliser(slide, tissue, getattr(mode, "stain", None))
     if len(grid):
-        found = mode.encode(slide, grid, encoder, read, DeviceRunner(encoder.device), on_batch, normalise)
+        found = mode.encode(slide, grid, encoder, read, runner, on_batch, normalise)
     else:
         found = GridFeatures.zeros(0, encoder.dim)
     features, colour, views = found.features, found.colour, found.views
@@ -117,4 +120,6 @@ def encode_slide(
         keep = np.setdiff1d(np.arange(len(grid)), bad)
         grid, features, colour, views = _leave_out(grid, bad), features[keep], colour[keep], views[keep]
     recorded = views if isinstance(mode, TileMode) else None  # region mode records no views
-    return EncodedSlide(grid, tissue, features, colour, slide.dimensions, len(bad), mode, stain_warning, recorded)
+    return EncodedSlide(
+        grid, tissue, features, colour, slide.dimensions, len(bad), mode, stain_warning, recorded, runner.precision
+    )

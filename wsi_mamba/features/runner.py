@@ -39,6 +39,11 @@ class DeviceRunner:
         self.cpu_precision = cpu_precision
         self.cpu_bf16 = self.device.type == "cpu" and cpu_precision == "bf16"
 
+    @property
+    def precision(self) -> str:
+        """What the model calls run in: "bf16" (autocast: CUDA, or the CPU in bf16) or "fp32"."""
+        return "bf16" if self.cuda or self.cpu_bf16 else "fp32"
+
     def stage(self, tiles: np.ndarray) -> np.ndarray | torch.Tensor:
         """A batch as it leaves the feeder thread: pinned (for a non-blocking copy) on CUDA, as it is on the CPU."""
         return torch.from_numpy(tiles).pin_memory() if self.cuda else tiles

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..devices import CPU_PRECISIONS
 from ..outputs.artefact import ArtefactFormat
 from ..outputs.atomic import atomic_folder
 from ..outputs.lock import output_lock
@@ -212,6 +213,7 @@ def check_attrs(attrs: dict, path: str | Path) -> None:
         "mode": (lambda v: v in ("tile", "region"), "'tile' or 'region'"),
         "views": (lambda v: _whole(v, 1, 8) and v in VIEW_COUNTS, f"one of {', '.join(map(str, VIEW_COUNTS))}"),
         "views_on_demand": (_band, "[lo, hi], two probabilities with lo <= hi"),
+        "encoder_precision": (lambda v: v in CPU_PRECISIONS, f"one of {', '.join(CPU_PRECISIONS)}"),
         "region_px": (lambda v: _whole(v, 1, 1_000_000), "a whole number in [1, 1000000]"),
         "region_overlap_px": (lambda v: _whole(v, 0, 1_000_000), "a whole number in [0, 1000000]"),
         "grid_shape": (lambda v: _pair(v, MAX_GRID_CELLS), "[rows, cols], two whole numbers >= 1"),

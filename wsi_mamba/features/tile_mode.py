@@ -7,11 +7,13 @@ stages its tiles for the device (pinned memory on CUDA), so the thread that driv
 same batches (tests/test_pipeline.py compares with a plain sequential loop). With views on demand a batch is
 encoded in view 0 and only its tiles of uncertain first-view probability get the other views
 (:meth:`~wsi_mamba.models.encoders.base.TileEncoder.views_on_demand`); the views each tile got are recorded.
+On a CPU with two or more torch threads a large slide's batches go to worker processes of one thread each
+instead (:mod:`.encoder_pool`; BENCHMARKS.md, "Encoding processes"), the reading and feeding staying here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ from ..models.encoder import TileEncoder
 from ..slide.base import Slide
 from ..slide.stream import stream_batches
 from ..slide.tiling import TileGrid
+from .encoder_pool import BatchEncoding, EncoderPool, encode_batch, pool_processes
 from .grid_features import GridFeatures
 from .options import ReadOptions
 from .runner import DeviceRunner, Pending
@@ -75,20 +78,22 @@ def encode_tiles(
         if on_batch is not None:
             on_batch(len(batch.indices))
 
-    in_flight: InFlight | None = None
+    how = BatchEncoding(views, on_demand, runner.cpu_precision)
     batches = stream_batches(
         slide, grid, read.batch_size, workers=read.read_threads, on_error=found.errors.__setitem__, prepare=prepare
     )
+    processes = pool_processes(read.encode_processes, encoder, len(grid))
+    if processes > 1:
+        with EncoderPool(encoder, processes, how) as pool:
+            _encode_in_pool(pool, processes, batches, found, on_batch)
+        return found
+    in_flight: InFlight | None = None
     for batch in batches:
         prepared: PreparedBatch = batch.prepared
         found.colour[batch.indices] = prepared.colour
-        x = encoder.preprocess(prepared.staged)  # on CUDA a non-blocking copy from pinned memory
-        if on_demand is None:
-            out = runner.compute(lambda x: encoder.view_features(x, views), x)
-            used = np.full(len(batch.indices), views, np.uint8)
-        else:  # the band is chosen on this batch's first view: the device waits for it (no overlap inside)
-            out, chosen = runner.compute(lambda x: encoder.views_on_demand(x, views, on_demand), x)
-            used = chosen.numpy()
+        # on CUDA a non-blocking copy from pinned memory; with views on demand the device waits for the first
+        # view (the band is chosen on it: no overlap inside a batch)
+        out, used = encode_batch(encoder, runner, prepared.staged, how)
         launched = InFlight(batch.indices, runner.launch(out, keep=prepared.staged), used)
         if in_flight is not None:
             finish(in_flight)  # the previous batch's features, while the device works on this one
@@ -96,3 +101,30 @@ def encode_tiles(
     if in_flight is not None:
         finish(in_flight)
     return found
+
+
+def _encode_in_pool(
+    pool: EncoderPool,
+    processes: int,
+    batches: Iterable,
+    found: GridFeatures,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    """Every batch of ``batches`` through ``pool``, at most two per worker waiting, into ``found``."""
+    indices: dict[int, np.ndarray] = {}
+
+    def take_one() -> None:
+        key, features, views = pool.collect()
+        done = indices.pop(key)
+        found.features[done], found.views[done] = features, views
+        if on_batch is not None:
+            on_batch(len(done))
+
+    for key, batch in enumerate(batches):
+        found.colour[batch.indices] = batch.prepared.colour
+        indices[key] = batch.indices
+        pool.submit(key, batch.prepared.staged)
+        while pool.outstanding > 2 * processes:
+            take_one()
+    while pool.outstanding:
+        take_one()

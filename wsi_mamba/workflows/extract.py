@@ -51,6 +51,7 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
         "colour_stats": list(COLOUR_STATS),
         "corrupt_tiles": encoded.corrupt_tiles,
         **({"stain_warning": encoded.stain_warning} if encoded.stain_warning else {}),  # encoded as read
+        "encoder_precision": encoded.precision,  # fp32 or bf16 autocast: features agree to ~1e-2 relative
         "version": __version__,
     }
     return SlideFeatures(

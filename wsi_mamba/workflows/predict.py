@@ -82,6 +82,7 @@ def predict_slide(
         "feature_mode": encoded.mode.attrs(),  # the whole mode: tile (views) or region (sizes), stain normalisation
         "stain_warning": encoded.stain_warning,  # why the mode's stain normalisation was not applied (None: it was)
         **extra_view_tiles(encoded),  # views on demand: how many tiles got the other views
+        "encoder_precision": encoded.precision,  # fp32, or bf16 autocast (--precision)
         "model": bundle.name,
         "model_sha256": bundle_sha256(bundle),
         "slide_file": identity,

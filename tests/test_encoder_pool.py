@@ -1,0 +1,95 @@
+"""Encoding in worker processes (:mod:`wsi_mamba.features.encoder_pool`) against the in-process engine: the same
+features (to float32 rounding of a different thread count), colour statistics and views, views on demand
+included; when the pool is used; a worker's failure or death raised in the parent, naming it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from slide_fixtures import synthetic_slide
+
+from wsi_mamba.features.encoder_pool import BatchEncoding, EncoderPool, EncoderPoolError, pool_processes
+from wsi_mamba.features.options import MIN_POOL_TILES, ReadOptions
+from wsi_mamba.features.tile_mode import encode_tiles
+from wsi_mamba.models.encoder import TileEncoder, load_encoder
+from wsi_mamba.slide import open_slide
+from wsi_mamba.slide.tiling import make_tile_grid
+from wsi_mamba.slide.tissue import detect_tissue
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TileEncoder:
+    enc = load_encoder("vmamba_pico", seed=0, tile_px=64, mpp=1.0, num_classes=1)
+    with torch.no_grad():  # a head far from zero: first-view probabilities spread over (0, 1)
+        enc.model.classifier.head.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    return enc
+
+
+def first_view_middle(slide, grid, encoder: TileEncoder) -> float:
+    """A probability halfway between the two middle first-view tumour probabilities of the grid's tiles: a band
+    up to it splits them in two, no tile near its edge."""
+    one = encode_tiles(slide, grid, encoder, 1, ReadOptions(encode_processes=1)).features
+    with torch.no_grad():
+        p = np.sort(torch.sigmoid(encoder.logits_from_features(torch.from_numpy(one))[:, 0]).numpy())
+    return float(p[len(p) // 2 - 1] + p[len(p) // 2]) / 2
+
+
+@pytest.mark.parametrize(("views", "on_demand"), [(1, False), (4, False), (4, True)])
+def test_pool_matches_in_process_encoding(
+    tmp_path_factory: pytest.TempPathFactory, encoder: TileEncoder, views: int, on_demand: bool
+) -> None:
+    with open_slide(synthetic_slide(tmp_path_factory, "tiff")) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        band = (0.0, first_view_middle(slide, grid, encoder)) if on_demand else None
+        found = {}
+        for processes in (1, 2):
+            counted: list[int] = []
+            read = ReadOptions(batch_size=3, read_threads=2, encode_processes=processes)
+            found[processes] = encode_tiles(slide, grid, encoder, views, read, on_batch=counted.append, on_demand=band)
+            assert sum(counted) == len(grid)
+    here, pool = found[1], found[2]
+    assert len(grid) > 6 and not pool.errors
+    np.testing.assert_allclose(pool.features, here.features, rtol=1e-5, atol=1e-6)
+    assert np.abs(pool.features).sum(axis=1).min() > 0  # every row written
+    np.testing.assert_array_equal(pool.colour, here.colour)
+    np.testing.assert_array_equal(pool.views, here.views)
+    if on_demand:  # the band split the tiles: some got one view, some four
+        assert set(np.unique(pool.views)) == {1, 4}
+
+
+def test_pool_is_used_for_large_cpu_slides_only(encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert pool_processes(None, encoder, MIN_POOL_TILES) == 2
+    assert pool_processes(None, encoder, MIN_POOL_TILES - 1) == 1
+    assert pool_processes(3, encoder, 10) == 3
+    assert pool_processes(1, encoder, 10**6) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert pool_processes(None, encoder, 10**6) == 1
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert pool_processes(4, encoder, 10**6) == 1  # a daemonic process (cohort worker) may not start children
+
+
+def test_read_options_refuse_zero_processes() -> None:
+    with pytest.raises(ValueError, match="encode_processes"):
+        ReadOptions(encode_processes=0)
+
+
+def test_a_worker_error_is_raised_in_the_parent(encoder: TileEncoder) -> None:
+    with EncoderPool(encoder, 1, BatchEncoding()) as pool:
+        pool.submit(0, np.zeros((2, 64, 64), np.float32))  # not uint8 RGB tiles: the worker's preprocess refuses
+        with pytest.raises(EncoderPoolError, match="encoding worker failed: ValueError: tiles must be"):
+            pool.collect()
+
+
+def test_a_dead_worker_is_raised_in_the_parent(encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("wsi_mamba.features.encoder_pool.WORKER_TIMEOUT_S", 0.2)
+    with EncoderPool(encoder, 2, BatchEncoding()) as pool:
+        os.kill(pool.workers[0].pid, signal.SIGKILL)
+        pool.workers[0].join()
+        with pytest.raises(EncoderPoolError, match="wsi-mamba-encode-0 died"):
+            pool.collect()
