@@ -93,3 +93,18 @@ def test_a_dead_worker_is_raised_in_the_parent(encoder: TileEncoder, monkeypatch
         pool.workers[0].join()
         with pytest.raises(EncoderPoolError, match="wsi-mamba-encode-0 died"):
             pool.collect()
+
+
+def test_workers_that_cannot_start_fall_back_to_this_process(
+    tmp_path_factory: pytest.TempPathFactory, encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError("no process spawning here")
+
+    with open_slide(synthetic_slide(tmp_path_factory, "tiff")) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        here = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=1))
+        monkeypatch.setattr(EncoderPool, "__init__", refuse)
+        with pytest.warns(RuntimeWarning, match="encoding in this process: the 2 encoding workers could not start"):
+            fallback = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+    np.testing.assert_array_equal(fallback.features, here.features)

@@ -108,6 +108,8 @@ def test_extract_to_a_log_prints_timed_lines(
     assert len(timed) >= 3, lines
     assert_spaced(timed)
     assert final["done"] == final["total"] and int(final["total"]) > 0
+    # the total grows slide by slide: each line says which slide of how many it is on
+    assert all(re.search(rf"\[slide \d+/{len(slides)} ", m.group(0)) for m in timed), lines
     # a rerun skips the complete stores: no tiles, no progress line at all
     code, lines = run_logged(argv, tmp_path / "again.log", monkeypatch)
     assert code == 0 and not [line for line in lines if line.startswith("extract:")], lines

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,9 @@ def pool_processes(requested: int | None, encoder: TileEncoder, tiles: int) -> i
 
 
 def _serve(encoder: TileEncoder, how: BatchEncoding, tasks, results) -> None:
-    """A worker: one torch thread, batches from ``tasks`` until None, (key, features, views, error) to ``results``."""
+    """A worker: one torch thread, batches from ``tasks`` until None, (key, features, views, error) to ``results``.
+    Ctrl-C is the parent's to handle (it stops the workers): a worker ignores it rather than print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     runner = DeviceRunner("cpu", how.precision)
     while (task := tasks.get()) is not None:

@@ -13,6 +13,7 @@ instead (:mod:`.encoder_pool`; BENCHMARKS.md, "Encoding processes"), the reading
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -82,10 +83,10 @@ def encode_tiles(
     batches = stream_batches(
         slide, grid, read.batch_size, workers=read.read_threads, on_error=found.errors.__setitem__, prepare=prepare
     )
-    processes = pool_processes(read.encode_processes, encoder, len(grid))
-    if processes > 1:
-        with EncoderPool(encoder, processes, how) as pool:
-            _encode_in_pool(pool, processes, batches, found, on_batch)
+    pool = _start_pool(encoder, pool_processes(read.encode_processes, encoder, len(grid)), how)
+    if pool is not None:
+        with pool:
+            _encode_in_pool(pool, len(pool.workers), batches, found, on_batch)
         return found
     in_flight: InFlight | None = None
     for batch in batches:
@@ -101,6 +102,24 @@ def encode_tiles(
     if in_flight is not None:
         finish(in_flight)
     return found
+
+
+def _start_pool(encoder: TileEncoder, processes: int, how: BatchEncoding) -> EncoderPool | None:
+    """An :class:`EncoderPool` of ``processes`` workers, or None for one process or when the workers cannot start
+    (an encoder that cannot be sent to another process, no process spawning here): then a warning, and the slide
+    is encoded in this process."""
+    if processes <= 1:
+        return None
+    try:
+        return EncoderPool(encoder, processes, how)
+    except Exception as error:  # pickling (a user's encoder), OSError (no /dev/shm, process limits), ...
+        warnings.warn(
+            f"encoding in this process: the {processes} encoding workers could not start "
+            f"({type(error).__name__}: {error})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def _encode_in_pool(

@@ -67,10 +67,17 @@ def to_store_data(name: str, path: Path, encoded: EncodedSlide, encoder: TileEnc
 
 
 def extract_slide(
-    path: Path, out_dir: Path, encoder: TileEncoder, mode: FeatureMode, read: ReadOptions, progress: Progress | None
+    path: Path,
+    out_dir: Path,
+    encoder: TileEncoder,
+    mode: FeatureMode,
+    read: ReadOptions,
+    progress: Progress | None,
+    note: str | None = None,
 ) -> str:
     """Extract one slide in ``mode`` (checked for ``encoder``) unless a complete store from the same encoder in
-    the same mode is there; returns "done" or "skipped"."""
+    the same mode is there; returns "done" or "skipped". ``note``: what the progress line names (default: the
+    slide's name)."""
     name = slide_name(path)
     target = store_path(out_dir, name)
     with output_lock(target):  # another process extracting this slide into this folder: one line, not a race
@@ -85,7 +92,7 @@ def extract_slide(
             if progress is None:
                 encoded = encode_slide(slide, encoder, mode, read)
             else:
-                progress.set_note(name)
+                progress.set_note(note or name)
                 encoded = encode_slide(slide, encoder, mode, read, progress.update, progress.add_total)
         write_store(target, to_store_data(name, path, encoded, encoder))
     return "done"
@@ -112,9 +119,10 @@ def extract_slides(
     mode = mode.check(encoder)
     results: dict[str, str] = {}
     with Progress("extract", "tile", enabled=progress) as shown:  # a bar on a terminal, timed lines in a log
-        for path in paths:
+        for number, path in enumerate(paths, 1):
+            note = f"slide {number}/{len(paths)} {slide_name(path)}"  # the tile total grows slide by slide
             try:
-                results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, mode, read, shown)
+                results[slide_name(path)] = extract_slide(Path(path), out_dir, encoder, mode, read, shown, note)
             except Exception as exc:  # any per-slide failure (SlideError, OSError, ...): the others go on
                 results[slide_name(path)] = f"failed: {describe_failure(exc)}"
     return results
