@@ -4,6 +4,7 @@ included; when the pool is used; a worker's failure or death raised in the paren
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
 import signal
@@ -108,3 +109,15 @@ def test_workers_that_cannot_start_fall_back_to_this_process(
         with pytest.warns(RuntimeWarning, match="encoding in this process: the 2 encoding workers could not start"):
             fallback = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
     np.testing.assert_array_equal(fallback.features, here.features)
+
+
+def test_an_encoder_that_cannot_be_sent_leaves_no_worker_behind(encoder: TileEncoder) -> None:
+    class Unpicklable(torch.nn.Module):
+        def __reduce__(self):
+            raise TypeError("cannot pickle this encoder")
+
+    broken = copy.copy(encoder)
+    broken.model = Unpicklable()
+    with pytest.raises(TypeError, match="cannot pickle this encoder"):
+        EncoderPool(broken, 2, BatchEncoding())
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("wsi-mamba-encode")]

@@ -99,8 +99,12 @@ class EncoderPool:
             )
             for i in range(processes)
         ]
-        for worker in self.workers:
-            worker.start()
+        try:
+            for worker in self.workers:
+                worker.start()
+        except BaseException:  # the encoder could not be sent (pickling), no process could start: stop the others
+            self.close()
+            raise
 
     def submit(self, key: object, tiles: np.ndarray) -> None:
         self.tasks.put((key, tiles))
@@ -126,10 +130,11 @@ class EncoderPool:
 
     def close(self) -> None:
         """Stop the workers: each gets an end marker; any still running after a short wait is terminated."""
-        for worker in self.workers:
+        started = [worker for worker in self.workers if worker.pid is not None]
+        for worker in started:
             if worker.is_alive():
                 self.tasks.put(None)
-        for worker in self.workers:
+        for worker in started:
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.terminate()
