@@ -22,6 +22,7 @@ from PIL import Image
 from ..data.dihedral import dihedral
 from ..data.patches import PatchSource
 from ..data.stain import hed_scale_shift
+from ..slide.tile_cache import TileCache
 from .level_pyramid import LevelPyramid
 from .patch_plan import PatchSlideSpec
 from .writer import TILE
@@ -64,8 +65,7 @@ class PatchTileRenderer:
         self._capacity = 3 * cols + 64  # a few cell rows: tiles are drawn row by row
         self._cells: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (cell, size) → resized patch
         self._cells_bytes = 0
-        self._sources: OrderedDict[int, np.ndarray] = OrderedDict()  # source index → stained patch
-        self._sources_bytes = 0
+        self._sources = TileCache(SOURCE_CACHE_BYTES)  # source index → stained patch
 
     def __call__(self, spec: object, x0: float, y0: float, width: int, height: int, ds: float) -> np.ndarray:
         if ds < self.memory_ds:
@@ -169,24 +169,16 @@ class PatchTileRenderer:
     def _stained(self, index: int) -> np.ndarray:
         """Source patch ``index`` with the slide's stain (a pixel-wise map, so it commutes with the dihedral
         transform), read-only; recent ones cached: a large slide shows each patch of its pool many times."""
-        with self._patches_lock:
-            patch = self._sources.get(index)
-            if patch is not None:
-                self._sources.move_to_end(index)
-                return patch
-        spec = self.spec
-        patch = self.source.read_one(index)
-        if self.stained:  # one stain for the whole slide (a centre effect)
-            patch = hed_scale_shift(patch, spec.stain_alpha, spec.stain_beta)
-        patch = np.ascontiguousarray(patch)
-        patch.flags.writeable = False
-        with self._patches_lock:
-            if index not in self._sources:
-                self._sources[index] = patch
-                self._sources_bytes += patch.nbytes
-            while self._sources_bytes > SOURCE_CACHE_BYTES:
-                self._sources_bytes -= self._sources.popitem(last=False)[1].nbytes
-        return patch
+
+        def load() -> np.ndarray:
+            patch = self.source.read_one(index)
+            if self.stained:  # one stain for the whole slide (a centre effect)
+                patch = hed_scale_shift(patch, self.spec.stain_alpha, self.spec.stain_beta)
+            patch = np.ascontiguousarray(patch)
+            patch.flags.writeable = False
+            return patch
+
+        return self._sources.get(index, load)
 
 
 def _memory_downsample(spec: PatchSlideSpec, factor: int, limit: int) -> int:

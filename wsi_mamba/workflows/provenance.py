@@ -41,10 +41,15 @@ def model_sha256(folder: str | os.PathLike[str]) -> str:
         if not path.is_file():  # baseline.json is optional; a missing weight file fails when the model loads
             continue
         digest.update(f"{name}:{path.stat().st_size}\0".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(digest, path)
     return digest.hexdigest()
+
+
+def hash_file(digest: Any, path: str | os.PathLike[str]) -> None:
+    """Feed the bytes of the file at ``path`` to ``digest`` (a hashlib object) in 1 MiB blocks."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
 
 
 def bundle_sha256(bundle: Any) -> str:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ...data.patches import PatchSource
 from ...models.encoder import TileEncoder, load_encoder
+from ..provenance import hash_file
 from ..reports.score_patches import classify
 
 TEACHER_BATCH = 256
@@ -31,9 +32,7 @@ def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes (the teacher's weights); ``ValueError`` naming the file when it cannot be read."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(digest, path)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the distillation teacher ({exc.strerror or exc})") from None
     return digest.hexdigest()
