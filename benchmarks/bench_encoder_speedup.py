@@ -49,16 +49,12 @@ def in_process(encoder, how: BatchEncoding, context=None):
     return run
 
 
-def in_pool(pool: EncoderPool, processes: int):
-    """A way that sends every batch to ``pool``, at most two per worker waiting (as the engine does)."""
+def in_pool(pool: EncoderPool):
+    """A way that sends every batch to ``pool`` as the engine does (:meth:`EncoderPool.encode_all`)."""
 
     def run(tiles: np.ndarray, batch_size: int) -> None:
-        for key, s in enumerate(range(0, len(tiles), batch_size)):
-            pool.submit(key, tiles[s : s + batch_size])
-            while pool.outstanding > 2 * processes:
-                pool.collect()
-        while pool.outstanding:
-            pool.collect()
+        for _ in pool.encode_all((s, tiles[s : s + batch_size]) for s in range(0, len(tiles), batch_size)):
+            pass
 
     return run
 
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     pools = {how.precision: EncoderPool(encoder, args.threads, how) for how in (on_demand, bf16)}
     for pool in pools.values():  # the start: each worker has loaded the encoder once it answers a batch
-        in_pool(pool, args.threads)(tiles[: args.batch_size * args.threads], args.batch_size)
+        in_pool(pool)(tiles[: args.batch_size * args.threads], args.batch_size)
     start_s = time.perf_counter() - started
     n, lo_hi = args.threads, f"[{band[0]:g}, {band[1]:g}]"
     ways = {
@@ -120,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         f"2. + channels-last scan kernel (all {views} views)": (in_process(encoder, every), every),
         f"3. + views on demand {lo_hi}": (in_process(encoder, on_demand), on_demand),
-        f"4. + {n} encoding processes x 1 thread, fp32": (in_pool(pools["fp32"], n), on_demand),
-        "5. + bf16 (the default on CPUs with bf16 hardware)": (in_pool(pools["bf16"], n), bf16),
+        f"4. + {n} encoding processes x 1 thread, fp32": (in_pool(pools["fp32"]), on_demand),
+        "5. + bf16 (the default on CPUs with bf16 hardware)": (in_pool(pools["bf16"]), bf16),
     }
     best = dict.fromkeys(ways, float("inf"))
     for run, _ in ways.values():  # warm-up: kernels compiled, oneDNN primitives made

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import signal
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,6 +128,19 @@ class EncoderPool:
             raise EncoderPoolError(f"encoding worker failed: {error}")
         self.outstanding -= 1
         return key, features, views
+
+    def encode_all(
+        self, batches: Iterable[tuple[object, np.ndarray]]
+    ) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
+        """(key, features, views) of every (key, tiles) of ``batches``, in the order they finish. At most two
+        batches per worker wait at any time: the caller's reading keeps ahead of the workers without piling up."""
+        waiting = 2 * len(self.workers)
+        for key, tiles in batches:
+            self.submit(key, tiles)
+            while self.outstanding > waiting:
+                yield self.collect()
+        while self.outstanding:
+            yield self.collect()
 
     def close(self) -> None:
         """Stop the workers: each gets an end marker; any still running after a short wait is terminated."""

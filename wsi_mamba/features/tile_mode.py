@@ -14,7 +14,7 @@ instead (:mod:`.encoder_pool`; BENCHMARKS.md, "Encoding processes"), the reading
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +86,7 @@ def encode_tiles(
     pool = _start_pool(encoder, pool_processes(read.encode_processes, encoder, len(grid)), how)
     if pool is not None:
         with pool:
-            _encode_in_pool(pool, len(pool.workers), batches, found, on_batch)
+            _encode_in_pool(pool, batches, found, on_batch)
         return found
     in_flight: InFlight | None = None
     for batch in batches:
@@ -123,27 +123,19 @@ def _start_pool(encoder: TileEncoder, processes: int, how: BatchEncoding) -> Enc
 
 
 def _encode_in_pool(
-    pool: EncoderPool,
-    processes: int,
-    batches: Iterable,
-    found: GridFeatures,
-    on_batch: Callable[[int], None] | None,
+    pool: EncoderPool, batches: Iterable, found: GridFeatures, on_batch: Callable[[int], None] | None
 ) -> None:
-    """Every batch of ``batches`` through ``pool``, at most two per worker waiting, into ``found``."""
+    """Every batch of ``batches`` through ``pool`` (:meth:`EncoderPool.encode_all`), into ``found``."""
     indices: dict[int, np.ndarray] = {}
 
-    def take_one() -> None:
-        key, features, views = pool.collect()
+    def tiles() -> Iterator[tuple[int, np.ndarray]]:
+        for key, batch in enumerate(batches):
+            found.colour[batch.indices] = batch.prepared.colour
+            indices[key] = batch.indices
+            yield key, batch.prepared.staged
+
+    for key, features, views in pool.encode_all(tiles()):
         done = indices.pop(key)
         found.features[done], found.views[done] = features, views
         if on_batch is not None:
             on_batch(len(done))
-
-    for key, batch in enumerate(batches):
-        found.colour[batch.indices] = batch.prepared.colour
-        indices[key] = batch.indices
-        pool.submit(key, batch.prepared.staged)
-        while pool.outstanding > 2 * processes:
-            take_one()
-    while pool.outstanding:
-        take_one()

@@ -52,6 +52,7 @@ class LevelCascade:
         small = [k for k, (w, h) in enumerate(self.sizes) if k and w * h <= hold_pixels]
         self.held_level = small[0] if small else None
         self.held: np.ndarray | None = None
+        self._held_pyramid: LevelPyramid | None = None  # the held level's own pyramid, made once it is complete
         if self.held_level is not None:
             w, h = self.sizes[self.held_level]
             self.held = np.zeros((h, w, 3), np.uint8)
@@ -109,7 +110,9 @@ class LevelCascade:
         if self.held is None or k is None or len(self.lengths[k]) < self.rows[k] * self.cols[k]:
             return fallback
         held_ds = self.base_downsample * self.factor**k
-        pyramid = LevelPyramid(self.held, 2, (255, 255, 255))
+        if self._held_pyramid is None:  # the thumbnail and the label/macro images share it
+            self._held_pyramid = LevelPyramid(self.held, 2, (255, 255, 255))
+        pyramid = self._held_pyramid
 
         def render(spec: object, x0: float, y0: float, width: int, height: int, ds: float) -> np.ndarray:
             if ds < held_ds:
