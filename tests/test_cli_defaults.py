@@ -62,6 +62,9 @@ DEFAULTS = [
     ("train", "folds", SlideTrainingConfig, "folds"),
     ("train", "topk", SlideTrainingConfig, "topk"),
     ("train", "target_specificity", SlideTrainingConfig, "target_specificity"),
+    ("train", "compose_sections", SlideTrainingConfig, "compose_sections"),
+    ("train", "compose_slides", SlideTrainingConfig, "compose_slides"),
+    ("train", "compose_val_slides", SlideTrainingConfig, "compose_val_slides"),
 ]
 
 # Options whose default depends on what is trained (patches or slides): None on the command line, the

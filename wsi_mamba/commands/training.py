@@ -228,6 +228,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"called normal, in (0, 1] (default {train_defaults.target_specificity}; no validation normal slide: 0.5)",
     )
     p.add_argument(
+        "--compose-sections",
+        type=count,
+        default=train_defaults.compose_sections,
+        metavar="K",
+        help="train and validate also on real-size slides composed of K small slides' tile grids (K normal, or one "
+        "tumour and K-1 normal, packed as the sections of one slide; the threshold is then chosen on them too); "
+        "K >= 2 (default 0: off)",
+    )
+    p.add_argument(
+        "--compose-slides",
+        type=positive_int,
+        default=train_defaults.compose_slides,
+        help=f"composed training slides per epoch, new each epoch (default {train_defaults.compose_slides})",
+    )
+    p.add_argument(
+        "--compose-val-slides",
+        type=positive_int,
+        default=train_defaults.compose_val_slides,
+        help=f"composed validation slides (default {train_defaults.compose_val_slides})",
+    )
+    p.add_argument(
         "--val-features",
         type=path_text,
         help="validate on these feature stores (other slides, same encoder) instead of a part of --features, "
@@ -357,6 +378,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         topk=args.topk,
         target_specificity=args.target_specificity,
+        compose_sections=args.compose_sections,
+        compose_slides=args.compose_slides,
+        compose_val_slides=args.compose_val_slides,
     )
     path = train_slide_model(
         args.features,

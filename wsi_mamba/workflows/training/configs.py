@@ -131,10 +131,13 @@ class SlideTrainingConfig:
     folds: int = 0  # K >= 2: K-fold cross-validation (fold models + a final model on all slides); 0: one split
     topk: int = 0  # ss2d: K >= 1 mixes the mean of the K highest tile logits into the slide logit (0: off)
     target_specificity: float = 0.95  # the threshold: chosen on the validation slides for this specificity
+    compose_sections: int = 0  # K >= 2: also train and validate on slides composed of K small ones (0: off)
+    compose_slides: int = 40  # composed training slides per epoch (fresh compositions every epoch)
+    compose_val_slides: int = 40  # composed validation slides (fixed), beside the validation slides; the threshold
 
     def __post_init__(self) -> None:
         """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``
-        (``folds`` 1 is refused by ``train_slide_model``, as the CLI's ``--folds 1``)."""
+        (``folds`` 1 and ``compose_sections`` 1 are refused by ``train_slide_model``, as the CLI's)."""
         check_fields(
             self,
             dim=POSITIVE_INT,
@@ -153,4 +156,7 @@ class SlideTrainingConfig:
             folds=COUNT,
             topk=TOPK,
             target_specificity=SPECIFICITY,
+            compose_sections=COUNT,
+            compose_slides=POSITIVE_INT,
+            compose_val_slides=POSITIVE_INT,
         )

@@ -10,6 +10,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from ...outputs.lock import output_lock
 from ..bundle import check_model_output, save_bundle
 from ..domain import domain_statistics
 from ..inputs import read_labels
+from .composed_slides import ExampleChain, with_composed
 from .configs import SlideTrainingConfig
 from .operating_point import choose_operating_point
 from .optimisation import optimiser_step
@@ -76,7 +78,7 @@ def _loss(
     return loss, float(torch.sigmoid(logit).item())
 
 
-def _evaluate(model: Aggregator, examples: list[Example], device: torch.device = CPU) -> tuple[float, float]:
+def _evaluate(model: Aggregator, examples: Sequence[Example], device: torch.device = CPU) -> tuple[float, float]:
     model.eval()
     losses, scores = [], []
     with torch.no_grad():
@@ -119,6 +121,10 @@ def train_slide_model(
         raise ValueError(f"--folds must be at least 2 (or 0 for one validation split), got {cfg.folds}")
     if validation is not None and cfg.folds:
         raise ValueError("--val-features and --folds are two ways of validating: choose one")
+    if cfg.compose_sections == 1 or cfg.compose_sections < 0:
+        raise ValueError(f"--compose-sections must be at least 2 (or 0: off), got {cfg.compose_sections}")
+    if cfg.compose_sections and cfg.folds:
+        raise ValueError("--compose-sections trains with one validation split, not --folds")
     check_model_output(out, model_inputs(features_dir, labels_csv, annotations_dir, validation), overwrite)
     with output_lock(out):
         return _train(
@@ -207,18 +213,36 @@ def _train(
 
     if validation is not None or not cfg.folds:
         if validation is not None:  # other slides validate; all of these train
-            train_names, val_set = names, validation_examples(validation, encoder_id, feature_mode)
+            train_names = names
+            val_set: Sequence[Example] = validation_examples(validation, encoder_id, feature_mode)
             sources["validation"] = {key: str(v) if v else None for key, v in asdict(validation).items()}
         else:
             val_names = split_validation(names, labels, cfg.val_fraction, cfg.seed)
             train_names = [n for n in names if n not in val_names]
             val_set = [examples[n] for n in sorted(val_names)]
-        fit = _fit([examples[n] for n in train_names], val_set, in_dim, cfg, device, progress)
+        train_examples = [examples[n] for n in train_names]
+        train_set: Sequence[Example] = train_examples
+        if cfg.compose_sections:
+            train_set, val_set = with_composed(
+                train_examples,
+                list(val_set),
+                cfg.compose_sections,
+                cfg.compose_slides,
+                cfg.compose_val_slides,
+                cfg.seed,
+            )
+        fit = _fit(train_set, val_set, in_dim, cfg, device, progress)
+        if cfg.compose_sections:  # the threshold for slides of real size: chosen on the composed ones only
+            count = cfg.compose_val_slides
+            fit.val_scores, fit.val_labels = fit.val_scores[-count:], fit.val_labels[-count:]
+            sections = cfg.compose_sections
+            fit.val_source = f"validation slides of real size, each composed of {sections} validation slides"
+        val_names_out = val_set.names() if isinstance(val_set, ExampleChain) else [e.name for e in val_set]
         return save_bundle(
             out,
             encoder,
             fit.model,
-            meta_of(fit, train_names, [e.name for e in val_set], model_name, names)
+            meta_of(fit, train_names, val_names_out, model_name, names)
             | region_calling_entry([(fit.model, val_set)], encoder),  # fitted on the validation slides
             baseline_of(names),
             overwrite=overwrite,
@@ -315,8 +339,8 @@ class Fit:
 
 
 def _fit(
-    train_set: list[Example],
-    val_set: list[Example],
+    train_set: Sequence[Example],
+    val_set: Sequence[Example],
     in_dim: int,
     cfg: SlideTrainingConfig,
     device: torch.device,
@@ -375,7 +399,9 @@ def _fit(
     model.load_state_dict(best_state)
     model.eval()
     best_auc = best[0] if best is not None and val_set else None
+    val_scores, labels = [], []
     with torch.no_grad():
-        val_scores = [_loss(model, example, 0.0, device)[1] for example in val_set]
-    labels = [int(example.label) for example in val_set]
+        for example in val_set:  # composed slides are built when read: once
+            val_scores.append(_loss(model, example, 0.0, device)[1])
+            labels.append(int(example.label))
     return Fit(model, log, best_epoch, best_auc, round(time.time() - started, 1), val_scores, labels)
