@@ -49,6 +49,7 @@ DEFAULTS = [
     ("train-encoder", "distill_from", PatchTrainingConfig, "distill_from"),
     ("train-encoder", "distill_views", PatchTrainingConfig, "distill_views"),
     ("train-encoder", "distill_weight", PatchTrainingConfig, "distill_weight"),
+    ("train-encoder", "precision", PatchTrainingConfig, "precision"),
     ("train-encoder", "seed", EncoderTrainingConfig, "seed"),
     ("split-patches", "val_fraction", PatchTrainingConfig, "val_fraction"),
     ("split-patches", "max_val_patches", PatchTrainingConfig, "max_val_patches"),

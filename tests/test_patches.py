@@ -310,3 +310,19 @@ def test_train_encoder_patch_mpp_keeps_the_patch_size(
     assert meta["tile_px"] == PX and meta["mpp"] == 0.5
     # --max-val-patches caps the carved part (4 of the 12 patches without it)
     assert meta["training"]["validation"].startswith("2 patches carved")
+
+
+def test_train_on_patches_in_bf16_autocast_records_it_and_learns(tmp_path: Path, one_torch_thread: None) -> None:
+    source = open_patches(write_h5(tmp_path / "h5", 48))
+    common = dict(model="vmamba_pico", epochs=3, batch_size=16, lr=3e-3, patience=3, val_fraction=0.25)
+    fp32 = read_safetensors(train_encoder_on_patches(source, tmp_path / "fp32", PatchTrainingConfig(**common)))
+    path = train_encoder_on_patches(source, tmp_path / "bf16", PatchTrainingConfig(**common, precision="bf16"))
+    training = read_checkpoint_metadata(path)["metadata"]["training"]
+    assert training["config"]["precision"] == "bf16"
+    bf16 = read_safetensors(path)
+    # the weights stay fp32 and differ from the fp32 run's (bf16 products), and the toy task is still learnt
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
+    assert training["best_val_auc"] > 0.8
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16, got 'fp16'"):
+        PatchTrainingConfig(precision="fp16")

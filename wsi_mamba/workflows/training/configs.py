@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...data.augment_config import AugmentConfig
+from ...devices import CPU_PRECISIONS
 from ...ranges import (
     COUNT,
     DECAY,
@@ -88,9 +89,13 @@ class PatchTrainingConfig:
     distill_sha256: str | None = None  # the teacher file's SHA-256 (filled in by the training)
     distill_views: int = 4  # the teacher scores each training patch in this many dihedral views
     distill_weight: float = 0.5  # loss: (1 - w) * BCE(label) + w * BCE(teacher); 0: the plain BCE
+    precision: str = "fp32"  # the training steps on the CPU: fp32, or bf16 autocast (fp32 weights); CUDA: bf16
 
     def __post_init__(self) -> None:
-        """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), else ``ValueError``."""
+        """Each numeric field within its range (``wsi_mamba.ranges``: the CLI's rules), and ``precision`` one of
+        :data:`~wsi_mamba.devices.CPU_PRECISIONS`, else ``ValueError``."""
+        if self.precision not in CPU_PRECISIONS:
+            raise ValueError(f"precision must be {' or '.join(CPU_PRECISIONS)}, got {self.precision!r}")
         check_fields(
             self,
             distill_views=VIEWS,

@@ -155,7 +155,8 @@ def train_encoder_on_patches(
     resume: Resume = False,
     max_minutes: float | None = None,
 ) -> Path:
-    """Train a tile encoder on ``source`` on ``device`` (bf16 autocast on CUDA, fp32 weights) and write it to
+    """Train a tile encoder on ``source`` on ``device`` (bf16 autocast on CUDA, and on the CPU with
+    ``cfg.precision`` bf16; fp32 weights) and write it to
     ``out`` (.safetensors + JSON); returns the path. A per-epoch log goes to ``metrics_path`` (default:
     ``OUT.metrics.csv`` beside the checkpoint). The state after each epoch is kept in ``OUT.train-state/``
     (:mod:`.training_state`) until the output is written; ``resume`` continues from it. With ``max_minutes``,
@@ -252,7 +253,7 @@ def train_encoder_on_patches(
                     pending = reader.submit(source.read, batches[k + 1])
                 x = augment_patches(torch.from_numpy(patches), generator, cfg.augment)
                 target = torch.from_numpy(source.labels[idx]).float().to(device)
-                with autocast(device):
+                with autocast(device, cfg.precision):
                     logit = model(encoder.preprocess(x)).squeeze(1)
                 soft = torch.from_numpy(teacher[idx]).to(device) if teacher is not None else None
                 loss = distillation_loss(logit.float(), target, soft, cfg.distill_weight)
