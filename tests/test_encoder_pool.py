@@ -14,7 +14,14 @@ import pytest
 import torch
 from slide_fixtures import synthetic_slide
 
-from wsi_mamba.features.encoder_pool import BatchEncoding, EncoderPool, EncoderPoolError, pool_processes
+from wsi_mamba.features.encoder_pool import (
+    BatchEncoding,
+    EncoderPool,
+    EncoderPoolError,
+    current_kept_pool,
+    kept_pools,
+    pool_processes,
+)
 from wsi_mamba.features.options import MIN_POOL_TILES, ReadOptions
 from wsi_mamba.features.tile_mode import encode_tiles
 from wsi_mamba.models.encoder import TileEncoder, load_encoder
@@ -121,3 +128,75 @@ def test_an_encoder_that_cannot_be_sent_leaves_no_worker_behind(encoder: TileEnc
     with pytest.raises(TypeError, match="cannot pickle this encoder"):
         EncoderPool(broken, 2, BatchEncoding())
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("wsi-mamba-encode")]
+
+
+def encode_workers() -> list:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("wsi-mamba-encode")]
+
+
+def test_kept_pools_encode_many_slides_with_one_set_of_workers_small_slides_included(
+    tmp_path_factory: pytest.TempPathFactory, encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[EncoderPool] = []
+    original = EncoderPool.__init__
+
+    def counting(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(EncoderPool, "__init__", counting)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two workers whatever the test machine says
+    with open_slide(synthetic_slide(tmp_path_factory, "tiff")) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        assert len(grid) < MIN_POOL_TILES  # a small slide: in process, outside kept_pools
+        here = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=1))
+        assert pool_processes(None, encoder, len(grid)) == 1 and current_kept_pool() is None
+        with kept_pools():
+            assert pool_processes(None, encoder, len(grid)) == 2
+            first = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3))
+            pids = sorted(p.pid for p in encode_workers())
+            second = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3))
+            assert len(started) == 1 and sorted(p.pid for p in encode_workers()) == pids and len(pids) == 2
+            other = encode_tiles(slide, grid, encoder, 4, ReadOptions(batch_size=3))  # another batch step
+            assert len(started) == 2 and len(encode_workers()) == 2  # the first pool stopped, a new one kept
+        assert not encode_workers() and current_kept_pool() is None  # leaving stops them
+    for found in (first, second):
+        np.testing.assert_allclose(found.features, here.features, rtol=1e-5, atol=1e-6)
+    assert (other.views == 4).all()
+
+
+def test_kept_pools_that_cannot_start_try_once_and_encode_in_process(
+    tmp_path_factory: pytest.TempPathFactory, encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries: list[int] = []
+
+    def refuse(*args: object) -> None:
+        tries.append(1)
+        raise OSError("no process spawning here")
+
+    with open_slide(synthetic_slide(tmp_path_factory, "tiff")) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        here = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=1))
+        monkeypatch.setattr(EncoderPool, "__init__", refuse)
+        with kept_pools():
+            with pytest.warns(RuntimeWarning, match="could not start"):
+                first = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+            second = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+    assert len(tries) == 1
+    np.testing.assert_array_equal(first.features, here.features)
+    np.testing.assert_array_equal(second.features, here.features)
+
+
+def test_a_kept_pool_whose_worker_fails_is_stopped_not_reused(
+    tmp_path_factory: pytest.TempPathFactory, encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_slide(synthetic_slide(tmp_path_factory, "tiff")) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        with kept_pools():
+            encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+            kept = current_kept_pool()
+            assert kept is not None and kept.pool is not None
+            monkeypatch.setattr(EncoderPool, "collect", lambda self: (_ for _ in ()).throw(EncoderPoolError("boom")))
+            with pytest.raises(EncoderPoolError, match="boom"):
+                encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+            assert kept.pool is None and not encode_workers()

@@ -12,6 +12,7 @@ encoded (up to the last bits of a different thread count; tests/test_encoder_poo
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import signal
@@ -53,13 +54,14 @@ def encode_batch(
 
 def pool_processes(requested: int | None, encoder: TileEncoder, tiles: int) -> int:
     """How many encoding processes for ``tiles`` tiles: ``requested`` when given (1: this process); else, on a
-    CPU encoder with at least :data:`MIN_POOL_TILES` tiles, one per torch thread; else 1. Always 1 inside a
-    daemonic process (a cohort worker), which may not start children."""
+    CPU encoder with at least :data:`MIN_POOL_TILES` tiles (any number inside :func:`kept_pools`), one per torch
+    thread; else 1. Always 1 inside a daemonic process (a cohort worker), which may not start children."""
     if multiprocessing.current_process().daemon:
         return 1
     if requested is not None:
         return requested
-    if encoder.device.type != "cpu" or tiles < MIN_POOL_TILES:
+    small = tiles < MIN_POOL_TILES and current_kept_pool() is None  # a kept pool starts once for many slides
+    if encoder.device.type != "cpu" or small:
         return 1
     return torch.get_num_threads()
 
@@ -161,3 +163,49 @@ class EncoderPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _KeptPool:
+    """The pool kept between slides inside :func:`kept_pools`, with what it was started for."""
+
+    def __init__(self) -> None:
+        self.pool: EncoderPool | None = None
+        self.key: tuple | None = None
+        self.unavailable = False  # the workers could not start once: the run's other slides stay in process
+
+    def take(self, encoder: TileEncoder, processes: int, how: BatchEncoding) -> EncoderPool | None:
+        """The kept pool when it was started for this encoder object, worker count and batch step, else None
+        (a different one is stopped first)."""
+        key = (id(encoder), encoder.hash, processes, how)
+        if self.pool is not None and self.key != key:
+            self.drop()
+        return self.pool if self.key == key else None
+
+    def keep(self, pool: EncoderPool, encoder: TileEncoder, processes: int, how: BatchEncoding) -> None:
+        self.pool, self.key = pool, (id(encoder), encoder.hash, processes, how)
+
+    def drop(self) -> None:
+        """Stop the kept pool (after a worker's failure, or at the end of the run)."""
+        if self.pool is not None:
+            self.pool.close()
+        self.pool, self.key = None, None
+
+
+_kept: list[_KeptPool] = []
+
+
+@contextlib.contextmanager
+def kept_pools() -> Iterator[None]:
+    """Within it, the encoding pool of one slide stays up for the next (the same encoder and settings), and slides
+    of any size use it: a run over many slides (``extract`` of a cohort) pays the workers' start (a few seconds)
+    once, and small slides, below :data:`MIN_POOL_TILES`, are encoded by the workers too. Leaving it stops them."""
+    _kept.append(_KeptPool())
+    try:
+        yield
+    finally:
+        _kept.pop().drop()
+
+
+def current_kept_pool() -> _KeptPool | None:
+    """The innermost :func:`kept_pools` holder, or None outside one."""
+    return _kept[-1] if _kept else None

@@ -25,7 +25,7 @@ from ..models.encoder import TileEncoder
 from ..slide.base import Slide
 from ..slide.stream import stream_batches
 from ..slide.tiling import TileGrid
-from .encoder_pool import BatchEncoding, EncoderPool, encode_batch, pool_processes
+from .encoder_pool import BatchEncoding, EncoderPool, current_kept_pool, encode_batch, pool_processes
 from .grid_features import GridFeatures
 from .options import ReadOptions
 from .runner import DeviceRunner, Pending
@@ -83,10 +83,29 @@ def encode_tiles(
     batches = stream_batches(
         slide, grid, read.batch_size, workers=read.read_threads, on_error=found.errors.__setitem__, prepare=prepare
     )
-    pool = _start_pool(encoder, pool_processes(read.encode_processes, encoder, len(grid)), how)
+    processes = pool_processes(read.encode_processes, encoder, len(grid))
+    kept = current_kept_pool() if processes > 1 else None
+    if kept is not None and kept.unavailable:
+        processes, kept = 1, None
+    pool = kept.take(encoder, processes, how) if kept is not None else None
+    if pool is None:
+        pool = _start_pool(encoder, processes, how)
+        if kept is not None:
+            if pool is None:
+                kept.unavailable = True
+                kept = None
+            else:
+                kept.keep(pool, encoder, processes, how)
     if pool is not None:
-        with pool:
+        if kept is None:
+            with pool:
+                _encode_in_pool(pool, batches, found, on_batch)
+            return found
+        try:
             _encode_in_pool(pool, batches, found, on_batch)
+        except BaseException:  # a worker failed, or the run stops: the pool is not left half-used for the next slide
+            kept.drop()
+            raise
         return found
     in_flight: InFlight | None = None
     for batch in batches:

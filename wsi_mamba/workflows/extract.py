@@ -6,6 +6,7 @@ ones are redone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import numpy as np
 from .. import __version__
 from ..evaluation.colour import COLOUR_STATS
 from ..features.encode import EncodedSlide, encode_slide
+from ..features.encoder_pool import kept_pools
 from ..features.modes import FeatureMode, TileMode
 from ..features.options import ReadOptions
 from ..features.store import (
@@ -108,7 +110,8 @@ def extract_slides(
 ) -> dict[str, str]:
     """Extract every slide in ``paths`` into ``out_dir`` in ``mode``; returns name → "done" | "skipped" |
     "failed: why". A slide that fails (unreadable, no resolution) is reported and the others go on; a mode the
-    encoder cannot run is one ``ValueError`` before any slide."""
+    encoder cannot run is one ``ValueError`` before any slide. On a CPU the slides share one set of encoding
+    worker processes (:func:`~wsi_mamba.features.encoder_pool.kept_pools`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [slide_name(p) for p in paths]
@@ -118,7 +121,9 @@ def extract_slides(
     prepare_output_folder(out_dir, paths, (".zarr",))  # temporaries of killed runs removed
     mode = mode.check(encoder)
     results: dict[str, str] = {}
-    with Progress("extract", "tile", enabled=progress) as shown:  # a bar on a terminal, timed lines in a log
+    # several slides: one set of encoding workers for all of them, small slides included (encoder_pool.kept_pools)
+    keep = kept_pools() if len(paths) > 1 else contextlib.nullcontext()
+    with Progress("extract", "tile", enabled=progress) as shown, keep:  # a bar on a terminal, timed lines in a log
         for number, path in enumerate(paths, 1):
             note = f"slide {number}/{len(paths)} {slide_name(path)}"  # the tile total grows slide by slide
             try:
