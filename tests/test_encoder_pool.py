@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import operator
 import os
 import signal
 
@@ -200,3 +201,36 @@ def test_a_kept_pool_whose_worker_fails_is_stopped_not_reused(
             with pytest.raises(EncoderPoolError, match="boom"):
                 encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
             assert kept.pool is None and not encode_workers()
+
+
+def test_workers_that_die_on_start_fall_back_to_this_process(
+    tmp_path_factory: pytest.TempPathFactory, encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encoder the parent can send but a worker cannot rebuild (a module that fails to import there, as
+    torchvision can): the pool's start fails naming the worker and leaves none behind, and the slides are
+    encoded in process, with one warning for the run."""
+
+    class BreaksInTheWorker(torch.nn.Module):
+        def __reduce__(self):
+            return operator.truediv, (1, 0)  # pickles here; unpickling raises ZeroDivisionError in the worker
+
+    broken = copy.copy(encoder)
+    broken.model = BreaksInTheWorker()
+    with pytest.raises(EncoderPoolError, match=r"wsi-mamba-encode-[01] could not start"):
+        EncoderPool(broken, 2, BatchEncoding())
+    assert not encode_workers()
+
+    def dies(self: EncoderPool) -> None:
+        raise EncoderPoolError("encoding worker wsi-mamba-encode-0 could not start (exit code 1)")
+
+    monkeypatch.setattr(EncoderPool, "_wait_until_ready", dies)
+    with open_slide(synthetic_slide(tmp_path_factory, "tiff")) as slide:
+        grid = make_tile_grid(slide, 64, 1.0, 0.25, tissue=detect_tissue(slide))
+        here = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=1))
+        with kept_pools():
+            with pytest.warns(RuntimeWarning, match="could not start"):
+                first = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+            again = encode_tiles(slide, grid, encoder, 1, ReadOptions(batch_size=3, encode_processes=2))
+    for found in (first, again):
+        np.testing.assert_array_equal(found.features, here.features)
+    assert not encode_workers()

@@ -29,6 +29,9 @@ from .runner import DeviceRunner
 WORKER_TIMEOUT_S = 5.0
 """How often the wait for a result checks that every worker is still alive."""
 
+READY = "ready"
+"""The key of the message a worker sends once it holds the encoder (before any batch)."""
+
 
 @dataclass(frozen=True)
 class BatchEncoding:
@@ -72,6 +75,7 @@ def _serve(encoder: TileEncoder, how: BatchEncoding, tasks, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     runner = DeviceRunner("cpu", how.precision)
+    results.put((READY, None, None, None))  # the encoder arrived: this worker can encode
     while (task := tasks.get()) is not None:
         key, tiles = task
         try:
@@ -105,9 +109,24 @@ class EncoderPool:
         try:
             for worker in self.workers:
                 worker.start()
-        except BaseException:  # the encoder could not be sent (pickling), no process could start: stop the others
-            self.close()
+            self._wait_until_ready()
+        except BaseException:  # the encoder could not be sent (pickling), no process could start, a worker died
+            self.close()  # on start (the encoder cannot be rebuilt there: a missing module): stop the others
             raise
+
+    def _wait_until_ready(self) -> None:
+        """Wait for every worker's ready message; ``EncoderPoolError`` when one dies first."""
+        ready = 0
+        while ready < len(self.workers):
+            try:
+                self.results.get(timeout=WORKER_TIMEOUT_S)  # nothing was submitted yet: only ready messages
+                ready += 1
+            except queue.Empty:
+                dead = [w for w in self.workers if not w.is_alive()]
+                if dead:
+                    raise EncoderPoolError(
+                        f"encoding worker {dead[0].name} could not start (exit code {dead[0].exitcode})"
+                    ) from None
 
     def submit(self, key: object, tiles: np.ndarray) -> None:
         self.tasks.put((key, tiles))
