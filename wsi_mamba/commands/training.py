@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.stain_norm import StainNorm
+from ..features.options import PRECISION_CHOICES
 from ..workflows.training.configs import (
     PAUSED_EXIT_CODE,
     EncoderTrainingConfig,
@@ -157,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISION_CHOICES,
         default=patch_defaults.precision,
         help="training steps on the CPU: fp32, bf16 (autocast, fp32 weights: 1.25x the steps/s on an AVX-512-BF16 "
         f"CPU, BENCHMARKS.md) or auto (bf16 on CPUs with bf16 hardware) (default {patch_defaults.precision}; "

@@ -16,7 +16,7 @@ import contextlib
 import multiprocessing
 import queue
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,16 +116,20 @@ class EncoderPool:
 
     def _wait_until_ready(self) -> None:
         """Wait for every worker's ready message; ``EncoderPoolError`` when one dies first."""
-        ready = 0
-        while ready < len(self.workers):
+        for _ in self.workers:
+            self._next_result("could not start")  # nothing was submitted yet: only ready messages
+
+    def _next_result(self, death: str) -> tuple:
+        """The next message of ``results``; ``EncoderPoolError`` ("encoding worker NAME {death} (exit code N)")
+        when a worker is found dead while waiting for it."""
+        while True:
             try:
-                self.results.get(timeout=WORKER_TIMEOUT_S)  # nothing was submitted yet: only ready messages
-                ready += 1
+                return self.results.get(timeout=WORKER_TIMEOUT_S)
             except queue.Empty:
                 dead = [w for w in self.workers if not w.is_alive()]
                 if dead:
                     raise EncoderPoolError(
-                        f"encoding worker {dead[0].name} could not start (exit code {dead[0].exitcode})"
+                        f"encoding worker {dead[0].name} {death} (exit code {dead[0].exitcode})"
                     ) from None
 
     def submit(self, key: object, tiles: np.ndarray) -> None:
@@ -135,16 +139,7 @@ class EncoderPool:
     def collect(self) -> tuple[object, np.ndarray, np.ndarray]:
         """The next finished batch: (key, (n, D) float32 features, (n,) uint8 views). ``EncoderPoolError`` when a
         worker failed or died."""
-        while True:
-            try:
-                key, features, views, error = self.results.get(timeout=WORKER_TIMEOUT_S)
-                break
-            except queue.Empty:
-                dead = [w for w in self.workers if not w.is_alive()]
-                if dead:
-                    raise EncoderPoolError(
-                        f"encoding worker {dead[0].name} died (exit code {dead[0].exitcode})"
-                    ) from None
+        key, features, views, error = self._next_result("died")
         if error is not None:
             raise EncoderPoolError(f"encoding worker failed: {error}")
         self.outstanding -= 1
@@ -192,16 +187,25 @@ class _KeptPool:
         self.key: tuple | None = None
         self.unavailable = False  # the workers could not start once: the run's other slides stay in process
 
-    def take(self, encoder: TileEncoder, processes: int, how: BatchEncoding) -> EncoderPool | None:
-        """The kept pool when it was started for this encoder object, worker count and batch step, else None
-        (a different one is stopped first)."""
+    def pool_for(
+        self,
+        encoder: TileEncoder,
+        processes: int,
+        how: BatchEncoding,
+        start: Callable[[TileEncoder, int, BatchEncoding], EncoderPool | None],
+    ) -> EncoderPool | None:
+        """The kept pool when it was started for this encoder object, worker count and batch step; else one
+        ``start`` makes (a different kept one is stopped first), kept for the next slide. None once a start
+        failed in this run: the slides are then encoded in process."""
         key = (id(encoder), encoder.hash, processes, how)
-        if self.pool is not None and self.key != key:
+        if self.key != key:
             self.drop()
-        return self.pool if self.key == key else None
-
-    def keep(self, pool: EncoderPool, encoder: TileEncoder, processes: int, how: BatchEncoding) -> None:
-        self.pool, self.key = pool, (id(encoder), encoder.hash, processes, how)
+            if self.unavailable:
+                return None
+            self.pool = start(encoder, processes, how)
+            self.unavailable = self.pool is None
+            self.key = key if self.pool is not None else None
+        return self.pool
 
     def drop(self) -> None:
         """Stop the kept pool (after a worker's failure, or at the end of the run)."""

@@ -84,28 +84,19 @@ def encode_tiles(
         slide, grid, read.batch_size, workers=read.read_threads, on_error=found.errors.__setitem__, prepare=prepare
     )
     processes = pool_processes(read.encode_processes, encoder, len(grid))
-    kept = current_kept_pool() if processes > 1 else None
-    if kept is not None and kept.unavailable:
-        processes, kept = 1, None
-    pool = kept.take(encoder, processes, how) if kept is not None else None
-    if pool is None:
-        pool = _start_pool(encoder, processes, how)
-        if kept is not None:
-            if pool is None:
-                kept.unavailable = True
-                kept = None
-            else:
-                kept.keep(pool, encoder, processes, how)
-    if pool is not None:
-        if kept is None:
-            with pool:
+    kept = current_kept_pool()
+    if processes > 1 and kept is not None:  # one pool for the run's slides
+        pool = kept.pool_for(encoder, processes, how, _start_pool)
+        if pool is not None:
+            try:
                 _encode_in_pool(pool, batches, found, on_batch)
+            except BaseException:  # a worker failed, or the run stops: not left half-used for the next slide
+                kept.drop()
+                raise
             return found
-        try:
+    elif (pool := _start_pool(encoder, processes, how)) is not None:  # a pool for this slide
+        with pool:
             _encode_in_pool(pool, batches, found, on_batch)
-        except BaseException:  # a worker failed, or the run stops: the pool is not left half-used for the next slide
-            kept.drop()
-            raise
         return found
     in_flight: InFlight | None = None
     for batch in batches:

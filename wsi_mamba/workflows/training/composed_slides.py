@@ -141,11 +141,11 @@ class ComposedSlides(Sequence[Example]):
             raise IndexError(index)
         index %= self.count
         plan = self._draw(index) if self.fresh else self._plans[index]
-        return compose(self.sources, plan, f"{self.prefix}-{index + 1:03d}")
+        return compose(self.sources, plan, self.name(index))
 
-    def plan(self, index: int) -> CompositionPlan:
-        """The fixed plan of slide ``index`` (what a non-fresh sequence composes)."""
-        return self._plans[index]
+    def name(self, index: int) -> str:
+        """The name of composed slide ``index`` (0-based): PREFIX-NNN, counted from 1."""
+        return f"{self.prefix}-{index + 1:03d}"
 
 
 class ExampleChain(Sequence[Example]):
@@ -175,7 +175,7 @@ class ExampleChain(Sequence[Example]):
 
 def _names(part: Sequence[Example]) -> list[str]:
     if isinstance(part, ComposedSlides):
-        return [f"{part.prefix}-{i + 1:03d}" for i in range(len(part))]
+        return [part.name(i) for i in range(len(part))]
     return [example.name for example in part]
 
 
